@@ -1,0 +1,1 @@
+"""Models built in code for edgec's tests and benchmarks (nothing is downloaded)."""
