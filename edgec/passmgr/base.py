@@ -69,9 +69,6 @@ class Pass:
     """Base of every pass. Subclasses are frozen dataclasses and set ``name``."""
 
     name: ClassVar[str] = ""
-    # Where the pass came from ("built-in" or a plugin distribution's name); set by
-    # the registry, shown by `edgec passes`.
-    source: ClassVar[str] = "built-in"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError

@@ -1,0 +1,249 @@
+"""The ``edgec`` command: subcommands, and the one place exceptions become diagnostics and exit codes.
+
+Exit codes (DESIGN.md): 0 success, 1 internal error, 2 usage or spec error,
+3 model error, 4 budget or tolerance not met. A user's mistake never shows a
+traceback; an internal error writes one to a log file and says where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import traceback
+
+
+from edgec._version import __version__
+from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
+                               UsageError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(sys.stderr)
+        return ExitCode.USAGE
+    try:
+        return int(args.handler(args))
+    except EdgecError as e:
+        _report(e.diagnostics, json_mode=getattr(args, "json", False))
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        print("edgec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return ExitCode.OK
+    except Exception:  # a bug: one line for the user, the traceback in a log
+        log = _write_crash_log(argv)
+        _report([Diagnostic.error(
+            f"internal error: {sys.exc_info()[1]!r}".splitlines()[0],
+            notes=[f"this is a bug in edgec; the traceback is in {log}"])],
+            json_mode=getattr(args, "json", False))
+        return ExitCode.INTERNAL
+
+
+def _report(diagnostics: list[Diagnostic], *, json_mode: bool) -> None:
+    if json_mode:
+        print(json.dumps({"ok": False, "diagnostics": [d.to_json() for d in diagnostics]},
+                         indent=2))
+        return
+    for d in diagnostics:
+        print(d.render(), file=sys.stderr)
+
+
+def _write_crash_log(argv: list[str] | None) -> str:
+    fd, path = tempfile.mkstemp(prefix="edgec-crash-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"edgec {__version__}\nargv: {argv if argv is not None else sys.argv}\n\n")
+        f.write(traceback.format_exc())
+    return path
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgec",
+        description="Compile ONNX models into artifacts that hold a latency budget and an "
+                    "accuracy tolerance on edge hardware.")
+    parser.add_argument("--version", action="version", version=f"edgec {__version__}")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    opt = sub.add_parser("opt", help="run passes over a model (like LLVM's opt)",
+                         description="Run a pass pipeline over an ONNX model.")
+    opt.add_argument("model", metavar="MODEL", help="ONNX file, or - for standard input")
+    opt.add_argument("-p", "--pipeline", metavar="PIPELINE",
+                     help="pass pipeline text, e.g. 'fold-constants,dce' "
+                          "(default: the default pipeline)")
+    opt.add_argument("-o", "--output", metavar="OUT",
+                     help="where to write the optimized ONNX (- for standard output)")
+    opt.add_argument("--verify-each", action="store_true",
+                     help="verify the IR after every pass")
+    opt.add_argument("--print-after", metavar="PASS", action="append", default=[],
+                     help="print the IR after each run of PASS (repeatable, or comma-separated)")
+    opt.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    opt.add_argument("--print-ir", action="store_true", help="print the final IR to standard output")
+    opt.add_argument("--time-passes", action="store_true", help="report time spent in each pass")
+    opt.add_argument("--stats", nargs="?", const="text", choices=["text", "json"],
+                     help="report each pass's statistics (as a table, or --stats=json)")
+    opt.add_argument("--dump-dir", metavar="DIR", help="write the IR after each pass to DIR/NNN_pass.txt")
+    opt.add_argument("--reproducer", metavar="DIR",
+                     help="where to write a reproducer if a pass fails "
+                          "(default: the system's temporary directory)")
+    opt.add_argument("--json", action="store_true",
+                     help="print one JSON document (result, per-pass records, diagnostics)")
+    opt.add_argument("-v", "--verbose", action="store_true", help="say what was done")
+    opt.set_defaults(handler=_cmd_opt)
+
+    passes = sub.add_parser("passes", help="list installed passes, plugins included")
+    passes.add_argument("--json", action="store_true", help="print the list as JSON")
+    passes.set_defaults(handler=_cmd_passes)
+
+    _add_dsl_commands(sub)
+    return parser
+
+
+def _add_dsl_commands(sub) -> None:
+    """`check` and `targets` live with the spec language."""
+    try:
+        from edgec.dsl import commands
+    except ImportError:  # pragma: no cover - the spec language ships with edgec
+        return
+    check = sub.add_parser("check", help="parse and validate a spec, print the resolved spec")
+    commands.add_check_arguments(check)
+    check.set_defaults(handler=commands.run_check)
+    targets = sub.add_parser("targets", help="list built-in and plugin targets")
+    commands.add_targets_arguments(targets)
+    targets.set_defaults(handler=commands.run_targets)
+
+
+# --------------------------------------------------------------------------- opt
+
+
+def _cmd_opt(args: argparse.Namespace) -> int:
+    from edgec.frontend.onnx_export import save_model
+    from edgec.frontend.onnx_import import import_model, parse_model_bytes
+    from edgec.passmgr import DEFAULT_PIPELINE, PassContext, PassManager
+    from edgec.passmgr.instruments import (DumpEach, PrintAfter, stats_json, stats_table,
+                                           timing_table)
+
+    text = DEFAULT_PIPELINE if args.pipeline is None else args.pipeline
+    instruments = []
+    print_after = {n.strip() for item in args.print_after for n in item.split(",") if n.strip()}
+    if args.print_after_all:
+        instruments.append(PrintAfter(None))
+    elif print_after:
+        instruments.append(PrintAfter(print_after))
+    if args.dump_dir:
+        instruments.append(DumpEach(args.dump_dir))
+    context = PassContext()
+    # Parse the pipeline before reading the model: a typo costs nothing.
+    manager = PassManager(text, verify_each=args.verify_each, instruments=instruments,
+                          context=context, source=args.model,
+                          reproducer_dir=args.reproducer or tempfile.gettempdir())
+    for problem in manager.registry.problems:
+        if problem.is_error and any(n in problem.message for n in manager.pipeline.pass_names()):
+            raise UsageError([problem])
+    data, base_dir = _read_model_bytes(args.model)
+    model = import_model(parse_model_bytes(data, args.model), base_dir=base_dir,
+                         source=args.model)
+    nodes_before = model.node_count()
+    run = manager.run(model, input_bytes=data)
+    if args.output:
+        save_model(run.model, args.output)
+    diagnostics = [*manager.registry.problems, *context.diagnostics.diagnostics]
+    if args.json:
+        print(json.dumps({
+            "ok": True, "input": args.model, "output": args.output, "pipeline": text,
+            "nodes_before": nodes_before, "nodes_after": run.model.node_count(),
+            "passes": [r.to_json() for r in run.records],
+            "diagnostics": [d.to_json() for d in diagnostics],
+        }, indent=2))
+        return ExitCode.OK
+    for d in diagnostics:
+        print(d.render(), file=sys.stderr)
+    if args.print_ir:
+        from edgec.ir.printer import print_model
+        sys.stdout.write(print_model(run.model) + "\n")
+    if args.verbose:
+        changed = [r.text for r in run.records if r.modified]
+        print(f"{args.model}: {nodes_before} -> {run.model.node_count()} nodes with '{text}'"
+              f" ({len(run.records)} pass runs; changed by: {', '.join(changed) or 'none'})"
+              + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
+    if args.stats == "json":
+        print(stats_json(run.records))
+    elif args.stats:
+        print(stats_table(run.records), file=sys.stderr)
+    if args.time_passes:
+        print(timing_table(run.records), file=sys.stderr)
+    return ExitCode.OK
+
+
+def _read_model_bytes(path: str) -> tuple[bytes, str]:
+    if path == "-":
+        return sys.stdin.buffer.read(), os.getcwd()
+    try:
+        with open(path, "rb") as f:
+            return f.read(), os.path.dirname(os.path.abspath(path))
+    except OSError as e:
+        raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
+                                          Location(path=path))) from None
+
+
+# --------------------------------------------------------------------------- passes
+
+
+def _cmd_passes(args: argparse.Namespace) -> int:
+    from edgec.passmgr import default_registry
+
+    registry = default_registry()
+    entries = registry.entries()
+    if args.json:
+        print(json.dumps({
+            "passes": [{
+                "name": e.name, "summary": e.cls.summary(), "source": e.source,
+                "entry_point": e.entry_point,
+                "options": [{"name": o.name, "type": _type_name(o.type),
+                             "default": _jsonable(o.default), "help": o.help}
+                            for o in e.cls.options()],
+            } for e in entries],
+            "diagnostics": [d.to_json() for d in registry.problems],
+        }, indent=2))
+    else:
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            origin = "" if e.source == "built-in" else f"  [plugin: {e.source}]"
+            print(f"{e.name:<{width}}  {e.cls.summary()}{origin}")
+            for o in e.cls.options():
+                help_text = f"  {o.help}" if o.help else ""
+                print(f"{'':<{width}}    {o.name}: {_type_name(o.type)} = "
+                      f"{_show_default(o.default)}{help_text}")
+        for d in registry.problems:
+            print(d.render(), file=sys.stderr)
+    return ExitCode.USAGE if any(d.is_error for d in registry.problems) else ExitCode.OK
+
+
+def _type_name(t) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def _show_default(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _jsonable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
