@@ -1,0 +1,498 @@
+"""ONNX backend conformance through edgec: every node test case onnx ships, and its light models.
+
+A case runs in onnxruntime twice: once as onnx wrote it, to learn whether onnxruntime
+itself handles it, and once after edgec imported it, transformed it (no passes, or a
+pass pipeline) and exported it again. Both runs are compared with the case's expected
+outputs exactly as ``onnx.backend.test.runner`` compares them: same count, same
+shapes, same dtypes, ``assert_allclose`` at the case's ``rtol``/``atol`` (NaN equals
+NaN), strings compared exactly, sequences element by element, empty optionals as None.
+
+    python -m edgec.testing.conformance                  # default pipeline, every case
+    python -m edgec.testing.conformance --no-passes      # import -> export only
+    python -m edgec.testing.conformance --sample 200 --json
+
+Only a case that onnxruntime passes on the original model says anything about edgec:
+one it fails on is counted ("ORT fails on original") but is not an edgec defect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import functools
+import glob
+import json
+import os
+import sys
+import time
+import warnings
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+__all__ = [
+    "Case",
+    "CaseResult",
+    "Outcome",
+    "Report",
+    "Transformation",
+    "compare_outputs",
+    "default_pipeline",
+    "light_cases",
+    "no_passes",
+    "node_cases",
+    "pipeline",
+    "run_case",
+    "run_cases",
+    "run_original",
+    "sample",
+    "main",
+]
+
+# The domain of onnx's training operators (Adagrad, Adam, Momentum, Gradient): they
+# describe a training step, which edgec (an inference compiler) does not compile.
+TRAINING_DOMAIN = "ai.onnx.preview.training"
+
+CI_SAMPLE_SIZE = 200
+
+
+class Outcome(str, enum.Enum):
+    PASS = "pass"
+    WRONG_RESULT = "wrong result"
+    EDGEC_ERROR = "edgec error"
+    # edgec produced a model onnxruntime refuses or cannot run: an edgec defect,
+    # counted with the edgec errors but labelled apart.
+    ORT_FAILS_ON_EDGEC_OUTPUT = "ORT fails on edgec output"
+    ORT_FAILS_ORIGINAL = "ORT fails on original"
+    TRAINING_ONLY = "training-only"
+
+    @property
+    def is_edgec_defect(self) -> bool:
+        return self in (Outcome.WRONG_RESULT, Outcome.EDGEC_ERROR, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case: a model, its data sets (inputs, expected outputs) and tolerances."""
+
+    name: str
+    model: onnx.ModelProto
+    data_sets: tuple[tuple[tuple[Any, ...], tuple[Any, ...]], ...]
+    rtol: float
+    atol: float
+    source: str  # "node" or "light"
+    base_dir: str | None = None
+
+    @property
+    def training_only(self) -> bool:
+        return any(op.domain == TRAINING_DOMAIN for op in self.model.opset_import) or any(
+            node.domain == TRAINING_DOMAIN for node in self.model.graph.node)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    outcome: Outcome
+    reason: str = ""  # one line; empty for a pass
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "outcome": self.outcome.value, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Transformation:
+    """What edgec does to a model between import and export, as ONNX in -> ONNX out.
+
+    ``apply`` may raise anything: every exception is an "edgec error".
+    """
+
+    name: str
+    apply: Callable[[onnx.ModelProto, str | None], onnx.ModelProto]
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@functools.lru_cache(maxsize=1)
+def node_cases() -> tuple[Case, ...]:
+    """Every node test case onnx generates (about 1,880), sorted by name.
+
+    Collecting them executes onnx's case generators (about 10 s); the result is cached
+    for the process.
+    """
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators' own overflow warnings
+        collected = collect_testcases(None)
+    cases = []
+    for tc in collected:
+        data_sets = tuple((tuple(_to_numpy(x) for x in inputs), tuple(_to_numpy(x) for x in outputs))
+                          for inputs, outputs in tc.data_sets)
+        cases.append(Case(tc.name, tc.model, data_sets, tc.rtol, tc.atol, "node"))
+    return tuple(sorted(cases, key=lambda c: c.name))
+
+
+def _onnx_data_dir() -> str:
+    return os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+
+
+@functools.lru_cache(maxsize=1)
+def light_cases() -> tuple[Case, ...]:
+    """The light models onnx ships (``onnx/backend/test/data/light``), sorted by name.
+
+    As in onnx's own runner: the tolerances come from ``data/real/<test>/data.json``,
+    each graph input that is not an initializer gets ``arange(n) / n`` (float32, unknown
+    dims as 1), and the expected outputs are ``light_<model>_output_<i>.pb``.
+    """
+    data_dir = _onnx_data_dir()
+    tolerances = {}
+    for path in glob.glob(os.path.join(data_dir, "real", "*", "data.json")):
+        with open(path) as f:
+            info = json.load(f)
+        url = info.get("url", "")
+        if url.startswith("onnx/backend/test/data/light/"):
+            tolerances[os.path.basename(url)] = (info.get("rtol", 1e-3), info.get("atol", 1e-7))
+    cases = []
+    light_dir = os.path.join(data_dir, "light")
+    for path in sorted(glob.glob(os.path.join(light_dir, "*.onnx"))):
+        model = onnx.load(path)
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = tuple(_dummy_input(vi) for vi in model.graph.input if vi.name not in initializers)
+        prefix = os.path.splitext(path)[0]
+        outputs = []
+        for i in range(len(model.graph.output)):
+            tensor = onnx.TensorProto()
+            with open(f"{prefix}_output_{i}.pb", "rb") as f:
+                tensor.ParseFromString(f.read())
+            outputs.append(numpy_helper.to_array(tensor))
+        rtol, atol = tolerances.get(os.path.basename(path), (1e-3, 1e-7))
+        name = "test_" + os.path.basename(prefix)[len("light_"):]
+        cases.append(Case(name, model, ((inputs, tuple(outputs)),), rtol, atol, "light", light_dir))
+    return tuple(cases)
+
+
+def _dummy_input(vi: onnx.ValueInfoProto) -> np.ndarray:
+    # onnx.backend.test.runner.Runner.generate_dummy_data(random=False)
+    shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim)
+    n = int(np.prod(shape))
+    return (np.arange(n).reshape(shape) / n).astype(np.float32)
+
+
+def _to_numpy(x: Any) -> Any:
+    if isinstance(x, onnx.TensorProto):
+        return numpy_helper.to_array(x)
+    if isinstance(x, (list, tuple)):
+        return [_to_numpy(item) for item in x]
+    if isinstance(x, np.generic):  # a few generators write a numpy scalar for a 0-d tensor
+        return np.asarray(x)
+    return x
+
+
+def sample(cases: Sequence[Case], size: int = CI_SAMPLE_SIZE) -> list[Case]:
+    """A deterministic sample of ``size`` cases, in name order.
+
+    Cases are ranked by the CRC-32 of their name, so the sample does not depend on the
+    machine or the Python hash seed, and a case that onnx adds or drops moves at most
+    one other case in or out.
+    """
+    if size >= len(cases):
+        return list(cases)
+    ranked = sorted(cases, key=lambda c: (zlib.crc32(c.name.encode()), c.name))
+    return sorted(ranked[:size], key=lambda c: c.name)
+
+
+# --------------------------------------------------------------------------- transformations
+
+
+def _round_trip(step: Callable[[Any], None] | None) -> Callable[[onnx.ModelProto, str | None], onnx.ModelProto]:
+    def apply(proto: onnx.ModelProto, base_dir: str | None) -> onnx.ModelProto:
+        from edgec.frontend import export_model, import_model
+
+        model = import_model(proto, base_dir=base_dir, check=True)
+        if step is not None:
+            step(model)
+        return export_model(model)
+    return apply
+
+
+def no_passes() -> Transformation:
+    """import -> export, nothing in between."""
+    return Transformation("no passes", _round_trip(None))
+
+
+def pipeline(text: str | None = None, *, verify_each: bool = True) -> Transformation:
+    """import -> ``run_pipeline(text)`` -> export; ``None`` is the default pipeline."""
+    def step(model) -> None:
+        from edgec.passmgr import run_pipeline
+
+        run_pipeline(model, text, verify_each=verify_each)
+    return Transformation(text if text is not None else "default pipeline", _round_trip(step))
+
+
+def default_pipeline() -> Transformation:
+    return pipeline(None)
+
+
+def step_transformation(name: str, step: Callable[[Any], None]) -> Transformation:
+    """import -> ``step(model)`` (any in-place IR rewrite) -> export."""
+    return Transformation(name, _round_trip(step))
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _session_options():
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # onnxruntime runs the graph as written: its own rewrites would only blur which
+    # of the two models (original, edgec's) a difference comes from.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4
+    return options
+
+
+def _run_ort(model: onnx.ModelProto, case: Case) -> list[list[Any]]:
+    """Outputs of ``model`` in onnxruntime for each of the case's data sets."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), _session_options(),
+                                   providers=["CPUExecutionProvider"])
+    # Inputs feed the graph inputs that are not initializers, in order, as
+    # onnxruntime's backend does; outputs are read by the original model's names.
+    input_names = [i.name for i in session.get_inputs()]
+    output_names = [o.name for o in case.model.graph.output]
+    results = []
+    for inputs, _ in case.data_sets:
+        feed = dict(zip(input_names, inputs))
+        results.append(session.run(output_names, feed))
+    return results
+
+
+def compare_outputs(expected: Sequence[Any], actual: Sequence[Any], rtol: float, atol: float) -> str | None:
+    """None when ``actual`` matches ``expected`` as onnx's backend runner requires; else why not."""
+    if len(actual) != len(expected):
+        return f"{len(actual)} outputs, expected {len(expected)}"
+    for i, (ref, out) in enumerate(zip(expected, actual)):
+        problem = _compare_one(ref, out, rtol, atol)
+        if problem is not None:
+            return f"output {i}: {problem}"
+    return None
+
+
+def _compare_one(ref: Any, out: Any, rtol: float, atol: float) -> str | None:
+    if ref is None or out is None:  # an empty optional
+        return None if ref is None and out is None else f"got {_kind(out)}, expected {_kind(ref)}"
+    if isinstance(ref, (list, tuple)) or isinstance(out, (list, tuple)):
+        if not (isinstance(ref, (list, tuple)) and isinstance(out, (list, tuple))):
+            return f"got {_kind(out)}, expected {_kind(ref)}"
+        if len(out) != len(ref):
+            return f"sequence of {len(out)} elements, expected {len(ref)}"
+        for j, (r, o) in enumerate(zip(ref, out)):
+            problem = _compare_one(r, o, rtol, atol)
+            if problem is not None:
+                return f"element {j}: {problem}"
+        return None
+    out, ref = np.asarray(out), np.asarray(ref)
+    if out.shape != ref.shape:
+        return f"shape {out.shape}, expected {ref.shape}"
+    if ref.dtype == object or out.dtype == object:  # strings
+        return None if np.array_equal(out, ref) else "strings differ"
+    if out.dtype != ref.dtype:
+        return f"dtype {out.dtype}, expected {ref.dtype}"
+    output_rtol = rtol
+    if out.dtype.type.__module__.startswith("ml_dtypes"):
+        # numpy cannot compare ml_dtypes' types (bfloat16, float8, int4, ...) with a
+        # Python float; onnx's runner casts to float32 and allows two bfloat16 ULPs.
+        if out.dtype.name == "bfloat16":
+            output_rtol = max(rtol, 2**-6)
+        out, ref = out.astype(np.float32), ref.astype(np.float32)
+    try:
+        np.testing.assert_allclose(out, ref, rtol=output_rtol, atol=atol)
+    except AssertionError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if ln.startswith("Mismatched")), lines[0] if lines else "")
+        return f"values differ at rtol={output_rtol:g} atol={atol:g} ({detail})"
+    return None
+
+
+def _kind(x: Any) -> str:
+    if x is None:
+        return "an empty optional"
+    if isinstance(x, (list, tuple)):
+        return "a sequence"
+    return "a tensor"
+
+
+def _first_line(e: BaseException) -> str:
+    from edgec.diagnostics import EdgecError
+
+    if isinstance(e, EdgecError) and e.diagnostics:
+        d = e.diagnostics[0]
+        text = f"{d.location}: {d.message}" if d.location and str(d.location) else d.message
+        return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _ort_failure(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+
+
+def _check(case: Case, model: onnx.ModelProto) -> tuple[str | None, str | None]:
+    """(onnxruntime failure, mismatch): at most one of them is set."""
+    try:
+        results = _run_ort(model, case)
+    except Exception as e:  # onnxruntime raises its own and plain exception types
+        return _ort_failure(e), None
+    for (_, expected), actual in zip(case.data_sets, results):
+        problem = compare_outputs(expected, actual, case.rtol, case.atol)
+        if problem is not None:
+            return None, problem
+    return None, None
+
+
+_original_results: dict[tuple[str, str], CaseResult | None] = {}
+
+
+def run_original(case: Case) -> CaseResult | None:
+    """How onnxruntime does on the model as onnx wrote it: None when it passes, else the
+    "training-only" or "ORT fails on original" result. Cached per case."""
+    key = (case.source, case.name)
+    if key not in _original_results:
+        result: CaseResult | None = None
+        if case.training_only:
+            result = CaseResult(case.name, Outcome.TRAINING_ONLY, f"uses {TRAINING_DOMAIN}")
+        else:
+            failure, mismatch = _check(case, case.model)
+            if failure or mismatch:
+                result = CaseResult(case.name, Outcome.ORT_FAILS_ORIGINAL, failure or f"wrong result: {mismatch}")
+        _original_results[key] = result
+    return _original_results[key]
+
+
+def run_case(case: Case, transformation: Transformation) -> CaseResult:
+    """The outcome of ``case`` through edgec with ``transformation``."""
+    original = run_original(case)
+    if original is not None:
+        return original
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)  # edgec must not depend on, or alter, the case's own proto
+    try:
+        transformed = transformation.apply(model, case.base_dir)
+    except Exception as e:  # every failure inside edgec, expected or a bug, is a finding
+        return CaseResult(case.name, Outcome.EDGEC_ERROR, _first_line(e))
+    failure, mismatch = _check(case, transformed)
+    if failure:
+        return CaseResult(case.name, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, failure)
+    if mismatch:
+        return CaseResult(case.name, Outcome.WRONG_RESULT, mismatch)
+    return CaseResult(case.name, Outcome.PASS)
+
+
+@dataclass
+class Report:
+    transformation: str
+    results: list[CaseResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        by_outcome = Counter(r.outcome for r in self.results)
+        return {
+            "cases": len(self.results),
+            "training-only": by_outcome[Outcome.TRAINING_ONLY],
+            "ORT fails on original": by_outcome[Outcome.ORT_FAILS_ORIGINAL],
+            "pass": by_outcome[Outcome.PASS],
+            "wrong result": by_outcome[Outcome.WRONG_RESULT],
+            "edgec error": by_outcome[Outcome.EDGEC_ERROR] + by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT],
+            "of which ORT fails on edgec output": by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT],
+        }
+
+    @property
+    def defects(self) -> list[CaseResult]:
+        return [r for r in self.results if r.outcome.is_edgec_defect]
+
+    def render(self, *, list_all: bool = True) -> str:
+        counts = self.counts()
+        eligible = counts["cases"] - counts["training-only"] - counts["ORT fails on original"]
+        rate = f"{100.0 * counts['pass'] / eligible:.1f} %" if eligible else "n/a"
+        width = max(len(k) for k in counts)
+        lines = [f"edgec conformance: {self.transformation} ({self.seconds:.0f} s)"]
+        lines += [f"  {k:<{width}}  {v:>5}" for k, v in counts.items()]
+        lines.append(f"  pass rate where onnxruntime passes the original: {rate}")
+        shown = [r for r in self.results if r.outcome is not Outcome.PASS]
+        if not list_all:
+            shown = self.defects
+        order = {o: i for i, o in enumerate([Outcome.WRONG_RESULT, Outcome.EDGEC_ERROR,
+                                             Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, Outcome.ORT_FAILS_ORIGINAL,
+                                             Outcome.TRAINING_ONLY])}
+        for r in sorted(shown, key=lambda r: (order[r.outcome], r.name)):
+            lines.append(f"{r.outcome.value}: {r.name}: {r.reason}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"transformation": self.transformation, "seconds": round(self.seconds, 1),
+                "counts": self.counts(), "results": [r.to_json() for r in self.results]}
+
+
+def run_cases(cases: Iterable[Case], transformation: Transformation,
+              progress: Callable[[CaseResult], None] | None = None) -> Report:
+    report = Report(transformation.name)
+    start = time.perf_counter()
+    for case in cases:
+        result = run_case(case, transformation)
+        report.results.append(result)
+        if progress is not None:
+            progress(result)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m edgec.testing.conformance",
+        description="Run onnx's backend node test cases and light models through edgec and "
+                    "onnxruntime; print counts per class and every case that did not pass.")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--pipeline", metavar="TEXT", help="pass pipeline (default: the default pipeline)")
+    which.add_argument("--no-passes", action="store_true", help="import -> export only")
+    parser.add_argument("--sample", type=int, metavar="N",
+                        help=f"a deterministic sample of N node cases (CI uses {CI_SAMPLE_SIZE})")
+    parser.add_argument("--cases", choices=("all", "node", "light"), default="all")
+    parser.add_argument("-k", metavar="SUBSTRING", help="only cases whose name contains SUBSTRING")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--defects-only", action="store_true",
+                        help="list only edgec's defects, not ORT's failures and training-only cases")
+    args = parser.parse_args(argv)
+
+    transformation = no_passes() if args.no_passes else pipeline(args.pipeline)
+    cases: list[Case] = []
+    if args.cases in ("all", "node"):
+        nodes = list(node_cases())
+        cases += sample(nodes, args.sample) if args.sample else nodes
+    if args.cases in ("all", "light"):
+        cases += light_cases()
+    if args.k:
+        cases = [c for c in cases if args.k in c.name]
+    report = run_cases(cases, transformation)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.render(list_all=not args.defects_only))
+    return 1 if report.defects else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
