@@ -512,9 +512,41 @@ class ParseResult:
         return not any(d.is_error for d in self.diagnostics)
 
 
+# A spec is a page of settings; lark parses about 100 KB/s of dense statements, so a
+# bound on the text that is not comment or blank keeps any input under a second.
+MAX_STATEMENT_TEXT = 64 * 1024
+_INSIGNIFICANT = re.compile(r"#[^\n]*|\s+")
+_SIGNIFICANT = re.compile(r"[^\s#]+")
+
+
+def _too_large(source: SourceText) -> Diagnostic | None:
+    if len(source.text) - sum(len(m) for m in _INSIGNIFICANT.findall(source.text)) \
+            <= MAX_STATEMENT_TEXT:
+        return None
+    seen = 0
+    for match in _SIGNIFICANT.finditer(_INSIGNIFICANT.sub(lambda m: " " * len(m.group(0)),
+                                                          source.text)):
+        seen += len(match.group(0))
+        if seen > MAX_STATEMENT_TEXT:
+            offset = match.start()
+            break
+    else:  # pragma: no cover - the count above says the loop breaks
+        offset = 0
+    line = source.text.count("\n", 0, offset) + 1
+    column = offset - (source.text.rfind("\n", 0, offset) + 1) + 1
+    return source.diagnostic(
+        f"this spec holds more than {MAX_STATEMENT_TEXT // 1024} KiB of statements "
+        "(comments and blank space not counted); the limit is reached here",
+        line, column, code="spec.too-large",
+        notes=("a spec is a page of settings; share common parts with 'include'",))
+
+
 def parse_text(text: str, path: str = "<spec>") -> ParseResult:
     """Parse spec text; syntax errors come back as diagnostics, never as exceptions."""
     source = SourceText(path, text)
+    too_large = _too_large(source)
+    if too_large is not None:
+        return ParseResult(ast.SpecFile(path, ()), (too_large,))
     recovery = _Recovery(source)
     statements: tuple = ()
     try:

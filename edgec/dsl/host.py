@@ -1,0 +1,147 @@
+"""Facts about the machine edgec runs on, for the ``host`` target's ``auto`` fields.
+
+Everything is read once and cached. LLVM's name for this CPU comes from TVM, which
+takes seconds to import, so it is asked only when a spec actually uses ``cpu auto``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+from pathlib import Path
+
+from edgec.dsl.units import Quantity
+
+# platform.machine() spellings -> the spec language's architecture names.
+_ARCHITECTURES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64",
+                  "arm64": "aarch64", "armv7l": "armv7", "armv7": "armv7"}
+TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+           "armv7": "armv7l-linux-gnueabihf"}
+
+# /proc/cpuinfo flag -> LLVM feature, for the features a kernel compiler cares about.
+_X86_FEATURES = {"avx": "+avx", "avx2": "+avx2", "fma": "+fma", "f16c": "+f16c",
+                 "avx512f": "+avx512f", "avx512bw": "+avx512bw", "avx512vl": "+avx512vl",
+                 "avx512dq": "+avx512dq", "avx512_vnni": "+avx512vnni",
+                 "avx_vnni": "+avxvnni", "avx512_bf16": "+avx512bf16",
+                 "avx512fp16": "+avx512fp16"}
+_ARM_FEATURES = {"asimd": "+neon", "neon": "+neon", "asimdhp": "+fullfp16",
+                 "asimddp": "+dotprod", "i8mm": "+i8mm", "sve": "+sve", "vfpv4": "+vfp4"}
+
+
+@functools.cache
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+@functools.cache
+def _flags() -> frozenset[str]:
+    match = re.search(r"^(?:flags|Features)\s*:\s*(.*)$", _cpuinfo(), re.MULTILINE)
+    return frozenset(match.group(1).split()) if match else frozenset()
+
+
+def architecture() -> str:
+    machine = platform.machine().lower()
+    return _ARCHITECTURES.get(machine, machine or "x86_64")
+
+
+def triple() -> str:
+    return TRIPLES.get(architecture(), f"{architecture()}-linux-gnu")
+
+
+@functools.cache
+def llvm_cpu() -> str:
+    """LLVM's name for this CPU (``znver5``), or ``generic`` when TVM cannot say."""
+    try:
+        from tvm.target import codegen  # seconds to import: only when asked
+        return str(codegen.llvm_get_system_cpu()) or "generic"
+    except Exception:  # noqa: BLE001 - any TVM trouble just means no better name
+        return "generic"
+
+
+def features() -> tuple[str, ...]:
+    table = _X86_FEATURES if architecture() == "x86_64" else _ARM_FEATURES
+    found = {feature for flag, feature in table.items() if flag in _flags()}
+    return tuple(sorted(found))
+
+
+def float_abi() -> str | None:
+    return "hard" if architecture() == "armv7" else None
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def clock() -> Quantity | None:
+    for path in ("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq",):
+        try:
+            return Quantity(round(int(Path(path).read_text()) / 1e6, 3), "GHz")
+        except (OSError, ValueError):
+            pass
+    match = re.search(r"^cpu MHz\s*:\s*([0-9.]+)", _cpuinfo(), re.MULTILINE)
+    if match:
+        return Quantity(round(float(match.group(1)) / 1000, 3), "GHz")
+    return None
+
+
+def memory() -> Quantity | None:
+    match = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo"), re.MULTILINE)
+    if match:
+        return Quantity(round(int(match.group(1)) / 1024 ** 2, 2), "GiB")
+    return None
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _fp32_flops_per_cycle() -> int:
+    """Per core: two FMA units of the widest vector (fp32 lanes x 2 ops x 2 units)."""
+    flags = _flags()
+    if architecture() == "x86_64":
+        if "avx512f" in flags:
+            return 64
+        if "avx2" in flags and "fma" in flags:
+            return 32
+        return 8
+    return 16 if architecture() == "aarch64" else 8
+
+
+def peak() -> tuple[tuple[str, Quantity], ...]:
+    """Estimated peak fp32 throughput: cores x clock x FLOP per cycle. An estimate:
+    nothing on the machine states it."""
+    ghz = clock()
+    if ghz is None:
+        return ()
+    gflops = cores() * ghz.to("GHz") * _fp32_flops_per_cycle()
+    return (("fp32", Quantity(round(gflops, 1), "GFLOPS")),)
+
+
+def fast_precisions() -> tuple[str, ...]:
+    flags = _flags()
+    fast = ["fp32"]
+    if {"avx512fp16", "asimdhp", "fphp"} & flags:
+        fast.append("fp16")
+    if {"avx512_vnni", "avx_vnni", "asimddp"} & flags:
+        fast.append("int8")
+    return tuple(fast)
+
+
+def detect(field_name: str):
+    """The detected value of one target field (spelled as in the spec language)."""
+    return {
+        "arch": architecture, "triple": triple, "cpu": llvm_cpu, "features": features,
+        "cores": cores, "clock": clock, "memory": memory, "bandwidth": lambda: None,
+        "peak": peak, "fast-precisions": fast_precisions,
+    }[field_name]()
