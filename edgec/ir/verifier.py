@@ -83,8 +83,8 @@ def _verify_graph(graph: Graph, opset_imports: dict[str, int] | None, outer_ids:
             domain = "" if node.domain == "ai.onnx" else node.domain
             if domain not in opset_imports and not (domain == "" and "ai.onnx" in opset_imports):
                 imported = ", ".join(repr(d) for d in opset_imports) or "nothing"
-                error(f"uses domain '{node.domain}', which the model does not import",
-                      node.describe(), notes=[f"the model imports {imported}"])
+                error(f"uses domain '{node.domain}', which the model does not import "
+                      f"(it imports {imported})", node.describe())
         for i, v in enumerate(node.inputs):
             if v is None:
                 continue
