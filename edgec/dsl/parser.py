@@ -407,8 +407,11 @@ class _Recovery:
                 line, column, length, code="spec.quoted-name", notes=notes)
         if token.type in {"NAME", "UNIT"} and "STRING" in error.expected \
                 and error.expected <= {"STRING", "NONE", "AUTO", "DEFAULT"}:
+            # The root lexer may have cut a path at '.' or '/': quote the whole word.
+            word = re.compile(r'[^\s#;{}"]+').match(source.text, token.start_pos)
+            written = word.group(0) if word else token.value
             return source.diagnostic(
-                f'this is written in double quotes: "{token.value}"', line, column, length,
+                f'this is written in double quotes: "{written}"', line, column, len(written),
                 code="spec.unquoted-string", notes=notes)
         if token.type in {"NAME", "UNIT"} and "NUMBER" in error.expected \
                 and len(error.expected - {"LESSTHAN", "__ANON_0"}) <= 2:

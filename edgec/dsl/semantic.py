@@ -53,6 +53,9 @@ def metric_names() -> tuple[str, ...]:
 
 def did_you_mean(word: str, known) -> str:
     guess = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    if not guess and len(word) >= 3:
+        # A shortened name ('cosine' for 'cosine-similarity') scores low on difflib.
+        guess = [k for k in known if k.startswith(word)][:1]
     if not guess:
         lowered = {k.lower(): k for k in known}
         guess = [lowered[word.lower()]] if word.lower() in lowered else []
@@ -102,7 +105,18 @@ class Resolver:
         state = _State()
         real = _real(path)
         self._apply_file(text, path, state, stack=(real,) if real else ())
-        return self._finish(state)
+        spec = self._finish(state)
+        # Reading order: by file (as first met), then line and column.
+        files: dict[str | None, int] = {}
+        for diagnostic in self.diagnostics:
+            files.setdefault(diagnostic.location.path if diagnostic.location else None,
+                             len(files))
+
+        def position(diagnostic: Diagnostic):
+            location = diagnostic.location or Location()
+            return (files[location.path], location.line or 0, location.column or 0)
+        self.diagnostics.sort(key=position)
+        return spec
 
     # -- reporting ------------------------------------------------------------------
 
@@ -120,8 +134,8 @@ class Resolver:
 
     # -- files and includes -----------------------------------------------------------
 
-    def _read(self, path: Path, failure: tuple[SourceText, ast.Span] | None
-              ) -> tuple[str | None, str]:
+    def _read(self, path: Path, failure: tuple[SourceText, ast.Span] | None,
+              written: str | None = None) -> tuple[str | None, str]:
         shown = str(path)
         try:
             data = path.read_bytes()
@@ -131,7 +145,8 @@ class Resolver:
             if isinstance(error, FileNotFoundError) and path.parent.is_dir():
                 siblings = sorted(p.name for p in path.parent.glob("*.edge"))
                 hint = did_you_mean(path.name, siblings)
-                message = f"no such file: {shown}{hint}"
+                message = f"no such file: {written or shown}{hint}"
+                notes = (f"looked for {path.resolve()}",) if written else ()
             if failure is not None:
                 self.error(failure[0], failure[1], message, "spec.include-missing", notes)
             else:
@@ -195,7 +210,7 @@ class Resolver:
             self.error(source, statement.path.span, f"{path} is a directory, not a spec file",
                        "spec.include-missing")
             return
-        text, shown = self._read(path, (source, statement.path.span))
+        text, shown = self._read(path, (source, statement.path.span), relative)
         if text is None:
             return
         self._apply_file(text, shown, state, stack + (real,))
@@ -342,7 +357,7 @@ class Resolver:
                                      "such as '10 min'", "spec.tuning-unit")
             else:
                 limit = self._quantity(quantity, source, "a tuning time", (Dimension.TIME,),
-                                       positive=True)
+                                       positive=True, other_words=("trials",))
                 if limit is _INVALID:
                     ok = False
                 elif wall_time is not None:
@@ -414,13 +429,14 @@ class Resolver:
     # -- quantities ------------------------------------------------------------------
 
     def _quantity(self, literal: ast.QuantityLiteral, source: SourceText, what: str,
-                  dimensions: tuple[Dimension, ...], positive: bool = False):
+                  dimensions: tuple[Dimension, ...], positive: bool = False,
+                  other_words: tuple[str, ...] = ()):
         if not math.isfinite(literal.number):
             self.error(source, literal.span, f"number too large: {literal.text}", "spec.range")
             return _INVALID
         unit = literal.unit.text if literal.unit else ""
         if unit and unit not in UNITS:
-            guess = suggest_unit(unit)
+            guess = suggest_unit(unit, dimensions, other_words)
             hint = f"; did you mean '{guess}'?" if guess else ""
             self.error(source, literal.unit.span, f"unknown unit '{unit}'{hint}",
                        "spec.unknown-unit", (f"{what} needs {_describe(dimensions)}",))

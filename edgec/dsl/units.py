@@ -66,13 +66,18 @@ class UnitError(ValueError):
     """A unit that does not exist, or one of the wrong dimension."""
 
 
-def suggest_unit(text: str) -> str | None:
-    """The known unit closest to a misspelled one, ignoring case (``mib`` -> ``MiB``)."""
-    by_lower = {u.lower(): u for u in UNITS}
-    if text.lower() in by_lower:
-        return by_lower[text.lower()]
-    close = difflib.get_close_matches(text.lower(), list(by_lower), n=1, cutoff=0.5)
-    return by_lower[close[0]] if close else None
+def suggest_unit(text: str, dimensions=(), extra_words=()) -> str | None:
+    """The known unit closest to a misspelled one, ignoring case (``mib`` -> ``MiB``);
+    units of the expected ``dimensions`` (and ``extra_words``) are tried first."""
+    fitting = [u for u, (d, _) in UNITS.items() if d in dimensions] + list(extra_words)
+    for candidates in (fitting, list(UNITS)):
+        by_lower = {u.lower(): u for u in candidates}
+        if text.lower() in by_lower:
+            return by_lower[text.lower()]
+        close = difflib.get_close_matches(text.lower(), list(by_lower), n=1, cutoff=0.5)
+        if close:
+            return by_lower[close[0]]
+    return None
 
 
 def format_number(value: float) -> str:
