@@ -270,11 +270,96 @@ def _run_ort(model: onnx.ModelProto, case: Case) -> list[list[Any]]:
     # onnxruntime's backend does; outputs are read by the original model's names.
     input_names = [i.name for i in session.get_inputs()]
     output_names = [o.name for o in case.model.graph.output]
+    exotic_outputs = any(o.type.tensor_type.elem_type in _EXOTIC_TYPES for o in case.model.graph.output)
     results = []
     for inputs, _ in case.data_sets:
-        feed = dict(zip(input_names, inputs))
-        results.append(session.run(output_names, feed))
+        if exotic_outputs or any(_is_exotic(x) for x in inputs):
+            results.append(_run_with_ort_values(session, input_names, inputs, output_names))
+        else:
+            results.append(session.run(output_names, dict(zip(input_names, inputs))))
     return results
+
+
+# Element types numpy has no type for (ml_dtypes provides them): onnxruntime's Python
+# API neither accepts nor returns them as arrays, so they travel as raw OrtValue bytes.
+_EXOTIC_TYPES = {
+    onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ,
+    onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E5M2FNUZ, onnx.TensorProto.UINT4,
+    onnx.TensorProto.INT4, onnx.TensorProto.FLOAT4E2M1,
+    *(getattr(onnx.TensorProto, n) for n in ("FLOAT8E8M0", "UINT2", "INT2") if hasattr(onnx.TensorProto, n)),
+}
+# Sub-byte types: onnxruntime packs them, lowest element in the lowest bits.
+_PACKED_BITS = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.FLOAT4E2M1: 4,
+                **{getattr(onnx.TensorProto, n): 2 for n in ("UINT2", "INT2") if hasattr(onnx.TensorProto, n)}}
+
+
+def _is_exotic(x: Any) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype.type.__module__.startswith("ml_dtypes")
+
+
+def _run_with_ort_values(session, input_names: list[str], inputs: Sequence[Any],
+                         output_names: list[str]) -> list[Any]:
+    import ctypes
+
+    import onnxruntime as ort
+
+    keep_alive = []  # an OrtValue made from an array borrows the array's memory
+    feed = {}
+    for name, x in zip(input_names, inputs):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"input '{name}': only tensors can travel as OrtValues, got {type(x).__name__}")
+        x = x if x.flags.c_contiguous else x.copy()  # not ascontiguousarray: it makes 0-d 1-d
+        keep_alive.append(x)
+        if not _is_exotic(x):
+            feed[name] = ort.OrtValue.ortvalue_from_numpy(x)
+            continue
+        onnx_type = onnx.helper.np_dtype_to_tensor_dtype(x.dtype)
+        bits = _PACKED_BITS.get(onnx_type)
+        if bits is None:
+            raw = x.view(np.uint8 if x.dtype.itemsize == 1 else np.uint16)
+            feed[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, onnx_type)
+            continue
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(x.shape), onnx_type)
+        packed = _pack(x.view(np.uint8).reshape(-1), bits)
+        size = value.tensor_size_in_bytes()
+        if size:
+            ctypes.memmove(value.data_ptr(), packed.ctypes.data, min(size, packed.nbytes))
+        feed[name] = value
+    outputs = []
+    for value in session.run_with_ort_values(output_names, feed):
+        onnx_type = value.element_type()
+        if onnx_type not in _EXOTIC_TYPES:
+            outputs.append(value.numpy())
+            continue
+        shape = tuple(value.shape())
+        size = value.tensor_size_in_bytes()
+        raw = np.frombuffer(ctypes.string_at(value.data_ptr(), size), dtype=np.uint8) if size else \
+            np.zeros(0, np.uint8)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(onnx_type)
+        bits = _PACKED_BITS.get(onnx_type)
+        if bits is not None:
+            raw = _unpack(raw, bits, int(np.prod(shape)))
+        outputs.append(raw.view(dtype).reshape(shape))
+    return outputs
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    padded = np.zeros(-(-codes.size // per_byte) * per_byte, np.uint8)
+    padded[: codes.size] = codes & mask
+    groups = padded.reshape(-1, per_byte)
+    packed = np.zeros(groups.shape[0], np.uint8)
+    for k in range(per_byte):
+        packed |= groups[:, k] << (k * bits)
+    return packed
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    codes = np.stack([(packed >> (k * bits)) & mask for k in range(per_byte)], axis=1).reshape(-1)
+    return np.ascontiguousarray(codes[:count]).astype(np.uint8)
 
 
 def compare_outputs(expected: Sequence[Any], actual: Sequence[Any], rtol: float, atol: float) -> str | None:
