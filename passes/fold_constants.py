@@ -170,6 +170,8 @@ class _Folder:
             needed = [o for n in folding for o in n.outputs if o.name and (
                 o.is_graph_output() or id(o) in self.returned
                 or any(id(u) not in ids for u, _ in o.uses()))]
+            # Nodes that feed no needed value are not folding's business (dce's).
+            folding = _cone(folding, needed)
             missing = [o for o in needed if id(o) not in results]
             if missing:
                 got, failed = self.evaluate(folding, missing, {})
@@ -335,6 +337,20 @@ def _runnable(nodes: list[Node], known: dict[int, np.ndarray], failed: set[int])
         else:
             failed.add(id(n))
     return out
+
+
+def _cone(nodes: list[Node], values: list[Value]) -> list[Node]:
+    """The nodes of ``nodes`` that ``values`` depend on, in order."""
+    members = {id(n) for n in nodes}
+    keep: set[int] = set()
+    stack = [v.producer() for v in values]
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in keep or id(n) not in members:
+            continue
+        keep.add(id(n))
+        stack.extend(v.producer() for v in n.inputs if v is not None)
+    return [n for n in nodes if id(n) in keep]
 
 
 def _without(nodes: list[Node], dropped: set[int]) -> list[Node]:
