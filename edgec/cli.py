@@ -103,6 +103,51 @@ def _build_parser() -> argparse.ArgumentParser:
     passes.add_argument("--json", action="store_true", help="print the list as JSON")
     passes.set_defaults(handler=_cmd_passes)
 
+    comp = sub.add_parser("compile", help="compile a model for a spec into an artifact folder",
+                          description="Compile MODEL for SPEC into the artifact folder OUT.")
+    comp.add_argument("model", metavar="MODEL", help="the ONNX model")
+    comp.add_argument("--spec", required=True, metavar="SPEC", help="the .edge spec file")
+    comp.add_argument("-o", "--output", metavar="OUT",
+                      help="the artifact folder (default: build/<model name>)")
+    comp.add_argument("--data", metavar="DATA",
+                      help="sample data (.npz, folder or glob), overriding the spec's")
+    comp.add_argument("--backend", choices=["auto", "tvm", "ort"],
+                      help="override the spec's backend")
+    comp.add_argument("--cache-dir", metavar="DIR",
+                      help="build and tuning caches (default: $EDGEC_CACHE_DIR or ~/.cache/edgec)")
+    comp.add_argument("--depfile", metavar="FILE", help="write a Makefile-syntax depfile")
+    comp.add_argument("--allow-over-budget", action="store_true",
+                      help="write the artifact even when a budget is missed (marked so)")
+    comp.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                      help="measure (and tune) on devices through this TVM RPC tracker")
+    comp.add_argument("--rpc-key", metavar="KEY", help="the device key at the tracker")
+    comp.add_argument("--threads", type=int, metavar="N", help="threads for measurement")
+    comp.add_argument("--json", action="store_true",
+                      help="print one JSON document: outcome, budgets, candidates, diagnostics")
+    comp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    comp.set_defaults(handler=_cmd_compile)
+
+    run = sub.add_parser("run", help="run an artifact on this host")
+    run.add_argument("artifact", metavar="ARTIFACT")
+    run.add_argument("--inputs", required=True, metavar="FILE.npz",
+                     help="inputs keyed by the model's input names")
+    run.add_argument("-o", "--output", metavar="OUT.npz", help="where to write the outputs")
+    run.set_defaults(handler=_cmd_run)
+
+    bench = sub.add_parser("bench", help="measure an artifact's latency (here or over RPC)")
+    bench.add_argument("artifact", metavar="ARTIFACT")
+    bench.add_argument("--inputs", metavar="FILE.npz", help="inputs (default: synthetic)")
+    bench.add_argument("--rpc-tracker", metavar="HOST:PORT")
+    bench.add_argument("--rpc-key", metavar="KEY")
+    bench.add_argument("--threads", type=int, metavar="N")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(handler=_cmd_bench)
+
+    inspect = sub.add_parser("inspect", help="what an artifact holds and which budgets hold")
+    inspect.add_argument("artifact", metavar="ARTIFACT")
+    inspect.add_argument("--json", action="store_true", help="print the manifest")
+    inspect.set_defaults(handler=_cmd_inspect)
+
     _add_dsl_commands(sub)
     return parser
 
@@ -192,6 +237,137 @@ def _read_model_bytes(path: str) -> tuple[bytes, str]:
     except OSError as e:
         raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
                                           Location(path=path))) from None
+
+
+# --------------------------------------------------------------------------- compile, run, bench, inspect
+
+
+def _rpc(args) -> "object | None":
+    from edgec.backends.base import RpcConfig
+
+    if not getattr(args, "rpc_tracker", None):
+        if getattr(args, "rpc_key", None):
+            raise UsageError("--rpc-key needs --rpc-tracker HOST:PORT")
+        return None
+    if not args.rpc_key:
+        raise UsageError("--rpc-tracker needs --rpc-key KEY (the device key at the tracker)")
+    try:
+        return RpcConfig.parse(args.rpc_tracker, args.rpc_key)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from edgec.compiler import CompileOptions, compile_model
+    from edgec.diagnostics import BudgetError
+    from edgec.progress import ProgressPrinter
+
+    out = args.output or os.path.join("build", os.path.splitext(os.path.basename(args.model))[0])
+    quiet = args.quiet or args.json
+    options = CompileOptions(data=args.data, backend=args.backend, cache_dir=args.cache_dir,
+                             allow_over_budget=args.allow_over_budget, depfile=args.depfile,
+                             rpc=_rpc(args), threads=args.threads,
+                             progress=ProgressPrinter(quiet=quiet))
+    try:
+        result = compile_model(args.model, args.spec, out, options)
+    except BudgetError as e:
+        if args.json:
+            print(json.dumps({"ok": False, "outcome": "over-budget", "output": None,
+                              "diagnostics": [d.to_json() for d in e.diagnostics]}, indent=2))
+            return int(e.exit_code)
+        raise
+    manifest = result.manifest
+    if args.json:
+        print(json.dumps({
+            "ok": True, "outcome": "ok" if manifest["budgets_held"] else "over-budget-allowed",
+            "output": out, "cached": result.cached, "budgets": manifest["budgets"],
+            "configuration": manifest["configuration"], "candidates": manifest["candidates"],
+            "diagnostics": [*manifest.get("diagnostics", []),
+                            *[d.to_json() for d in result.diagnostics]]}, indent=2))
+        return ExitCode.OK
+    if not args.quiet:
+        if result.cached == "output":
+            print(f"edgec: {out} is up to date", file=sys.stderr)
+        else:
+            with open(os.path.join(out, "report.txt")) as f:
+                sys.stderr.write(f.read())
+            if result.cached == "cache":
+                print(f"edgec: {out} copied from the cache (no rebuild)", file=sys.stderr)
+    if not manifest["budgets_held"]:
+        print(f"warning: {out} is over budget (written because of --allow-over-budget)",
+              file=sys.stderr)
+    return ExitCode.OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgec.artifact import load
+
+    artifact = load(args.artifact)
+    artifact.check_runnable()
+    try:
+        with np.load(args.inputs, allow_pickle=False) as npz:
+            inputs = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(Diagnostic.error(f"cannot read inputs: {e}", Location(path=args.inputs))) \
+            from None
+    outputs = artifact.run(inputs)
+    if args.output:
+        np.savez(args.output, **outputs)
+    else:
+        for name, value in outputs.items():
+            print(f"{name}: {value.dtype}{list(value.shape)}")
+    return ExitCode.OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgec.artifact import load
+    from edgec.backends import get_backend
+    from edgec.backends.base import BuildOptions
+    from edgec.compiler import default_cache_dir
+    from edgec.data import InputSpec, synthetic_samples
+
+    artifact = load(args.artifact)
+    rpc = _rpc(args)
+    if rpc is None:
+        artifact.check_runnable()
+    details = artifact.manifest["backend"]["details"]
+    if args.inputs:
+        with np.load(args.inputs, allow_pickle=False) as npz:
+            inputs = {k: npz[k] for k in npz.files}
+    else:
+        import onnx
+
+        from edgec.data import model_inputs
+        specs: list[InputSpec] = model_inputs(onnx.load(os.path.join(artifact.path, "model.onnx"),
+                                                        load_external_data=False))
+        batch = (artifact.manifest["spec"]["budget"].get("latency") or {}).get("batch", 1)
+        inputs = {k: v for k, v in synthetic_samples(specs, batch, 0, batch).items()}
+    backend = get_backend(artifact.backend_name)
+    stats = backend.measure(artifact.path, details, inputs,
+                            BuildOptions(cache_dir=default_cache_dir(), threads=args.threads, rpc=rpc))
+    if args.json:
+        print(json.dumps({"artifact": artifact.path, "backend": artifact.backend_name,
+                          **stats.to_json()}, indent=2))
+    else:
+        print(f"{artifact.path}: p50 {stats.p50 * 1e3:.3f} ms  p90 {stats.p90 * 1e3:.3f} ms  "
+              f"mean {stats.mean * 1e3:.3f} ms  ({stats.samples} runs, {stats.where})")
+    return ExitCode.OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edgec.artifact import load
+    from edgec.report import text_report
+
+    artifact = load(args.artifact)
+    if args.json:
+        print(json.dumps(artifact.manifest, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(text_report(artifact.manifest, artifact.measurements))
+    return ExitCode.OK
 
 
 # --------------------------------------------------------------------------- passes

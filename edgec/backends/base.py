@@ -1,0 +1,156 @@
+"""What a backend is: it turns optimized ONNX into files in an artifact folder, loads them
+back to run, and measures latency.
+
+Backends know the IR's ONNX form and the target; they do not know the spec language's
+syntax. Each backend registers under the ``edgec.backends`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+import onnx
+
+from edgec.diagnostics import EdgecError
+
+# progress(stage, done, total, message): total None when unknown. Backends call it
+# while tuning or building; the CLI draws a bar on a terminal and lines otherwise.
+Progress = Callable[[str, int, "int | None", str], None]
+
+
+def no_progress(stage: str, done: int, total: int | None, message: str) -> None:
+    pass
+
+
+@dataclass
+class BuildOptions:
+    """What the compile driver asks of a backend beyond the model and the target."""
+
+    cache_dir: str                       # persistent caches (tuning databases) live here
+    tuning_trials: int | None = None     # None and no wall time: no tuning
+    tuning_seconds: float | None = None
+    seed: int = 0
+    threads: int | None = None           # intra-op threads for measurement; None: all cores
+    rpc: "RpcConfig | None" = None
+    progress: Progress = no_progress
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    """A TVM RPC tracker and the key of the device servers registered with it."""
+
+    host: str
+    port: int
+    key: str
+
+    @classmethod
+    def parse(cls, tracker: str, key: str) -> "RpcConfig":
+        host, _, port = tracker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT for the RPC tracker, got '{tracker}'")
+        return cls(host, int(port), key)
+
+
+@dataclass
+class BuildResult:
+    """What a backend wrote and what the manifest should say about it.
+
+    ``files`` are paths relative to the artifact folder. ``runnable_here`` is False
+    for modules built for another machine (cross-compiled). ``details`` goes into
+    the manifest's ``backend`` section verbatim (JSON-ready, deterministic: no
+    timestamps, no absolute paths). ``tuned`` says whether kernels were tuned;
+    ``notes`` are human-readable facts for the report.
+    """
+
+    backend: str
+    files: list[str]
+    runnable_here: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    tuned: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency in seconds over ``samples`` timed runs after warm-up."""
+
+    p50: float
+    p90: float
+    mean: float
+    samples: int
+    where: str  # "host", "rpc://HOST:PORT/KEY", "estimated"
+
+    @classmethod
+    def from_times(cls, times: list[float], where: str) -> "LatencyStats":
+        ordered = sorted(times)
+        return cls(p50=statistics.median(ordered), p90=_percentile(ordered, 90),
+                   mean=statistics.fmean(ordered), samples=len(ordered), where=where)
+
+    def to_json(self) -> dict:
+        return {"p50_ms": self.p50 * 1e3, "p90_ms": self.p90 * 1e3, "mean_ms": self.mean * 1e3,
+                "samples": self.samples, "where": self.where}
+
+    def percentile(self, p: int) -> float:
+        return self.p50 if p == 50 else self.p90
+
+
+def _percentile(ordered: list[float], p: float) -> float:
+    if len(ordered) == 1:
+        return ordered[0]
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 5, repeats: int = 50,
+               max_seconds: float = 10.0) -> list[float]:
+    """Wall times of ``fn()`` after warm-up; stops early once ``max_seconds`` are spent
+    (at least 5 samples are always taken)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    budget_end = time.perf_counter() + max_seconds
+    while len(times) < repeats and (len(times) < 5 or time.perf_counter() < budget_end):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class Runner(Protocol):
+    """A loaded artifact module that runs on this host."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def unavailable_reason(self, target) -> str | None:
+        """Why this backend cannot build for ``target`` here (None: it can)."""
+
+    def check_model(self, model: onnx.ModelProto) -> None:
+        """Raise `ModelError` naming the op and node if the model cannot be taken."""
+
+    def build(self, model: onnx.ModelProto, target, out_dir: str,
+              options: BuildOptions) -> BuildResult:
+        """Write the backend's files into ``out_dir`` (the artifact's temporary folder)."""
+
+    def load(self, artifact_dir: str, details: dict[str, Any]) -> Runner:
+        """Load a built artifact to run on this host (raise BackendError if it cannot)."""
+
+    def measure(self, artifact_dir: str, details: dict[str, Any],
+                inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
+        """Latency of the artifact on ``inputs``: on this host, or over RPC if
+        ``options.rpc`` is set."""
+
+
+class BackendError(EdgecError):
+    """A backend cannot do what was asked (missing toolchain, not runnable here)."""

@@ -1,0 +1,41 @@
+"""Progress on the terminal: a redrawn bar on a TTY, plain lines when piped, nothing when quiet."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class ProgressPrinter:
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_line = 0.0
+        self._open_bar = False
+
+    def __call__(self, stage: str, done: int, total: int | None, message: str) -> None:
+        if self.quiet:
+            return
+        if self.tty and total:
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r{stage:>8} [{bar}] {done}/{total} {message[:40]:<40}")
+            self._open_bar = done < total
+            if not self._open_bar:
+                self.stream.write("\n")
+            self.stream.flush()
+            return
+        if self._open_bar:
+            self.stream.write("\n")
+            self._open_bar = False
+        # Piped: one line per event, but not more than a few per second.
+        now = time.monotonic()
+        if total and done not in (0, total) and now - self._last_line < 0.5:
+            return
+        self._last_line = now
+        count = f" {done}/{total}" if total else ""
+        self.stream.write(f"edgec: {stage}{count}: {message}\n")
+        self.stream.flush()
