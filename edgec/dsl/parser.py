@@ -518,23 +518,30 @@ class ParseResult:
 # A spec is a page of settings; lark parses about 100 KB/s of dense statements, so a
 # bound on the text that is not comment or blank keeps any input under a second.
 MAX_STATEMENT_TEXT = 64 * 1024
-_INSIGNIFICANT = re.compile(r"#[^\n]*|\s+")
-_SIGNIFICANT = re.compile(r"[^\s#]+")
+_COMMENT = re.compile(r"#[^\n]*")
+_BLANK = re.compile(r"\s+")
 
 
 def _too_large(source: SourceText) -> Diagnostic | None:
-    if len(source.text) - sum(len(m) for m in _INSIGNIFICANT.findall(source.text)) \
-            <= MAX_STATEMENT_TEXT:
+    # Whole-text regex passes only (C speed): this runs before every parse.
+    text = _COMMENT.sub(lambda m: " " * len(m.group(0)), source.text) \
+        if "#" in source.text else source.text
+    if len(_BLANK.sub("", text)) <= MAX_STATEMENT_TEXT:
         return None
-    seen = 0
-    for match in _SIGNIFICANT.finditer(_INSIGNIFICANT.sub(lambda m: " " * len(m.group(0)),
-                                                          source.text)):
-        seen += len(match.group(0))
-        if seen > MAX_STATEMENT_TEXT:
-            offset = match.start()
+    seen, offset, chunk = 0, 0, 4096
+    while offset < len(text):
+        piece = text[offset:offset + chunk]
+        count = len(_BLANK.sub("", piece))
+        if seen + count > MAX_STATEMENT_TEXT:
+            for char in piece:
+                if not char.isspace():
+                    seen += 1
+                    if seen > MAX_STATEMENT_TEXT:
+                        break
+                offset += 1
             break
-    else:  # pragma: no cover - the count above says the loop breaks
-        offset = 0
+        seen += count
+        offset += chunk
     line = source.text.count("\n", 0, offset) + 1
     column = offset - (source.text.rfind("\n", 0, offset) + 1) + 1
     return source.diagnostic(

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-
-
 import pytest
-
-
-
-
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _host_detected():
