@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+
 @pytest.fixture(scope="session", autouse=True)
 def _host_detected():
     # Detecting the host imports TVM once (seconds); do it before any timed or
