@@ -55,12 +55,44 @@ def triple() -> str:
 
 @functools.cache
 def llvm_cpu() -> str:
-    """LLVM's name for this CPU (``znver5``), or ``generic`` when TVM cannot say."""
+    """LLVM's name for this CPU (``znver5``), or ``generic`` when TVM cannot say.
+
+    Importing TVM takes seconds, which would dominate a no-op ``edgec compile``; the
+    answer is kept in the cache folder, keyed by what /proc/cpuinfo says of the CPU
+    and by TVM's version, so it is asked once per machine.
+    """
+    import hashlib
+    import importlib.metadata
+    import json
+
+    try:
+        tvm_version = importlib.metadata.version("apache-tvm")
+    except importlib.metadata.PackageNotFoundError:
+        tvm_version = "none"
+    model = re.search(r"^model name\s*:\s*(.*)$", _cpuinfo(), re.MULTILINE)
+    key = hashlib.sha256("|".join([model.group(1) if model else "", " ".join(sorted(_flags())),
+                                   platform.machine(), tvm_version]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("EDGEC_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgec") / "host-cpu.json"
+    try:
+        known = json.loads(cache.read_text())
+        if known.get("key") == key:
+            return known["cpu"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
     try:
         from tvm.target import codegen  # seconds to import: only when asked
-        return str(codegen.llvm_get_system_cpu()) or "generic"
+        name = str(codegen.llvm_get_system_cpu()) or "generic"
     except Exception:  # noqa: BLE001 - any TVM trouble just means no better name
         return "generic"
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "cpu": name}))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return name
 
 
 def features() -> tuple[str, ...]:
