@@ -120,3 +120,14 @@ def test_compare_outputs_follows_onnx_runner() -> None:
     assert compare([strings], [strings.copy()], 1e-3, 1e-7) is None
     assert "strings" in compare([strings], [np.array(["a", "c"], dtype=object)], 1e-3, 1e-7)
     assert "2 outputs" in compare([np.ones(1)], [np.ones(1), np.ones(1)], 1e-3, 1e-7)
+
+
+def test_command_prints_counts_and_json(capsys) -> None:
+    import json
+
+    assert conformance.main(["--no-passes", "--cases", "node", "-k", "test_relu"]) == 0
+    text = capsys.readouterr().out
+    assert "edgec conformance: no passes" in text and "ORT fails on original" in text
+    assert conformance.main(["--no-passes", "--cases", "node", "-k", "test_adam", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["training-only"] == report["counts"]["cases"] >= 2
