@@ -51,6 +51,7 @@ __all__ = [
     "run_cases",
     "run_original",
     "sample",
+    "with_constant_inputs",
     "main",
 ]
 
@@ -87,6 +88,7 @@ class Case:
     atol: float
     source: str  # "node" or "light"
     base_dir: str | None = None
+    variant: str = ""  # "" as onnx wrote it; "constant-inputs": see with_constant_inputs
 
     @property
     def training_only(self) -> bool:
@@ -192,6 +194,41 @@ def _to_numpy(x: Any) -> Any:
     if isinstance(x, np.generic):  # a few generators write a numpy scalar for a 0-d tensor
         return np.asarray(x)
     return x
+
+
+def with_constant_inputs(case: Case) -> Case | None:
+    """The case with every input written into the model as an initializer.
+
+    Node cases feed everything through graph inputs, which leaves constant folding
+    nothing to do; this variant makes ``fold-constants`` evaluate the case's operator
+    itself. None when an input is not a plain tensor (a sequence, an empty optional)
+    or the case has several data sets.
+    """
+    if len(case.data_sets) != 1:
+        return None
+    inputs, outputs = case.data_sets[0]
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    graph = model.graph
+    existing = {t.name for t in graph.initializer}
+    fed = [vi for vi in graph.input if vi.name not in existing]
+    if len(fed) != len(inputs) or not all(isinstance(x, np.ndarray) for x in inputs):
+        return None
+    try:
+        tensors = [numpy_helper.from_array(x, vi.name) for vi, x in zip(fed, inputs)]
+    except Exception:  # a dtype numpy_helper cannot write
+        return None
+    for vi, tensor in zip(fed, tensors):
+        if tensor.data_type != vi.type.tensor_type.elem_type:
+            return None
+    graph.initializer.extend(tensors)
+    kept = [vi for vi in graph.input if vi.name in existing]
+    del graph.input[:]
+    graph.input.extend(kept)
+    if model.ir_version < 4:  # initializers that are not inputs need IR 4
+        model.ir_version = 4
+    return Case(case.name, model, (((), outputs),), case.rtol, case.atol, case.source, case.base_dir,
+                "constant-inputs")
 
 
 def sample(cases: Sequence[Case], size: int = CI_SAMPLE_SIZE) -> list[Case]:
@@ -452,7 +489,7 @@ _original_results: dict[tuple[str, str], CaseResult | None] = {}
 def run_original(case: Case) -> CaseResult | None:
     """How onnxruntime does on the model as onnx wrote it: None when it passes, else the
     "training-only" or "ORT fails on original" result. Cached per case."""
-    key = (case.source, case.name)
+    key = (case.source, case.name, case.variant)
     if key not in _original_results:
         result: CaseResult | None = None
         if case.training_only:
@@ -557,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"a deterministic sample of N node cases (CI uses {CI_SAMPLE_SIZE})")
     parser.add_argument("--cases", choices=("all", "node", "light"), default="all")
     parser.add_argument("-k", metavar="SUBSTRING", help="only cases whose name contains SUBSTRING")
+    parser.add_argument("--constant-inputs", action="store_true",
+                        help="write each node case's inputs into the model as initializers, so "
+                             "that constant folding evaluates the operator (cases with sequence "
+                             "or optional inputs are left out)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--defects-only", action="store_true",
                         help="list only edgec's defects, not ORT's failures and training-only cases")
@@ -571,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += light_cases()
     if args.k:
         cases = [c for c in cases if args.k in c.name]
+    if args.constant_inputs:
+        cases = [v for v in (with_constant_inputs(c) if c.source == "node" else c for c in cases) if v is not None]
     report = run_cases(cases, transformation)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -60,6 +60,15 @@ def test_node_case(name: str, transformation: str) -> None:
     _check(_case(name), transformation)
 
 
+@pytest.mark.parametrize("name", _selected_names())
+def test_node_case_with_constant_inputs(name: str) -> None:
+    """The inputs as initializers: the default pipeline's fold-constants evaluates the operator."""
+    case = conformance.with_constant_inputs(_case(name))
+    if case is None:
+        pytest.skip("an input is not a plain tensor")
+    _check(case, "default-pipeline")
+
+
 @pytest.mark.parametrize("transformation", list(TRANSFORMATIONS))
 @pytest.mark.parametrize("name", [c.name for c in conformance.light_cases()])
 def test_light_model(name: str, transformation: str) -> None:
