@@ -37,6 +37,12 @@ NON_TENSOR_OPS = frozenset({
     "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
     "OptionalGetElement", "OptionalHasElement",
 })
+# onnxruntime's names of the element types whose values it returns as these numpy types.
+_ORT_TENSOR_TYPES = {f"tensor({name})": np.dtype(dtype) for name, dtype in [
+    ("float", np.float32), ("double", np.float64), ("float16", np.float16),
+    ("int8", np.int8), ("int16", np.int16), ("int32", np.int32), ("int64", np.int64),
+    ("uint8", np.uint8), ("uint16", np.uint16), ("uint32", np.uint32), ("uint64", np.uint64),
+    ("bool", np.bool_), ("string", np.object_)]}
 # Nodes of the evaluation model are named so that onnxruntime's errors point at them.
 _NODE_PREFIX = "__edgec_fold_"
 _NODE_NAME = re.compile(re.escape(_NODE_PREFIX) + r"(\d+)")
@@ -166,12 +172,17 @@ class _Folder:
         folding = list(region)
         results: dict[int, np.ndarray] = {}
         while folding:
-            ids = {id(n) for n in folding}
-            needed = [o for n in folding for o in n.outputs if o.name and (
-                o.is_graph_output() or id(o) in self.returned
-                or any(id(u) not in ids for u, _ in o.uses()))]
-            # Nodes that feed no needed value are not folding's business (dce's).
-            folding = _cone(folding, needed)
+            # Nodes that feed no needed value are not folding's business (dce's); once
+            # they are out, what they read from the region becomes needed in turn.
+            while True:
+                ids = {id(n) for n in folding}
+                needed = [o for n in folding for o in n.outputs if o.name and (
+                    o.is_graph_output() or id(o) in self.returned
+                    or any(id(u) not in ids for u, _ in o.uses()))]
+                in_cone = _cone(folding, needed)
+                if len(in_cone) == len(folding):
+                    break
+                folding = in_cone
             missing = [o for o in needed if id(o) not in results]
             if missing:
                 got, failed = self.evaluate(folding, missing, {})
@@ -306,11 +317,15 @@ class _Folder:
             session = ort.InferenceSession(proto.SerializeToString(), options,
                                            providers=["CPUExecutionProvider"])
             arrays = session.run([v.name for v in wanted], {})
+            declared = [o.type for o in session.get_outputs()]
         except Exception as e:  # onnxruntime raises its own exception types
             match = _NODE_NAME.search(str(e))
             node = nodes[int(match.group(1))] if match and int(match.group(1)) < len(nodes) else None
             raise _BatchFailure(node, str(e)) from None
-        return {id(v): a for v, a in zip(wanted, arrays)}
+        # onnxruntime hands some element types (float8, int4, ...) back as numpy types
+        # of the same width (uint8): such an array would change the value's type.
+        return {id(v): a if _ORT_TENSOR_TYPES.get(t) == getattr(a, "dtype", None) else None
+                for v, a, t in zip(wanted, arrays, declared)}
 
 
 def _returned_from_enclosing_scope(model: Model) -> dict[int, list[tuple[Graph, int]]]:
