@@ -113,14 +113,27 @@ def _write_external(model: Model, proto: onnx.ModelProto, data_file, data_name: 
         start = offset
         if tensor.external is not None:
             ext = tensor.external
-            with open(ext.path, "rb") as src:
+            with open(ext.path, "rb", buffering=0) as src:  # raw: _hole_ahead moves the fd
                 src.seek(ext.offset)
                 remaining = ext.length
                 while remaining is None or remaining > 0:
+                    hole = _hole_ahead(src)
+                    if hole:
+                        hole = hole if remaining is None else min(hole, remaining)
+                        src.seek(hole, os.SEEK_CUR)
+                        data_file.seek(hole, os.SEEK_CUR)
+                        offset += hole
+                        if remaining is not None:
+                            remaining -= hole
+                        continue
                     chunk = src.read(1 << 24 if remaining is None else min(1 << 24, remaining))
                     if not chunk:
                         break
-                    data_file.write(chunk)
+                    if chunk.count(0) == len(chunk):
+                        # Zeros become a hole: a sparse source stays sparse (and fast).
+                        data_file.seek(len(chunk), os.SEEK_CUR)
+                    else:
+                        data_file.write(chunk)
                     offset += len(chunk)
                     if remaining is not None:
                         remaining -= len(chunk)
@@ -128,12 +141,33 @@ def _write_external(model: Model, proto: onnx.ModelProto, data_file, data_name: 
             raw = numpy_helper.from_array(tensor.numpy()).raw_data
             data_file.write(raw)
             offset += len(raw)
+        data_file.truncate(offset)  # materialize a trailing hole
         _clear_data(tp)
         tp.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", data_name), ("offset", str(start)),
                            ("length", str(offset - start))):
             e = tp.external_data.add()
             e.key, e.value = key, value
+
+
+def _hole_ahead(src) -> int:
+    """How many bytes of hole (unwritten, reading as zeros) the file has at its
+    current position; 0 where the OS cannot tell. Skipping them keeps copying a
+    sparse multi-GB weight file fast."""
+    seek_data = getattr(os, "SEEK_DATA", None)
+    if seek_data is None:
+        return 0
+    pos = src.tell()
+    size = os.fstat(src.fileno()).st_size
+    if pos >= size:
+        return 0
+    try:
+        data = os.lseek(src.fileno(), pos, seek_data)
+    except OSError:  # ENXIO: only a hole until the end (or not supported)
+        data = size
+    finally:
+        os.lseek(src.fileno(), pos, os.SEEK_SET)
+    return max(0, data - pos)
 
 
 def _clear_data(tp: onnx.TensorProto) -> None:

@@ -79,8 +79,15 @@ def import_model(proto: onnx.ModelProto, *, base_dir: str | None = None,
 def _run_onnx_checker(proto: onnx.ModelProto, source: str) -> None:
     # Our verifier gives located messages for structural problems; onnx.checker is
     # the backstop for schema-level ones (unknown operators, bad attributes).
+    # Given a proto, the checker resolves external data against the current
+    # directory; given the file's path, against the model's folder, as it must.
+    target: onnx.ModelProto | str = proto
+    if _uses_external_data(proto):
+        if not os.path.isfile(source):
+            return  # not from a file: our own external-data checks have run
+        target = source
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(target)
     except onnx.checker.ValidationError as e:
         raise ModelError(Diagnostic.error(f"invalid model: {_checker_message(e)}",
                                           Location(path=source))) from None
@@ -88,6 +95,15 @@ def _run_onnx_checker(proto: onnx.ModelProto, source: str) -> None:
         if "2GB" not in str(e) and "2 GB" not in str(e):
             raise ModelError(Diagnostic.error(f"invalid model: {_one_line(e)}",
                                               Location(path=source))) from None
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    def graph_uses(g: onnx.GraphProto) -> bool:
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in g.initializer):
+            return True
+        return any(graph_uses(sub) for n in g.node for a in n.attribute
+                   for sub in ([a.g] if a.HasField("g") else list(a.graphs)))
+    return graph_uses(proto.graph)
 
 
 def _checker_message(e: Exception) -> str:
