@@ -37,17 +37,15 @@ class Location:
     obj: str | None = None
 
     def __str__(self) -> str:
-        parts = []
-        if self.path:
-            where = self.path
-            if self.line is not None:
-                where += f":{self.line}"
-                if self.column is not None:
-                    where += f":{self.column}"
-            parts.append(where)
-        if self.obj:
-            parts.append(self.obj)
-        return ": ".join(parts)
+        """``path:line:col`` (the IR object, if any, is shown with the message)."""
+        if not self.path:
+            return ""
+        where = self.path
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return where
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,10 @@ class Diagnostic:
 
     def render(self, *, caret: bool = True) -> str:
         """Text form: ``loc: severity: message``, the source line with a caret, notes."""
-        head = f"{self.severity.value}: {self.message}"
+        message = self.message
+        if self.location is not None and self.location.obj:
+            message = f"{self.location.obj}: {message}"
+        head = f"{self.severity.value}: {message}"
         if self.location is not None and str(self.location):
             head = f"{self.location}: {head}"
         lines = [head]
