@@ -102,6 +102,20 @@ def evaluate(metric: str, tolerance, reference: list[np.ndarray], candidate: lis
                         f"{metric} {value:.4g} (fp32: {reference_value:.4g}); tolerance {tol_value:g}")
 
 
+BUILTIN_METRICS = ("top1-agreement", "accuracy", "max-abs-error", "cosine-similarity", "sqnr")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger score is better (all built-ins but max-abs-error; plugins say
+    so with their ``higher_is_better`` attribute)."""
+    if metric in BUILTIN_METRICS:
+        return metric != "max-abs-error"
+    fn = plugin_metrics().get(metric)
+    if fn is None:
+        raise UsageError(Diagnostic.error(f"unknown metric '{metric}'"))
+    return bool(getattr(fn, "higher_is_better", True))
+
+
 _plugins: dict[str, Callable] | None = None
 
 

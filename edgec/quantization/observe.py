@@ -1,0 +1,151 @@
+"""Run a model in onnxruntime with intermediate values exposed as outputs, and hand
+every observed array to a callback — the calibration's view of the activations.
+
+Values of the main graph are exposed as extra graph outputs (one session; batches of
+samples when the model's leading input dimension is symbolic). Values inside If
+branches cannot be graph outputs, so each branch is run as a model of its own: the
+values it captures from the enclosing graph are exposed there, and the branch runs on
+the runs whose condition selected it. Loop and Scan bodies are not observed (their
+values change per iteration; calibrating them needs unrolling), and are not quantized.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+Observer = Callable[[str, np.ndarray], None]
+Progress = Callable[[str, int, int, str], None]
+
+BATCH = 16
+
+
+def session(proto: onnx.ModelProto, *, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def feed_batches(proto_inputs: list[onnx.ValueInfoProto], samples: dict[str, np.ndarray],
+                 batch: int = BATCH) -> list[dict[str, np.ndarray]]:
+    """Split samples (leading axis = sample) into feeds the model accepts: slices of the
+    fixed leading dimension, or batches of up to ``batch`` where it is symbolic."""
+    count = min(len(a) for a in samples.values()) if samples else 0
+    size, fixed = batch, False
+    for vi in proto_inputs:
+        if vi.name not in samples:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) and dims[0].HasField("dim_value"):
+            size, fixed = max(1, dims[0].dim_value), True
+            break
+    # A fixed leading dimension takes whole slices only; a symbolic one any remainder.
+    end = count - count % size if fixed else count
+    return [{k: v[start:start + size] for k, v in samples.items()} for start in range(0, end, size)]
+
+
+def run(proto: onnx.ModelProto, samples: dict[str, np.ndarray], *, optimize: bool = True,
+        batch: int = BATCH) -> list[np.ndarray]:
+    """The model's outputs on every sample, concatenated along the leading axis."""
+    sess = session(proto, optimize=optimize)
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for feed in feed_batches(list(proto.graph.input), {k: v for k, v in samples.items() if k in wanted}, batch):
+        for i, out in enumerate(sess.run(names, feed)):
+            parts[i].append(out)
+    return [np.concatenate(p, axis=0) if p and np.ndim(p[0]) else np.asarray(p) for p in parts]
+
+
+def observe(proto: onnx.ModelProto, samples: dict[str, np.ndarray], wanted: set[str],
+            observer: Observer, *, progress: Progress | None = None, batch: int = BATCH) -> None:
+    """Call ``observer(name, array)`` for every value in ``wanted`` on every run."""
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
+    feeds = feed_batches(inputs, samples, batch)
+    _observe_graph(proto, proto.graph, feeds, wanted, observer, progress)
+
+
+def _observe_graph(model: onnx.ModelProto, graph: onnx.GraphProto, feeds: list[dict],
+                   wanted: set[str], observer: Observer, progress: Progress | None) -> None:
+    defined = _defined(graph)
+    here = [n for n in sorted(wanted & defined)]
+    branches = []  # (If node, branch attr name, branch graph, captured names)
+    for node in graph.node:
+        if node.op_type != "If":
+            continue
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH and _all_defined(attr.g) & wanted:
+                branches.append((node, attr.name, attr.g, sorted(_captured(attr.g))))
+    extra = set(here)
+    for node, _, _, captured in branches:
+        extra.add(node.input[0])
+        extra.update(captured)
+    outputs = [o.name for o in graph.output]
+    exposed = [n for n in sorted(extra) if n not in outputs]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.CopyFrom(graph)
+    for name in exposed:
+        probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    names = outputs + exposed
+    sess = session(probe, optimize=False)
+    input_names = {i.name for i in sess.get_inputs()}
+    kept: list[dict[str, np.ndarray]] = []
+    for done, feed in enumerate(feeds):
+        results = dict(zip(names, sess.run(names, {k: v for k, v in feed.items() if k in input_names})))
+        for name in here:
+            observer(name, results[name])
+        if branches:
+            kept.append(results)
+        if progress is not None:
+            progress("calibrate", done + 1, len(feeds), graph.name)
+    for node, attr_name, branch, captured in branches:
+        take = attr_name == "then_branch"
+        branch_feeds = [{c: r[c] for c in captured} for r in kept
+                        if bool(np.asarray(r[node.input[0]]).reshape(-1)[0]) == take]
+        if not branch_feeds:
+            continue
+        standalone = helper.make_graph(
+            list(branch.node), f"{node.name or 'if'}.{attr_name}",
+            [helper.make_tensor_value_info(c, helper.np_dtype_to_tensor_dtype(branch_feeds[0][c].dtype), None)
+             for c in captured],
+            list(branch.output), list(branch.initializer))
+        _observe_graph(model, standalone, branch_feeds, wanted, observer, progress)
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    names = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(o for o in node.output if o)
+    return names
+
+
+def _all_defined(graph: onnx.GraphProto) -> set[str]:
+    names = _defined(graph)
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                names |= _all_defined(sub)
+    return names
+
+
+def _captured(graph: onnx.GraphProto) -> set[str]:
+    """Names a graph (or its subgraphs) reads but does not define."""
+    defined = _defined(graph)
+    read: set[str] = set()
+    for node in graph.node:
+        read.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                read |= _captured(sub)
+    read.update(o.name for o in graph.output)
+    return read - defined
