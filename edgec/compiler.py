@@ -174,7 +174,8 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
     key, digests = _cache_key(inputs, options)
     cache_dir = options.cache_dir or default_cache_dir()
     if options.depfile:
-        art.write_depfile(options.depfile, out, _dependencies(inputs))
+        # The depfile's target is the manifest: build tools want a file, not a folder.
+        art.write_depfile(options.depfile, os.path.join(out, art.MANIFEST), _dependencies(inputs))
 
     existing = _manifest_if_current(out, key)
     if existing is not None:

@@ -122,7 +122,7 @@ def test_depfile_lists_model_spec_includes_and_data(tmp_path):
                        "--cache-dir", tmp_path / "cache", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     text = dep.read_text()
-    assert text.startswith("out:")
+    assert text.startswith("out/manifest.json:")
     for needed in (str(DIGITS), str(spec), str(base), str(DATA)):
         assert needed in text
 

@@ -1,0 +1,154 @@
+"""edgec's artifacts against onnxruntime fp32, measured in the same run.
+
+For ResNet-18 and MobileNetV2 at 1x3x224x224 and a 4-layer transformer encoder
+(hidden 256, seq 128), generated with random weights by edgec.testing.models, this
+compiles the model for the host with each backend setting — ort; tvm untuned; tvm
+tuned at a stated trial budget; auto (tuned budget) — re-measures every artifact
+in this process, and prints latency ratios against onnxruntime fp32 (all graph
+optimizations, the same thread count) plus compile/tuning times and the time of a
+second compile with a warm cache.
+
+    python benchmarks/backends.py --trials 64            # all three models
+    python benchmarks/backends.py --models resnet18 --trials 256 --cache-dir .cache/edgec
+
+Tuning on this 2-core machine is slow (TVM-NOTES: 25-35 s fixed cost per task);
+tuning records persist under --cache-dir, so reruns reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgec.artifact import load
+from edgec.backends import get_backend
+from edgec.backends.base import BuildOptions, time_calls
+from edgec.compiler import CompileOptions, compile_model
+from edgec.testing import models
+
+MODELS = {
+    "resnet18": lambda: models.resnet18(),
+    "mobilenet_v2": lambda: models.mobilenet_v2(),
+    "transformer": lambda: models.transformer_encoder(),
+}
+
+
+def spec_text(backend: str, trials: int | None) -> str:
+    tuning = f"{trials} trials" if trials else "none"
+    return f"""target host
+budget {{
+  latency < 100 s p50 at batch 1
+}}
+accuracy {{
+  metric max-abs-error
+  tolerance 1 %
+}}
+optimize {{
+  precision fp32
+  backend {backend}
+  tuning {tuning}
+}}
+"""
+
+
+def inputs_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    from edgec.data import model_inputs, synthetic_samples
+    return {k: v for k, v in synthetic_samples(model_inputs(model), 1, seed).items()}
+
+
+def ort_baseline(path: str, feed, threads: int, repeats: int) -> float:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return statistics.median(time_calls(lambda: session.run(None, feed), repeats=repeats,
+                                        max_seconds=20))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,mobilenet_v2,transformer")
+    parser.add_argument("--trials", type=int, default=64, help="tuning trial budget")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--cache-dir", default=os.path.join(os.getcwd(), ".cache", "edgec"))
+    parser.add_argument("--skip-tuned", action="store_true", help="only ort, untuned tvm")
+    args = parser.parse_args()
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+
+    configs = [("ort", "ort", None), ("tvm-untuned", "tvm", None)]
+    if not args.skip_tuned:
+        configs += [(f"tvm-tuned-{args.trials}", "tvm", args.trials), ("auto", "auto", args.trials)]
+    rows = []
+    work = tempfile.mkdtemp(prefix="edgec-bench-")
+    for name in args.models.split(","):
+        model = MODELS[name]()
+        path = os.path.join(work, f"{name}.onnx")
+        onnx.save(model, path)
+        feed = inputs_for(model)
+        base = ort_baseline(path, feed, args.threads, args.repeats)
+        row = {"model": name, "ort_ms": base * 1e3}
+        for label, backend, trials in configs:
+            spec = os.path.join(work, f"{name}-{label}.edge")
+            with open(spec, "w") as f:
+                f.write(spec_text(backend, trials))
+            out = os.path.join(work, f"{name}-{label}")
+            start = time.perf_counter()
+            try:
+                result = compile_model(path, spec, out, CompileOptions(
+                    cache_dir=args.cache_dir, allow_over_budget=True, threads=args.threads))
+            except Exception as e:  # report and go on: one failing config is a finding
+                row[label] = f"failed: {str(e).splitlines()[0][:60]}"
+                continue
+            compile_s = time.perf_counter() - start
+            artifact = load(out)
+            chosen = artifact.backend_name
+            stats = get_backend(chosen).measure(
+                out, artifact.manifest["backend"]["details"], feed,
+                BuildOptions(cache_dir=args.cache_dir, threads=args.threads))
+            # A second compile into a fresh folder: served from the cache, no tuning.
+            start = time.perf_counter()
+            compile_model(path, spec, out + "-again", CompileOptions(
+                cache_dir=args.cache_dir, allow_over_budget=True, threads=args.threads))
+            warm_s = time.perf_counter() - start
+            row[label] = {"ms": stats.p50 * 1e3, "ratio": stats.p50 / base, "chosen": chosen,
+                          "tuned": artifact.manifest["backend"]["tuned"],
+                          "compile_s": compile_s, "warm_s": warm_s,
+                          "held": result.budgets_held}
+        rows.append(row)
+        print_table(rows, [c[0] for c in configs], args)
+    return 0
+
+
+def print_table(rows, labels, args) -> None:
+    print(f"\nlatency p50 on this host ({args.threads} threads), ratio = edgec / onnxruntime fp32 "
+          "(lower is better), same run")
+    header = f"{'model':<14}{'ORT fp32':>10}" + "".join(f"{label:>34}" for label in labels)
+    print(header)
+    for row in rows:
+        line = f"{row['model']:<14}{row['ort_ms']:>8.2f}ms"
+        for label in labels:
+            cell = row.get(label)
+            if isinstance(cell, dict):
+                text = (f"{cell['ms']:.2f}ms x{cell['ratio']:.2f} [{cell['chosen']}"
+                        f"{'' if cell['tuned'] else ',untuned'}] c{cell['compile_s']:.0f}s "
+                        f"w{cell['warm_s']:.1f}s")
+            else:
+                text = str(cell)[:33]
+            line += f"{text:>34}"
+        print(line)
+    print("c = compile (and tuning) seconds from a cold build cache; w = second compile "
+          "with a warm cache")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
