@@ -5,7 +5,7 @@ transformer fuses into its int8 kernels (QLinearConv, QLinearMatMul, QGemm, ...)
 Activations get one QuantizeLinear/DequantizeLinear pair per tensor (u8 asymmetric by
 default, the fastest form on x86's u8s8 kernels; s8 symmetric on request) with ranges
 from calibration; weights are stored as int8 initializers, symmetric, per output
-channel; Conv and Gemm biases as int32 with scale ``s_x * s_w``. Before planning, a
+channel, in 7 bits by default (x86 without VNNI saturates full-range u8 x s8 pairs); Conv and Gemm biases as int32 with scale ``s_x * s_w``. Before planning, a
 BatchNormalization that follows a quantized Conv is folded into the Conv's weights
 (``Conv(x, W, b) ∘ BN -> Conv(x, W', b')``) so the int8 kernel absorbs it, and a Relu
 (or Clip from 0) right after a quantized op is folded into that op's output
@@ -58,6 +58,13 @@ class QuantConfig:
     samples: int = 128
     fold_batchnorm: bool = True
     fold_relu: bool = True
+    # 7-bit weights: x86 without VNNI multiplies u8 x s8 pairs with vpmaddubsw, whose
+    # int16 sums saturate for full-range weights (onnxruntime's reduce_range).
+    reduce_range: bool = True
+
+    @property
+    def weight_bits(self) -> int:
+        return 7 if self.reduce_range else 8
 
     @property
     def op_types(self) -> frozenset[str]:
@@ -139,6 +146,9 @@ def candidate_nodes(model: Model, config: QuantConfig) -> list[Node]:
                 continue
             if node.op_type in ("Conv",) and _constant(node.inputs[1]) is None:
                 continue
+            if any(v is not None and v.producer() is not None
+                   and v.producer().op_type == "DequantizeLinear" for v in node.inputs):
+                continue  # already quantized: running the pass twice changes nothing
             out.append(node)
     return out
 
@@ -350,7 +360,7 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
     for node, b_index, a_index, w_index in plan.biases:
         x_scale, _ = params_of(node.inputs[a_index])
         axis = next((ax for n, i, ax in plan.weights if n is node and i == w_index), None)
-        _, w_scale = quantize_weight(node.inputs[w_index].const.numpy(), axis)
+        _, w_scale = quantize_weight(node.inputs[w_index].const.numpy(), axis, config.weight_bits)
         bias = node.inputs[b_index].const.numpy().astype(np.float64)
         scale = (np.float64(x_scale) * w_scale.astype(np.float64)).astype(np.float32)
         if scale.ndim == 0:
@@ -364,7 +374,7 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         w = node.inputs[index]
         key = (id(w), axis, id(node.graph))
         if key not in shared_weights:
-            q, scale = quantize_weight(w.const.numpy(), axis)
+            q, scale = quantize_weight(w.const.numpy(), axis, config.weight_bits)
             zp = np.zeros(scale.shape, np.int8)
             shared_weights[key] = _dequantize(root, node, q, scale, zp, axis, w.name or "w")
             stats["weights"] += 1

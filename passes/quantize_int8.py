@@ -1,0 +1,82 @@
+"""Static int8 quantization in QDQ form: ``y = Conv(x, W, b)`` ->
+``y = DQ(Q(Conv(DQ(Q(x)), DQ(W_s8), DQ(b_s32))))``, which onnxruntime fuses into
+QLinearConv (likewise QLinearMatMul / MatMulIntegerToFloat, QGemm, QLinearAdd, ...).
+
+Ranges come from calibration on the spec's data (MinMax, percentile or KL entropy);
+weights are int8 symmetric per output channel, activations u8 asymmetric per tensor.
+The op-type policy picks what is quantized: ``ops=Conv,MatMul,Gemm`` (default) or
+``ops=all``. BatchNormalization after a quantized Conv is folded into it first, and
+Relu/Clip(0, ·) after a quantized op is folded into its output quantization. If
+branches are quantized too; Loop and Scan bodies are left fp32. With
+``fallback=per-layer`` the pass ranks layers by sensitivity and keeps the most
+sensitive ones fp32 until ``metric`` holds ``tolerance`` on the calibration data
+(samples beyond ``samples`` are the evaluation set when there are any).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from edgec.ir.core import Model
+from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
+from edgec.quantization.qdq import ALL_OPS, QuantConfig, quantize_static
+from edgec.quantization.samples import calibration_samples
+from edgec.quantization.sensitivity import mixed_precision
+
+
+@dataclass(frozen=True)
+class QuantizeInt8(Pass):
+    """Static int8 (QDQ) quantization calibrated on the spec's data."""
+
+    name: ClassVar[str] = "quantize-int8"
+    calibration: str = field(default="minmax", metadata={"help": "minmax, percentile or entropy"})
+    percentile: float = field(default=99.99, metadata={"help": "kept percentile for calibration=percentile"})
+    ops: tuple[str, ...] = field(default=("Conv", "MatMul", "Gemm"),
+                                 metadata={"help": "op types to quantize, or 'all'"})
+    per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
+    symmetric_activations: bool = field(default=False, metadata={"help": "s8 symmetric activations instead of u8 asymmetric"})
+    exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names kept fp32"})
+    reduce_range: bool = field(default=True, metadata={"help": "7-bit weights (no u8 x s8 saturation on x86 without VNNI)"})
+    samples: int = field(default=128, metadata={"help": "most calibration samples used"})
+    calibration_data: str = field(default="", metadata={"help": ".npz file/folder/glob when not under `edgec compile`"})
+    fallback: str = field(default="none", metadata={"help": "none, or per-layer: keep sensitive layers fp32 until the tolerance holds"})
+    metric: str = field(default="top1-agreement", metadata={"help": "metric for fallback=per-layer"})
+    tolerance: str = field(default="1%", metadata={"help": "tolerance for fallback=per-layer (1%, 0.05, 30dB)"})
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if self.calibration not in ("minmax", "percentile", "entropy"):
+            raise PassError(f"quantize-int8: calibration must be minmax, percentile or entropy, "
+                            f"got '{self.calibration}'")
+        unknown = [op for op in self.ops if op.lower() != "all" and op not in ALL_OPS]
+        if unknown:
+            raise PassError(f"quantize-int8: no int8 kernel for {unknown}; quantizable: all, "
+                            + ", ".join(ALL_OPS))
+        if self.fallback not in ("none", "per-layer"):
+            raise PassError(f"quantize-int8: fallback must be none or per-layer, got '{self.fallback}'")
+        if model.opset() is not None and model.opset() < 13:
+            raise PassError(f"quantize-int8: needs opset >= 13 (per-channel QDQ); the model has "
+                            f"{model.opset()}")
+        samples = calibration_samples(model, ctx, self.calibration_data, self.name)
+        config = QuantConfig(ops=self.ops, calibration=self.calibration,
+                             percentile=self.percentile, per_channel=self.per_channel,
+                             symmetric_activations=self.symmetric_activations,
+                             exclude=self.exclude, samples=self.samples,
+                             reduce_range=self.reduce_range)
+        stats: dict[str, int | float] = {}
+        if self.fallback == "per-layer":
+            count = min(len(v) for v in samples.values())
+            held_out = ({k: v[self.samples:] for k, v in samples.items()}
+                        if count > self.samples else None)
+            config, report = mixed_precision(model, samples, self.metric, self.tolerance,
+                                             config=config, eval_samples=held_out)
+            stats["fallback-fp32-layers"] = len(report.kept_fp32)
+            stats["fallback-held"] = int(report.held)
+            for name in report.kept_fp32:
+                stats[f"fp32.{name}"] = 1
+            if not report.held:
+                ctx.diagnostics.warning(
+                    f"quantize-int8: {self.metric} misses {self.tolerance} even with every "
+                    f"layer fp32 ({report.steps[-1]['detail']})")
+        stats.update(quantize_static(model, samples, config))
+        return PassResult(bool(stats["nodes-quantized"] or stats["batchnorm-folded"]), stats)
