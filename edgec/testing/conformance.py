@@ -10,6 +10,7 @@ NaN), strings compared exactly, sequences element by element, empty optionals as
     python -m edgec.testing.conformance                  # default pipeline, every case
     python -m edgec.testing.conformance --no-passes      # import -> export only
     python -m edgec.testing.conformance --sample 200 --json
+    python -m edgec.testing.conformance --constant-inputs   # inputs as initializers: folding runs the op
 
 Only a case that onnxruntime passes on the original model says anything about edgec:
 one it fails on is counted ("ORT fails on original") but is not an edgec defect.

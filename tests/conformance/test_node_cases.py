@@ -1,8 +1,9 @@
 """onnx's backend node test cases and light models, run through edgec and onnxruntime.
 
-CI runs a deterministic sample of about 200 node cases; ``EDGEC_FULL_CONFORMANCE=1``
-runs all of them. For the table of counts per class use
-``python -m edgec.testing.conformance [--no-passes]``.
+CI runs a deterministic sample of 200 node cases (no passes; default pipeline; default
+pipeline with the inputs written in as initializers) and the 9 light models;
+``EDGEC_FULL_CONFORMANCE=1 python -m pytest tests/conformance`` runs every node case.
+For the table of counts per class use ``python -m edgec.testing.conformance [--no-passes]``.
 """
 
 from __future__ import annotations
