@@ -57,7 +57,7 @@ def evaluate(metric: str, tolerance, reference: list[np.ndarray], candidate: lis
     if metric == "top1-agreement":
         agree = float(np.mean(top1(reference[0]) == top1(candidate[0])))
         held = 1.0 - agree <= tol_fraction + 1e-12
-        return MetricResult(metric, agree, 1.0, held,
+        return MetricResult(metric, agree, 1.0, bool(held),
                             f"{agree * 100:.2f} % agreement with fp32; tolerance allows a "
                             f"{tol_fraction * 100:g} % drop")
     if metric == "accuracy":
@@ -66,7 +66,7 @@ def evaluate(metric: str, tolerance, reference: list[np.ndarray], candidate: lis
         ref = float(np.mean(top1(reference[0]) == labels[:len(reference[0])]))
         cand = float(np.mean(top1(candidate[0]) == labels[:len(candidate[0])]))
         held = ref - cand <= tol_fraction + 1e-12
-        return MetricResult(metric, cand, ref, held,
+        return MetricResult(metric, cand, ref, bool(held),
                             f"{cand * 100:.2f} % accuracy (fp32: {ref * 100:.2f} %); tolerance "
                             f"allows a {tol_fraction * 100:g} point drop")
     r, c = _flat(reference), _flat(candidate)
@@ -77,19 +77,19 @@ def evaluate(metric: str, tolerance, reference: list[np.ndarray], candidate: lis
             shown = f"{tol_value:g} % of max |fp32| = {bound:.3g}"
         else:
             bound, shown = tol_value, f"{tol_value:g}"
-        return MetricResult(metric, err, 0.0, err <= bound,
+        return MetricResult(metric, err, 0.0, bool(err <= bound),
                             f"max abs error {err:.3g}; tolerance {shown}")
     if metric == "cosine-similarity":
         denom = float(np.linalg.norm(r) * np.linalg.norm(c))
         cos = float(np.dot(r, c) / denom) if denom else (1.0 if np.array_equal(r, c) else 0.0)
         held = 1.0 - cos <= tol_fraction + 1e-12
-        return MetricResult(metric, cos, 1.0, held,
+        return MetricResult(metric, cos, 1.0, bool(held),
                             f"cosine similarity {cos:.6f}; tolerance allows a {tol_fraction:g} drop")
     if metric == "sqnr":
         noise = float(np.sum((r - c) ** 2))
         signal = float(np.sum(r ** 2))
-        db = float("inf") if noise == 0 else 10 * np.log10(signal / noise) if signal else float("-inf")
-        return MetricResult(metric, db, float("inf"), db >= tol_value,
+        db = float("inf") if noise == 0 else float(10 * np.log10(signal / noise)) if signal else float("-inf")
+        return MetricResult(metric, db, float("inf"), bool(db >= tol_value),
                             f"SQNR {db:.1f} dB; floor {tol_value:g} dB")
     fn = plugin_metrics().get(metric)
     if fn is None:
@@ -98,7 +98,7 @@ def evaluate(metric: str, tolerance, reference: list[np.ndarray], candidate: lis
     higher = getattr(fn, "higher_is_better", True)
     reference_value = float(fn(reference, reference, labels))
     drop = reference_value - value if higher else value - reference_value
-    return MetricResult(metric, value, reference_value, drop <= tol_value,
+    return MetricResult(metric, value, reference_value, bool(drop <= tol_value),
                         f"{metric} {value:.4g} (fp32: {reference_value:.4g}); tolerance {tol_value:g}")
 
 

@@ -44,7 +44,7 @@ class MixedPrecisionReport:
 
 
 def _finite(x: float):
-    return x if np.isfinite(x) else ("inf" if x > 0 else "-inf")
+    return float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
 class _Trials:
@@ -91,7 +91,7 @@ def layer_sensitivity(model: Model, samples: dict[str, np.ndarray], metric: str 
     scores = []
     for done, name in enumerate(layers):
         result = trials.score(replace(config, only=(name,), exclude=()), metric, 0, labels)
-        scores.append((name, result.value))
+        scores.append((name, float(result.value)))
         if progress is not None:
             progress("sensitivity", done + 1, len(layers), name)
     higher = higher_is_better(metric)
@@ -120,7 +120,7 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
         trial = replace(config, exclude=tuple(config.exclude) + tuple(kept))
         result = trials.score(trial, metric, tolerance, labels)
         report.steps.append({"fp32": list(kept), "value": _finite(result.value),
-                             "held": result.held, "detail": result.detail})
+                             "held": bool(result.held), "detail": result.detail})
         if progress is not None:
             progress("mixed-precision", step + 1, len(candidates) + 1, result.detail)
         if result.held:
