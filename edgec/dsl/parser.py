@@ -162,6 +162,7 @@ _FIELD_KEYS = {
     "o_precision": "precision", "o_fallback": "fallback", "o_prune": "prune",
     "o_prune_none": "prune", "o_tuning": "tuning", "o_tuning_none": "tuning",
     "o_backend": "backend", "o_pipeline": "pipeline", "o_seed": "seed",
+    "o_search": "search",
 }
 
 

@@ -23,9 +23,9 @@ from edgec.diagnostics import Diagnostic, Location
 from edgec.dsl import ast, host
 from edgec.dsl.catalogue import Catalogue, TargetLoadError, target_catalogue
 from edgec.dsl.parser import ParseResult, SourceText, parse_text
-from edgec.dsl.spec import (ARCHITECTURES, BACKENDS, PERCENTILES, PRECISIONS, Accelerator,
-                            Accuracy, Budget, Latency, Optimize, Pruning, Spec, Target,
-                            Tuning)
+from edgec.dsl.spec import (ARCHITECTURES, BACKENDS, PERCENTILES, PRECISIONS, SEARCH_MODES,
+                            Accelerator, Accuracy, Budget, Latency, Optimize, Pruning, Spec,
+                            Target, Tuning)
 from edgec.dsl.units import UNITS, Dimension, Quantity, suggest_unit
 
 BUILTIN_METRICS = ("top1-agreement", "max-abs-error", "cosine-similarity", "sqnr", "accuracy")
@@ -387,6 +387,16 @@ class Resolver:
     def _optimize_seed(self, item: ast.Field, source: SourceText):
         return self._integer(item.values[0], source, "a seed", minimum=0)
 
+    def _optimize_search(self, item: ast.Field, source: SourceText):
+        word = item.values[0]
+        if word.text not in SEARCH_MODES:
+            self.error(source, word.span, f"unknown search mode '{word.text}'"
+                       f"{did_you_mean(word.text, SEARCH_MODES)}", "spec.unknown-search",
+                       ("first: stop at the first configuration that holds every budget; "
+                        "fastest: keep searching for the fastest one that does",))
+            return _INVALID
+        return word.text
+
     def _check_pipeline(self, text: ast.Text, source: SourceText) -> bool:
         try:
             from edgec.passmgr.pipeline import PipelineSyntaxError, parse_pipeline
@@ -717,7 +727,8 @@ class Resolver:
                 tuning=get("optimize.tuning", Tuning()),
                 backend=get("optimize.backend", "auto"),
                 pipeline=get("optimize.pipeline"),
-                seed=get("optimize.seed", 0)),
+                seed=get("optimize.seed", 0),
+                search=get("optimize.search", "first")),
             sources=tuple(state.files))
 
     def _check_tolerance(self, metric: str, tolerance: Quantity, setting: _Setting) -> None:

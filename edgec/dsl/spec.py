@@ -15,6 +15,7 @@ from edgec.dsl.units import Quantity
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHITECTURES = ("x86_64", "aarch64", "armv7")
 BACKENDS = ("auto", "tvm", "ort")
+SEARCH_MODES = ("first", "fastest")
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -178,6 +179,9 @@ class Optimize:
     # Pass pipeline text as for `edgec opt -p`; None means the target's default.
     pipeline: str | None = None
     seed: int = 0
+    # first: stop at the first configuration that holds every budget (they are tried
+    # cheapest first); fastest: try them all and keep the fastest that holds.
+    search: str = "first"
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,7 @@ class Spec:
         out.append(f"  backend {opt.backend}")
         out.append(f"  pipeline {quote(opt.pipeline) if opt.pipeline is not None else 'default'}")
         out.append(f"  seed {opt.seed}")
+        out.append(f"  search {opt.search}")
         out.append("}")
         return "\n".join(out) + "\n"
 
