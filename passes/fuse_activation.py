@@ -9,8 +9,8 @@
 The products may be written in any order and grouping the exporters use (Mul and
 Add match both operand orders; ``/ c`` and ``· 1/c`` both match). Legal when: the
 constants are scalars equal to the formula's within 1e-6 relative (1e-4 for the
-rounded √(2/π) and 0.044715 the tanh form is usually written with), x is floating
-point, and the model's default-domain opset has the op (the ``fuse`` pass can raise
+rounded √(2/π) and 0.044715 the tanh form is usually written with), x is known
+to be float32 (the one type onnxruntime's CPU kernels of all four ops take), and the model's default-domain opset has the op (the ``fuse`` pass can raise
 it when asked). Every intermediate is read only inside the formula.
 """
 
@@ -21,10 +21,8 @@ import math
 import numpy as np
 
 from edgec.ir.core import Model
+from edgec.ir.types import DataType
 from edgec.rewrite import Builder, Const, Match, Op, Rule, Var, attribute, scalar_equal
-
-FLOAT_TYPES = ("float", "double", "float16", "bfloat16")
-
 
 def _mul(a, b, name=None) -> Op:
     return Op("Mul", a, b, commutative=True, name=name)
@@ -70,9 +68,8 @@ def needs_opset(version: int):
     def check(match: Match, model: Model) -> str | None:
         if (model.opset("") or 0) < version:
             return f"the model's opset is below {version}"
-        x = match["x"]
-        if x.dtype is not None and not x.dtype.is_floating:
-            return "x is not floating point"
+        if match["x"].dtype is not DataType.FLOAT:
+            return "x is not known to be float32"
         return None
     return check
 

@@ -21,7 +21,7 @@ def node_text(model) -> str:
 
 
 def fuse(text: str, *, patterns: tuple[str, ...] = (), expect: dict[str, int] | None = None,
-         rtol: float = RTOL, atol: float = ATOL, **options):
+         rtol: float = RTOL, atol: float = ATOL, feed: dict | None = None, **options):
     """Parse ``text``, run fuse, check numerics and idempotence; returns (model, stats)."""
     proto = parse(text)
     model = load(proto)
@@ -30,7 +30,7 @@ def fuse(text: str, *, patterns: tuple[str, ...] = (), expect: dict[str, int] | 
     fired = {k: v for k, v in result.stats.items() if v and k != "opset-raised"}
     if expect is not None:
         assert fired == expect, fired
-    assert_same_outputs(proto, model, rtol=rtol, atol=atol)
+    assert_same_outputs(proto, model, rtol=rtol, atol=atol, feed=feed)
     again = run_pass(p, model)
     assert not any(v for k, v in again.stats.items() if k != "opset-raised"), "second run fused again"
     return model, fired
@@ -53,7 +53,8 @@ def init(name: str, array) -> str:
             np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8"}[array.dtype]
     dims = ",".join(str(d) for d in array.shape)
     values = ", ".join(repr(float(v)) if kind == "float" else str(int(v)) for v in array.reshape(-1))
-    return f"{kind}[{dims}] {name} = {{{values}}}"
+    shape = f"[{dims}]" if array.ndim else ""
+    return f"{kind}{shape} {name} = {{{values}}}"
 
 
 def weights(*shape: int, seed: int = 0):
