@@ -25,7 +25,7 @@ from edgec.passmgr.pipeline import (Pipeline, PassInvocation, PipelineSyntaxErro
                                     parse_pipeline)
 from edgec.passmgr.registry import PassRegistry, default_registry
 
-DEFAULT_PIPELINE = "fixed-point(fold-constants,cse,dce),infer-shapes"
+DEFAULT_PIPELINE = "fixed-point(fold-constants,cse,dce),infer-shapes,fuse,fixed-point(fold-constants,cse,dce),infer-shapes"
 DEFAULT_MAX_ITERATIONS = 10
 
 
