@@ -51,8 +51,13 @@ def evaluate(metric: str, tolerance, reference: list[np.ndarray], candidate: lis
              labels: np.ndarray | None = None) -> MetricResult:
     """Score ``candidate`` against ``reference`` (lists of arrays, first output first;
     leading axis = sample) with the spec's metric and tolerance (a dsl Quantity)."""
-    tol_unit = getattr(tolerance, "unit", None)
-    tol_value = float(getattr(tolerance, "value", tolerance))
+    if isinstance(tolerance, str):  # "1%", "30dB", "0.05" (pass options, the planner)
+        text = tolerance.strip()
+        unit = "%" if text.endswith("%") else ("dB" if text.lower().endswith("db") else None)
+        tol_unit, tol_value = unit, float(text.rstrip("%").removesuffix("dB").removesuffix("db").strip())
+    else:
+        tol_unit = getattr(tolerance, "unit", None)
+        tol_value = float(getattr(tolerance, "value", tolerance))
     tol_fraction = tol_value / 100 if tol_unit == "%" else tol_value
     if metric == "top1-agreement":
         agree = float(np.mean(top1(reference[0]) == top1(candidate[0])))

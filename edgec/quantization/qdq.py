@@ -228,7 +228,9 @@ def _is_relu(node: Node) -> bool:
     if node.op_type == "Clip" and node.domain in ("", "ai.onnx") and len(node.inputs) > 1:
         low = _constant(node.inputs[1])
         high = _constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-        return low is not None and float(low) == 0.0 and (high is None or float(high) > 0) \
+        if low is None or low.size != 1 or (high is not None and high.size != 1):
+            return False
+        return float(low.reshape(-1)[0]) == 0.0 and (high is None or float(high.reshape(-1)[0]) > 0) \
             and (len(node.inputs) < 3 or node.inputs[2] is None or high is not None)
     return False
 

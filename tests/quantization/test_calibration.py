@@ -1,0 +1,38 @@
+"""Calibration methods on known distributions."""
+
+import numpy as np
+
+from edgec.quantization.calibration import (Histogram, entropy_range, entropy_threshold,
+                                            minmax_range, percentile_range)
+
+
+def test_minmax_is_the_observed_extremes():
+    assert minmax_range(np.array([-2.0, 0.5, 3.0])) == (-2.0, 3.0)
+
+
+def test_percentile_clips_an_outlier():
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-1, 1, 100_000), [50.0]]).astype(np.float32)
+    hist = Histogram(np.abs(values).max())
+    hist.add(values)
+    lo, hi = percentile_range(hist, 99.9, minmax_range(values))
+    assert -1.1 < lo < -0.9 and 0.9 < hi < 1.1  # the 50.0 outlier is clipped away
+    # 100th percentile keeps everything.
+    assert percentile_range(hist, 100.0, minmax_range(values))[1] == 50.0
+
+
+def test_entropy_threshold_below_max_for_long_tail():
+    rng = np.random.default_rng(0)
+    values = rng.laplace(0, 1, 200_000).astype(np.float32)  # long-tailed
+    hist = Histogram(np.abs(values).max())
+    hist.add(values)
+    lo, hi = entropy_range(hist, minmax_range(values))
+    absmax = float(np.abs(values).max())
+    assert 0 < hi < 0.8 * absmax and lo > -0.8 * absmax
+    assert hi > 3.0  # but not absurdly low: keeps the bulk of the distribution
+
+
+def test_entropy_keeps_the_range_of_a_uniform_distribution():
+    counts = np.full(2048, 100)
+    edges = np.linspace(0, 1, 2049)
+    assert entropy_threshold(counts, edges) > 0.95
