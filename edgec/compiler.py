@@ -32,6 +32,9 @@ from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecErr
 from edgec.metrics import MetricResult, evaluate
 
 SYNTHETIC_SAMPLES = 64
+# How much slower than the cost model's (tuned) estimate an untuned TVM module is
+# taken to be: the low end of the 10-200x measured here (TVM-NOTES).
+UNTUNED_PENALTY = 10.0
 
 
 @dataclass
@@ -235,19 +238,14 @@ def _check_outcome(manifest: dict, options: CompileOptions, out: str) -> None:
 
 
 def _budget_diagnostics(manifest: dict, out: str) -> list[Diagnostic]:
-    missed = [b for b in manifest["budgets"] if b["status"] == "missed"]
-    unknown = [b for b in manifest["budgets"] if b["status"] == "unverified"]
-    config = manifest.get("configuration", {})
-    lines = []
-    for b in missed:
-        lines.append(f"{b['name']}: {b['detail']}")
-    for b in unknown:
-        lines.append(f"{b['name']}: {b['detail']}")
-    head = ("the spec's budget cannot be met" if missed else
-            "the spec's budget cannot be verified for this target")
-    notes = lines + [f"best configuration tried: {config.get('precision', 'fp32')} on "
-                     f"{manifest['backend']['name']}",
-                     "--allow-over-budget writes the artifact anyway, marked as such"]
+    missed = [b for b in manifest["budgets"] if b["status"] != "held"]
+    head = ("the spec's budget cannot be met" if any(b["status"] == "missed" for b in missed)
+            else "the spec's budget cannot be verified for this target")
+    tried = len([c for c in manifest.get("candidates", []) if c.get("status") != "skipped"])
+    notes = [*manifest.get("summary", []),
+             f"{tried} configuration{'s' if tried != 1 else ''} tried; `edgec inspect` or "
+             "report.txt lists each and why it was rejected",
+             "--allow-over-budget writes the best one anyway, marked as such"]
     return [Diagnostic.error(head, Location(path=out), notes=notes, code="budget")]
 
 
@@ -259,67 +257,139 @@ def _target_at_hand(target) -> bool:
     return target.accelerator is None and target.arch == architecture()
 
 
+@dataclass
+class _Context:
+    """What every candidate's evaluation shares."""
+
+    inputs: _Inputs
+    spec: Any
+    staging: str
+    cache_dir: str
+    options: CompileOptions
+    sink: DiagnosticSink
+    original: onnx.ModelProto
+    base_dir: str
+    base_pipeline: str
+    calibration: dict[str, np.ndarray]
+    evaluation: dict[str, np.ndarray]
+    reference: list[np.ndarray]
+    labels: np.ndarray | None
+    bench_inputs: dict[str, np.ndarray]
+    at_hand: bool
+    build_options: BuildOptions
+
+
+@dataclass
+class _Tried:
+    evaluation: Any                  # planner Evaluation
+    folder: str
+    result: BuildResult | None = None
+    latency: LatencyStats | None = None
+    estimate: dict | None = None
+    records: list = field(default_factory=list)
+    nodes_after: int = 0
+    seconds: float = 0.0
+
+
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
            options: CompileOptions, sink: DiagnosticSink) -> dict:
-    from edgec.frontend.onnx_export import export_model, save_model
+    import time
+
     from edgec.frontend.onnx_import import import_model, parse_model_bytes
-    from edgec.passmgr import DEFAULT_PIPELINE, PassContext, PassManager
+    from edgec.passmgr import DEFAULT_PIPELINE, default_registry
+    from edgec.planner.search import choose, configurations, summary
 
     spec = inputs.spec
     target = spec.target
-    progress = options.progress
     base_dir = os.path.dirname(os.path.abspath(inputs.model_path))
     original = parse_model_bytes(inputs.model_bytes, inputs.model_path)
     model = import_model(original, base_dir=base_dir, source=inputs.model_path)
+    nodes_before = model.node_count()
 
-    # Samples for accuracy and measurement: the spec's data, or seeded synthetic inputs.
     in_specs = model_inputs(original)
     if inputs.data_pattern:
         samples = load_samples(inputs.data_pattern, in_specs)
-        data_note = f"{len(next(iter(samples.values())))} samples from {inputs.data_pattern}"
+        count = len(next(iter(samples.values())))
+        data_note = f"{count} samples from {os.path.basename(inputs.data_pattern)}"
     else:
         samples = synthetic_samples(in_specs, SYNTHETIC_SAMPLES, spec.optimize.seed)
+        count = SYNTHETIC_SAMPLES
         data_note = (f"{SYNTHETIC_SAMPLES} synthetic samples drawn from the input types "
                      f"(seed {spec.optimize.seed}); the spec gives no data")
         sink.warning("accuracy is checked on synthetic inputs: the spec gives no data")
     labels = load_labels(spec.accuracy.labels) if spec.accuracy.labels else None
-
-    progress("passes", 0, None, "running the pass pipeline")
-    pipeline = spec.optimize.pipeline or DEFAULT_PIPELINE
-    context = PassContext(diagnostics=sink, spec=spec, target=target, seed=spec.optimize.seed,
-                          calibration_data=samples)
-    manager = PassManager(pipeline, context=context, source=inputs.model_path,
-                          reproducer_dir=os.path.join(cache_dir, "reproducers"))
-    nodes_before = model.node_count()
-    run = manager.run(model, input_bytes=inputs.model_bytes)
-    model = run.model
-    model_file = os.path.join(staging, "model.onnx")
-    save_model(model, model_file)
-    optimized = onnx.load(model_file, load_external_data=False)
-
-    reference = _reference_outputs(inputs.model_path, original, samples)
-
-    build_options = BuildOptions(
-        cache_dir=cache_dir, tuning_trials=spec.optimize.tuning.trials,
-        tuning_seconds=(spec.optimize.tuning.wall_time.to("s")
-                        if spec.optimize.tuning.wall_time is not None else None),
-        seed=spec.optimize.seed, threads=options.threads, rpc=options.rpc, progress=progress)
-    backend_choice = options.backend or spec.optimize.backend
+    # Calibrate on the even samples and score on the odd ones, so that quantization is
+    # never judged on the very samples it was calibrated with.
+    if count >= 16:
+        calibration = {k: v[0::2] for k, v in samples.items()}
+        evaluation = {k: v[1::2] for k, v in samples.items()}
+        labels = labels[1::2] if labels is not None else None
+        data_note += "; calibration on the even-numbered half, accuracy on the odd-numbered half"
+    else:
+        calibration = evaluation = samples
     batch = spec.budget.latency.batch if spec.budget.latency else 1
-    bench_inputs = _batch_inputs(samples, in_specs, batch)
-    at_hand = _target_at_hand(target)
-    candidates = _build_candidates(backend_choice, optimized, target, staging, build_options,
-                                   bench_inputs, at_hand, sink)
-    chosen = _choose(candidates, backend_choice, sink)
-    _promote(chosen, staging)
-    for c in candidates:
-        shutil.rmtree(c.folder, ignore_errors=True)
+    ctx = _Context(
+        inputs=inputs, spec=spec, staging=staging, cache_dir=cache_dir, options=options,
+        sink=sink, original=original, base_dir=base_dir,
+        base_pipeline=spec.optimize.pipeline or DEFAULT_PIPELINE,
+        calibration=calibration, evaluation=evaluation,
+        reference=_reference_outputs(inputs.model_path, original, evaluation), labels=labels,
+        bench_inputs=_batch_inputs(samples, in_specs, batch), at_hand=_target_at_hand(target),
+        build_options=BuildOptions(
+            cache_dir=cache_dir, tuning_trials=spec.optimize.tuning.trials,
+            tuning_seconds=(spec.optimize.tuning.wall_time.to("s")
+                            if spec.optimize.tuning.wall_time is not None else None),
+            seed=spec.optimize.seed, threads=options.threads, rpc=options.rpc,
+            progress=options.progress))
 
-    accuracy, accuracy_note = _accuracy(chosen, staging, optimized, base_dir, samples, reference,
-                                        labels, spec)
-    budgets = _judge(spec, chosen.latency, at_hand, options.rpc, staging, model, accuracy)
-    budgets_held = all(b["status"] == "held" for b in budgets)
+    choice = options.backend or spec.optimize.backend
+    configs, skipped = configurations(spec, target, choice, set(default_registry().names()))
+    if not configs:
+        raise UsageError(Diagnostic.error(
+            "the spec allows no configuration that can be built here",
+            notes=[f"{s.label}: {s.reason}" for s in skipped]))
+    tried: list[_Tried] = []
+    for index, config in enumerate(configs):
+        options.progress("plan", index, len(configs), config.label)
+        start = time.perf_counter()
+        attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto")
+        attempt.seconds = time.perf_counter() - start
+        tried.append(attempt)
+        if attempt.evaluation.held and spec.optimize.search == "first":
+            break
+    options.progress("plan", len(configs), len(configs), "done")
+    evaluations = [t.evaluation for t in tried]
+    winner, best = choose(evaluations, spec.optimize.search)
+    chosen = next(t for t in tried if t.evaluation is best)
+    if chosen.result is None:
+        raise ModelError(Diagnostic.error(
+            "no configuration could be built: "
+            + "; ".join(f"{t.evaluation.config.label}: {t.evaluation.error}" for t in tried)))
+    for name in os.listdir(chosen.folder):
+        os.replace(os.path.join(chosen.folder, name), os.path.join(staging, name))
+    for t in tried:
+        shutil.rmtree(t.folder, ignore_errors=True)
+    if not chosen.result.tuned:
+        sink.warning(f"the {chosen.result.backend} module is untuned: expect it to be far slower "
+                     "than a tuned one; give the spec a tuning budget")
+
+    ev = chosen.evaluation
     files = _file_digests(staging)
+    candidates = []
+    for t in tried:
+        e = t.evaluation
+        status = ("chosen" if t is chosen else "error" if e.error else
+                  "held" if e.held else "rejected")
+        reason = "" if t is chosen and e.held else e.rejection()
+        if t is not chosen and e.held:
+            reason = ("holds every budget, but search 'fastest' preferred a faster one"
+                      if spec.optimize.search == "fastest" else "holds every budget")
+        candidates.append({**e.config.to_json(), "status": status, "reason": reason,
+                           "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
+                           "size_bytes": e.size_bytes, "latency_where": e.latency_where,
+                           "tuned": t.result.tuned if t.result else None,
+                           "budgets": [{k: b[k] for k in ("name", "status")} for b in e.budgets]})
+    candidates += [{"label": s.label, "status": "skipped", "reason": s.reason} for s in skipped]
     manifest = {
         "format_version": art.FORMAT_VERSION,
         "edgec_version": __version__,
@@ -327,37 +397,144 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         "inputs": {"model_file": os.path.basename(inputs.model_path), **digests},
         "spec": _spec_record(spec),
         "target": {"name": target.name, "arch": target.arch, "triple": target.triple,
-                   "cpu": target.cpu, "at_hand": at_hand},
-        "configuration": {"precision": "fp32", "pipeline": pipeline,
-                          "backend": chosen.result.backend},
-        "passes": {"nodes_before": nodes_before, "nodes_after": model.node_count(),
+                   "cpu": target.cpu, "at_hand": ctx.at_hand},
+        "configuration": {**ev.config.to_json(),
+                          "pipeline": ",".join(filter(None, [ctx.base_pipeline, ev.config.passes]))},
+        "passes": {"nodes_before": nodes_before, "nodes_after": chosen.nodes_after,
                    "runs": [{"pass": r.name, "invocation": r.text, "modified": r.modified,
-                             "stats": r.stats, "iteration": r.iteration} for r in run.records]},
+                             "stats": r.stats, "iteration": r.iteration} for r in chosen.records]},
         "backend": {"name": chosen.result.backend, "runnable_here": chosen.result.runnable_here,
                     "tuned": chosen.result.tuned, "details": chosen.result.details,
                     "notes": chosen.result.notes},
-        "candidates": [{"backend": c.name, "status": c.status, "reason": c.reason,
-                        "tuned": c.result.tuned if c.result else None} for c in candidates],
-        "accuracy": {**accuracy.to_json(), "data": data_note, "how": accuracy_note},
-        "latency": _latency_record(chosen.latency, at_hand, options.rpc),
+        "search": spec.optimize.search,
+        "candidates": candidates,
+        "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
+                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note},
+        "latency": _latency_record(chosen),
         "size_bytes": sum(f["bytes"] for f in files.values()),
-        "budgets": budgets,
-        "budgets_held": budgets_held,
-        "over_budget": not budgets_held,
+        "budgets": ev.budgets,
+        "budgets_held": winner is not None,
+        "over_budget": winner is None,
+        "summary": [] if winner is not None else summary(evaluations, best, spec),
         "files": files,
         "diagnostics": [d.to_json() for d in sink.diagnostics],
     }
-    # The manifest lists every file but itself, the measurements and the report.
     art.write_if_changed(os.path.join(staging, art.MANIFEST), art.dumps_canonical(manifest))
     measurements = {
-        "latency": {c.name: c.latency.to_json() for c in candidates if c.latency},
-        "passes": [r.to_json() for r in run.records],
-        "build_seconds": {c.name: round(c.seconds, 3) for c in candidates},
+        "candidates": [{"label": t.evaluation.config.label,
+                        "latency": t.latency.to_json() if t.latency else None,
+                        "estimate": t.estimate,
+                        "seconds": round(t.seconds, 3)} for t in tried],
+        "latency": chosen.latency.to_json() if chosen.latency else chosen.estimate,
+        "passes": [r.to_json() for r in chosen.records],
     }
     art.write_if_changed(os.path.join(staging, art.MEASUREMENTS), art.dumps_canonical(measurements))
-    from edgec.report import text_report
+    from edgec.report import html_report, text_report
     art.write_if_changed(os.path.join(staging, art.REPORT), text_report(manifest, measurements))
+    art.write_if_changed(os.path.join(staging, "report.html"), html_report(manifest, measurements))
     return manifest
+
+
+def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _Tried:
+    """Build, measure and score one configuration in its own folder."""
+    from edgec.frontend.onnx_export import save_model
+    from edgec.frontend.onnx_import import import_model
+    from edgec.passmgr import PassContext, PassManager
+    from edgec.planner.search import Evaluation
+
+    spec = ctx.spec
+    folder = tempfile.mkdtemp(prefix=f".candidate-{index}-", dir=ctx.staging)
+    ev = Evaluation(config)
+    attempt = _Tried(ev, folder)
+    model = import_model(ctx.original, base_dir=ctx.base_dir, source=ctx.inputs.model_path,
+                         check=False)
+    pipeline = ",".join(filter(None, [ctx.base_pipeline, config.passes]))
+    pass_ctx = PassContext(diagnostics=DiagnosticSink(), spec=spec, target=spec.target,
+                           seed=spec.optimize.seed, calibration_data=ctx.calibration)
+    try:
+        manager = PassManager(pipeline, context=pass_ctx, source=ctx.inputs.model_path,
+                              reproducer_dir=os.path.join(ctx.cache_dir, "reproducers"))
+        run = manager.run(model, input_bytes=ctx.inputs.model_bytes)
+    except EdgecError as e:
+        if not config.passes:
+            raise  # the base pipeline itself fails: that is the user's problem to see
+        ev.error = f"the passes failed: {e.diagnostics[0].message}"
+        return attempt
+    for d in pass_ctx.diagnostics.diagnostics:
+        if config.passes == "" or d.is_error:
+            ctx.sink.emit(d)
+    model = run.model
+    attempt.records = run.records
+    attempt.nodes_after = model.node_count()
+    save_model(model, os.path.join(folder, "model.onnx"))
+    optimized = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+
+    try:
+        backend = get_backend(config.backend)
+    except EdgecError as e:
+        if explicit_backend:
+            raise
+        ev.error = e.diagnostics[0].message
+        return attempt
+    reason = backend.unavailable_reason(spec.target)
+    if reason:
+        if explicit_backend:
+            raise UsageError(Diagnostic.error(
+                f"backend '{config.backend}' cannot build for {spec.target.name}: {reason}"))
+        ev.error = f"backend {config.backend} unavailable: {reason}"
+        return attempt
+    try:
+        backend.check_model(optimized)
+        result = backend.build(optimized, spec.target, folder, ctx.build_options)
+    except ModelError as e:
+        if explicit_backend:
+            raise
+        ev.error = f"{config.backend} cannot take this model: {e.diagnostics[0].message}"
+        return attempt
+    attempt.result = result
+    ev.tuned = result.tuned
+
+    # Latency: measured on this host or over RPC, else estimated from the target.
+    lat = spec.budget.latency
+    percentile = lat.percentile if lat else 50
+    if ctx.at_hand or ctx.options.rpc is not None:
+        ctx.options.progress("measure", 0, None, f"measuring {config.label}")
+        attempt.latency = backend.measure(folder, result.details, ctx.bench_inputs,
+                                          ctx.build_options)
+        ev.latency_s = attempt.latency.percentile(percentile)
+        ev.latency_where = attempt.latency.where
+    else:
+        from edgec.planner.costmodel import estimate
+        est = estimate(model, spec.target, batch=lat.batch if lat else 1)
+        attempt.estimate = est.to_json()
+        ev.latency_s = est.seconds
+        if not result.tuned:
+            # The cost model assumes tuned kernels; untuned TVM runs 10-200x slower than
+            # that here (TVM-NOTES), so an untuned module is never estimated as fast.
+            ev.latency_s *= UNTUNED_PENALTY
+            attempt.estimate["untuned_penalty"] = UNTUNED_PENALTY
+            attempt.estimate["ms"] = ev.latency_s * 1e3
+        ev.latency_where = "estimated"
+
+    # Accuracy against the fp32 model, on samples the calibration did not see.
+    if result.runnable_here:
+        runner = backend.load(folder, result.details)
+        run_fn = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
+        names = runner.input_names
+    else:
+        from edgec.backends.ort import OrtRunner
+        runner = OrtRunner(os.path.join(folder, "model.onnx"), {})
+        run_fn = lambda feed: runner.session.run(None, feed)  # noqa: E731
+        names = runner.input_names
+    candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
+    metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
+                      ctx.labels)
+    ev.accuracy_value, ev.accuracy_held, ev.accuracy_detail = metric.value, metric.held, metric.detail
+    if not result.runnable_here:
+        ev.accuracy_detail += " (scored on the optimized ONNX with onnxruntime)"
+    ev.size_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    ev.budgets = _judge(spec, ev, model)
+    return attempt
 
 
 def _reference_outputs(model_path: str, original: onnx.ModelProto,
@@ -393,8 +570,7 @@ def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int |
     outs: list[list[np.ndarray]] = []
     for start in range(0, total - (total % step if fixed else 0), step):
         feed = {n: samples[n][start:start + step] for n in names}
-        result = run(feed)
-        outs.append([np.asarray(r) for r in (result.values() if isinstance(result, dict) else result)])
+        outs.append([np.asarray(r) for r in run(feed)])
     return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
 
 
@@ -413,158 +589,33 @@ def _batch_inputs(samples: dict[str, np.ndarray], in_specs: list[InputSpec],
     return out
 
 
-@dataclass
-class _Candidate:
-    name: str
-    folder: str
-    status: str = "built"      # built | unavailable | failed | chosen | rejected
-    reason: str = ""
-    result: BuildResult | None = None
-    latency: LatencyStats | None = None
-    seconds: float = 0.0
-
-
-def _build_candidates(choice: str, optimized: onnx.ModelProto, target, staging: str,
-                      options: BuildOptions, bench_inputs, at_hand: bool,
-                      sink: DiagnosticSink) -> list[_Candidate]:
-    import time
-
-    names = ["ort", "tvm"] if choice == "auto" else [choice]
-    candidates = []
-    for name in names:
-        folder = tempfile.mkdtemp(prefix=f".candidate-{name}-", dir=staging)
-        c = _Candidate(name, folder)
-        candidates.append(c)
-        try:
-            backend = get_backend(name)
-        except EdgecError as e:
-            if choice != "auto":
-                raise
-            c.status, c.reason = "unavailable", e.diagnostics[0].message
-            continue
-        reason = backend.unavailable_reason(target)
-        if reason:
-            if choice != "auto":
-                raise UsageError(Diagnostic.error(f"backend '{name}' cannot build for "
-                                                  f"{target.name}: {reason}"))
-            c.status, c.reason = "unavailable", reason
-            continue
-        for f in os.listdir(staging):
-            if f.startswith("model.onnx"):
-                os.link(os.path.join(staging, f), os.path.join(folder, f))
-        start = time.perf_counter()
-        try:
-            backend.check_model(optimized)
-            c.result = backend.build(optimized, target, folder, options)
-        except ModelError as e:
-            if choice != "auto":
-                raise
-            c.status, c.reason = "failed", e.diagnostics[0].message
-            sink.warning(f"backend '{name}' cannot take this model ({c.reason}); "
-                         "using another backend")
-            continue
-        c.seconds = time.perf_counter() - start
-        if at_hand or options.rpc is not None:
-            try:
-                options.progress("measure", 0, None, f"measuring {name}")
-                c.latency = backend.measure(folder, c.result.details, bench_inputs, options)
-            except EdgecError as e:
-                c.reason = f"not measured: {e.diagnostics[0].message}"
-    return candidates
-
-
-def _choose(candidates: list[_Candidate], choice: str, sink: DiagnosticSink) -> _Candidate:
-    built = [c for c in candidates if c.result is not None]
-    if not built:
-        reasons = "; ".join(f"{c.name}: {c.reason}" for c in candidates)
-        raise ModelError(Diagnostic.error(f"no backend could build the model ({reasons})"))
-    if choice != "auto":
-        chosen = built[0]
-        if not chosen.result.tuned:
-            sink.warning(f"the {chosen.name} module is untuned: expect it to be far slower than "
-                         "a tuned one; give the spec a tuning budget")
-    else:
-        # An untuned TVM module is only chosen if it measured faster, never by default.
-        eligible = [c for c in built if c.result.tuned or c.latency is not None]
-        measured = [c for c in eligible if c.latency is not None]
-        if measured:
-            chosen = min(measured, key=lambda c: c.latency.p50)
-        else:
-            tuned = [c for c in eligible if c.result.tuned]
-            chosen = (tuned or built)[0]
-        for c in built:
-            if c is not chosen:
-                c.status = "rejected"
-                c.reason = (f"slower: p50 {c.latency.p50 * 1e3:.3f} ms against "
-                            f"{chosen.latency.p50 * 1e3:.3f} ms" if c.latency and chosen.latency
-                            else c.reason or f"not chosen: {chosen.name} is preferred when "
-                                             "neither can be measured here")
-    chosen.status = "chosen"
-    return chosen
-
-
-def _promote(chosen: _Candidate, staging: str) -> None:
-    for name in chosen.result.files:
-        os.replace(os.path.join(chosen.folder, name), os.path.join(staging, name))
-
-
-def _accuracy(chosen: _Candidate, staging: str, optimized: onnx.ModelProto, base_dir: str,
-              samples, reference, labels, spec) -> tuple[MetricResult, str]:
-    backend = get_backend(chosen.result.backend)
-    if chosen.result.runnable_here:
-        runner = backend.load(staging, chosen.result.details)
-        how = f"the {chosen.result.backend} artifact run on this host"
-        run = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
-        names = runner.input_names
-    else:
-        from edgec.backends.ort import OrtRunner
-        runner = OrtRunner(os.path.join(staging, "model.onnx"), {})
-        how = ("the optimized ONNX run with onnxruntime on this host (the module itself is "
-               "built for another machine)")
-        run = lambda feed: runner.session.run(None, feed)  # noqa: E731
-        names = runner.input_names
-    candidate = _run_all(run, samples, names, _fixed_batch(optimized))
-    result = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, reference, candidate, labels)
-    return result, how
-
-
-def _latency_record(latency: LatencyStats | None, at_hand: bool, rpc) -> dict:
-    if latency is None:
-        return {"measured": False, "where": None,
-                "why": "the target is not at hand and no RPC tracker was given"}
+def _latency_record(chosen: _Tried) -> dict:
     # The figures themselves are in measurements.json: they differ between runs.
-    return {"measured": True, "where": latency.where, "figures": art.MEASUREMENTS}
+    if chosen.latency is not None:
+        return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS}
+    return {"measured": False, "where": "estimated", "figures": art.MEASUREMENTS,
+            "why": "the target is not at hand and no RPC tracker was given: estimated from "
+                   "the target description (edgec.planner.costmodel)"}
 
 
-def _judge(spec, latency: LatencyStats | None, at_hand: bool, rpc, staging: str, model,
-           accuracy: MetricResult) -> list[dict]:
+def _judge(spec, ev, model) -> list[dict]:
     budgets = []
     lat = spec.budget.latency
-    if lat is not None:
+    if lat is not None and ev.latency_s is not None:
         limit = lat.limit.to("s")
-        if latency is None:
-            budgets.append({"name": "latency", "status": "unverified",
-                            "limit": str(lat.limit), "percentile": lat.percentile,
-                            "detail": f"p{lat.percentile} < {lat.limit} could not be measured: "
-                                      "the target is not at hand; give --rpc-tracker to measure "
-                                      "on the device"})
-        else:
-            value = latency.percentile(lat.percentile)
-            held = value <= limit
-            budgets.append({"name": "latency", "status": "held" if held else "missed",
-                            "limit": str(lat.limit), "percentile": lat.percentile,
-                            "where": latency.where,
-                            "detail": (f"p{lat.percentile} {value * 1e3:.3f} ms against "
-                                       f"{limit * 1e3:g} ms ({latency.where})") if not held else
-                                      f"p{lat.percentile} within {lat.limit} ({latency.where})"})
-    size_limit = spec.budget.size
-    size = sum(os.path.getsize(os.path.join(staging, f)) for f in os.listdir(staging)
-               if os.path.isfile(os.path.join(staging, f)))
-    if size_limit is not None:
-        held = size <= size_limit.to("B")
+        held = ev.latency_s <= limit
+        label = "estimated " if ev.latency_where == "estimated" else ""
+        budgets.append({
+            "name": "latency", "status": "held" if held else "missed",
+            "limit": str(lat.limit), "percentile": lat.percentile, "where": ev.latency_where,
+            "detail": (f"p{lat.percentile} within {lat.limit} ({ev.latency_where})" if held else
+                       f"{label}p{lat.percentile} {ev.latency_s * 1e3:.3g} ms against {lat.limit} "
+                       f"({ev.latency_s / limit:.2f}x, {ev.latency_where})")})
+    if spec.budget.size is not None:
+        held = ev.size_bytes <= spec.budget.size.to("B")
         budgets.append({"name": "size", "status": "held" if held else "missed",
-                        "limit": str(size_limit), "value_bytes": size,
-                        "detail": f"{size / 2**20:.2f} MiB against {size_limit}"})
+                        "limit": str(spec.budget.size), "value_bytes": ev.size_bytes,
+                        "detail": f"{ev.size_bytes / 2**20:.2f} MiB against {spec.budget.size}"})
     if spec.budget.memory is not None:
         estimate = _memory_estimate(model)
         held = estimate <= spec.budget.memory.to("B")
@@ -573,8 +624,8 @@ def _judge(spec, latency: LatencyStats | None, at_hand: bool, rpc, staging: str,
                         "estimated": True,
                         "detail": f"estimated peak {estimate / 2**20:.2f} MiB (weights + the two "
                                   f"largest activations) against {spec.budget.memory}"})
-    budgets.append({"name": "accuracy", "status": "held" if accuracy.held else "missed",
-                    "metric": accuracy.metric, "detail": accuracy.detail})
+    budgets.append({"name": "accuracy", "status": "held" if ev.accuracy_held else "missed",
+                    "metric": spec.accuracy.metric, "detail": ev.accuracy_detail})
     return budgets
 
 
@@ -594,6 +645,7 @@ def _file_digests(folder: str) -> dict:
     out = {}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if os.path.isfile(path) and name not in (art.MANIFEST, art.MEASUREMENTS, art.REPORT):
+        if os.path.isfile(path) and name not in (art.MANIFEST, art.MEASUREMENTS, art.REPORT,
+                                                 "report.html"):
             out[name] = {"bytes": os.path.getsize(path), "sha256": art.sha256_file(path)}
     return out

@@ -1,0 +1,1 @@
+"""The planner: candidate configurations, their evaluation order, and latency estimates."""

@@ -1,0 +1,175 @@
+"""The planner's search: which configurations to try, in which order, and which one wins.
+
+A configuration is a precision (with its op-type policy), an optional pruning level
+and a backend, expressed as pass-pipeline text appended to the base pipeline — so a
+candidate is reproducible with ``edgec opt -p``. Candidates are tried in order of
+expected cost to the model (least intrusive first): fp32; fp16 where the target runs
+it fast; int8 on the compute-heavy ops; int8 everywhere; int8 with per-layer fp32
+fallback; then the same with pruning, at half and at the full allowed sparsity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# TVM 0.27 imports QDQ as fp32 compute around quantize/dequantize: no int8 speed-up
+# (TVM-NOTES), so int8 configurations go to onnxruntime.
+_INT8_BACKENDS = ("ort",)
+
+
+@dataclass(frozen=True)
+class Configuration:
+    label: str            # what a person reads: "int8 (Conv, MatMul, Gemm) on ort"
+    precision: str        # fp32 | fp16 | int8
+    policy: str           # "" | "compute-ops" | "all-ops" | "per-layer-fallback"
+    passes: str           # pipeline text run after the base pipeline ("" for none)
+    backend: str          # ort | tvm
+    sparsity: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "precision": self.precision, "policy": self.policy,
+                "passes": self.passes, "backend": self.backend, "sparsity": self.sparsity}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A configuration the spec allows but that cannot be tried here, and why."""
+
+    label: str
+    reason: str
+
+
+@dataclass
+class Evaluation:
+    """What trying one configuration gave."""
+
+    config: Configuration
+    latency_s: float | None = None        # at the spec's percentile
+    latency_where: str | None = None      # host | rpc://... | estimated
+    accuracy_value: float | None = None
+    accuracy_held: bool | None = None
+    accuracy_detail: str = ""
+    size_bytes: int | None = None
+    budgets: list[dict] = field(default_factory=list)
+    error: str | None = None              # the build or a pass failed
+    stats: dict = field(default_factory=dict)
+    tuned: bool = True
+
+    @property
+    def held(self) -> bool:
+        return self.error is None and bool(self.budgets) and \
+            all(b["status"] == "held" for b in self.budgets)
+
+    def missed(self) -> list[dict]:
+        return [b for b in self.budgets if b["status"] != "held"]
+
+    def rejection(self) -> str:
+        if self.error:
+            return self.error
+        return "; ".join(f"{b['name']} {b['status']}: {b['detail']}" for b in self.missed())
+
+
+def _tolerance_text(tolerance) -> str:
+    value, unit = getattr(tolerance, "value", tolerance), getattr(tolerance, "unit", "")
+    return f"{value:g}{unit or ''}"
+
+
+def configurations(spec, target, backend_choice: str,
+                   available_passes: set[str]) -> tuple[list[Configuration], list[Skipped]]:
+    """Every configuration the spec allows, cheapest first, and those skipped with why."""
+    opt = spec.optimize
+    precisions = opt.precisions
+    skipped: list[Skipped] = []
+    fp_backends = ["ort", "tvm"] if backend_choice == "auto" else [backend_choice]
+    int8_backends = [b for b in fp_backends if b in _INT8_BACKENDS]
+
+    def need(pass_name: str, label: str) -> bool:
+        if pass_name in available_passes:
+            return True
+        skipped.append(Skipped(label, f"the pass '{pass_name}' is not installed"))
+        return False
+
+    base: list[tuple[str, str, str, list[str]]] = []  # (label, precision, policy, passes)
+    if "fp32" in precisions:
+        base.append(("fp32", "fp32", "", []))
+    if "fp16" in precisions:
+        if "fp16" not in target.fast_precisions:
+            skipped.append(Skipped("fp16", f"{target.name} does not run fp16 fast "
+                                           f"(fast: {', '.join(target.fast_precisions)})"))
+        elif need("convert-fp16", "fp16"):
+            base.append(("fp16", "fp16", "", ["convert-fp16"]))
+    if "int8" in precisions:
+        if not int8_backends:
+            skipped.append(Skipped("int8", f"the {backend_choice} backend has no int8 kernels "
+                                           "(TVM 0.27 runs QDQ in fp32); use backend ort or auto"))
+        elif need("quantize-int8", "int8"):
+            base.append(("int8 (Conv, MatMul, Gemm)", "int8", "compute-ops",
+                         ["quantize-int8{ops=Conv,MatMul,Gemm}"]))
+            base.append(("int8 (all ops)", "int8", "all-ops", ["quantize-int8{ops=all}"]))
+            if opt.per_layer_fallback:
+                tol = _tolerance_text(spec.accuracy.tolerance)
+                base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
+                             [f"quantize-int8{{ops=Conv,MatMul,Gemm fallback=per-layer "
+                              f"metric={spec.accuracy.metric} tolerance={tol}}}"]))
+    levels = [0.0]
+    prune_pass = None
+    if opt.pruning.sparsity is not None:
+        full = opt.pruning.fraction
+        prune_pass = "prune-channels" if opt.pruning.structured else "prune-unstructured"
+        if need(prune_pass, f"pruning up to {full:.0%}"):
+            levels += sorted({round(full / 2, 4), round(full, 4)})
+    configs: list[Configuration] = []
+    for sparsity in levels:
+        for label, precision, policy, passes in base:
+            backends = int8_backends if precision == "int8" else fp_backends
+            prune = [f"{prune_pass}{{sparsity={sparsity:g}}}"] if sparsity else []
+            for backend in backends:
+                text = ",".join([*prune, *passes, *(["dce"] if passes or prune else [])])
+                name = label + (f", {sparsity:.0%} pruned" if sparsity else "") + f" on {backend}"
+                configs.append(Configuration(name, precision, policy, text, backend, sparsity))
+    return configs, skipped
+
+
+def choose(evaluations: list[Evaluation], search: str) -> tuple[Evaluation | None, Evaluation]:
+    """(the configuration to ship or None if none holds every budget, the best one tried).
+
+    With ``search first`` the first that holds wins (they were tried cheapest first);
+    with ``fastest`` the fastest that holds. When none holds, the best is the one
+    with the fewest missed budgets, then the smallest latency."""
+    holding = [e for e in evaluations if e.held]
+    if holding:
+        if search == "fastest":
+            winner = min(holding, key=lambda e: (e.latency_s is None, e.latency_s or 0.0))
+        else:
+            winner = holding[0]
+        return winner, winner
+    built = [e for e in evaluations if e.error is None] or evaluations
+    best = min(built, key=lambda e: (len(e.missed()) if e.error is None else 99,
+                                     e.latency_s if e.latency_s is not None else float("inf")))
+    return None, best
+
+
+def summary(evaluations: list[Evaluation], best: Evaluation, spec) -> list[str]:
+    """What a person can act on when no configuration holds every budget."""
+    lines = [f"best candidate: {best.config.label}"]
+    for b in best.missed():
+        lines.append(f"  misses {b['name']}: {b['detail']}")
+    lat = spec.budget.latency
+    if lat is not None:
+        fast = [e for e in evaluations if e.latency_s is not None and e.latency_s <= lat.seconds
+                and e.error is None]
+        for e in fast:
+            if e.accuracy_held is False:
+                lines.append(f"{e.config.label} meets {lat.limit} ({e.latency_s * 1e3:.3g} ms, "
+                             f"{e.latency_where}) but {e.accuracy_detail}: relax the tolerance "
+                             "to ship it")
+                break
+    accurate = [e for e in evaluations if e.accuracy_held and e.latency_s is not None]
+    if lat is not None and accurate and not any(e.held for e in evaluations):
+        quickest = min(accurate, key=lambda e: e.latency_s)
+        if quickest.latency_s > lat.seconds:
+            lines.append(f"the fastest configuration within the tolerance is "
+                         f"{quickest.config.label} at {quickest.latency_s * 1e3:.3g} ms "
+                         f"({quickest.latency_where}): the latency budget would have to be "
+                         f"{quickest.latency_s / lat.seconds:.2f}x larger")
+    return lines
