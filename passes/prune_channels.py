@@ -29,6 +29,11 @@ the channels, a grouped Conv), or a subgraph.
 What ``sparsity`` means: the fraction of output channels removed from **each**
 prunable group (rounded down, keeping at least ``min-channels``). A Conv -> Conv chain
 with both ends pruned loses about ``1 - (1 - s)^2`` of its FLOPs (51 % at s = 0.3).
+With ``multiple-of=8`` (the default) a group whose size is a multiple of 8 keeps a
+multiple of 8 channels (the kept count is rounded up, so fewer are removed: 64
+channels at 0.3 keep 48, not 45): onnxruntime's CPU convolutions block channels by
+8 (NCHWc, AVX2) and a layer off the block ran slower than the unpruned one
+(MobileNetV2 at 0.3: 32.5 ms -> 38.8 ms unrounded, 24.3 ms rounded to 8).
 Ranking is per group, not global: without fine-tuning a global ranking over layers
 of different scales can empty a thin layer and wreck the network, and a uniform
 ratio gives a predictable FLOP reduction the planner can reason about.
@@ -95,6 +100,7 @@ class PruneChannels(Pass):
     criterion: str = field(default="l1", metadata={"help": "l1 or l2 norm of a channel's weights"})
     min_channels: int = field(default=1, metadata={"help": "never leave a group with fewer channels"})
     compensate: bool = field(default=True, metadata={"help": "fold removed channels' mean into consumer biases"})
+    multiple_of: int = field(default=8, metadata={"help": "round each group's kept channels up to a multiple of this"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         if not 0.0 <= self.sparsity < 1.0:
@@ -138,7 +144,12 @@ class PruneChannels(Pass):
         keep = {}
         for root, score in importance.items():
             size = a.size[root]
-            remove = min(int(math.floor(self.sparsity * size)), size - max(self.min_channels, 1))
+            kept = size - int(math.floor(self.sparsity * size))
+            if self.multiple_of > 1 and size % self.multiple_of == 0:
+                # CPU kernels block channels by 8 or 16 (onnxruntime's NCHWc): a count
+                # off the block runs slower than the full layer did.
+                kept = -(-kept // self.multiple_of) * self.multiple_of
+            remove = min(size - kept, size - max(self.min_channels, 1))
             if remove <= 0:
                 continue
             order = np.argsort(score, kind="stable")

@@ -11,16 +11,18 @@ from edgec.passmgr.base import PassContext
 from edgec.passes.prune_channels import PruneChannels, _ChannelAnalysis, _Rewrite
 
 
-def zero_channels_to_prune(model: Model, sparsity: float, *, zero_after_bn: bool = True) -> int:
+def zero_channels_to_prune(model: Model, sparsity: float, *, zero_after_bn: bool = True,
+                           multiple_of: int = 1) -> int:
     """Zero, in place, the weights (and bias) of every channel that
     ``prune-channels{sparsity}`` would remove from ``model``; with ``zero_after_bn``
     also set BatchNormalization shifts so those channels stay exactly 0 after BN
-    (else they are nonzero constants, which the pass must compensate). Returns the
+    (else they are nonzero constants, which the pass must compensate); ``multiple_of``
+    as the pass's option. Returns the
     number of channels zeroed."""
     InferShapes().run(model, PassContext())
     analysis = _ChannelAnalysis(model)
     analysis.run()
-    keep = PruneChannels(sparsity=sparsity)._choose(analysis)
+    keep = PruneChannels(sparsity=sparsity, multiple_of=multiple_of)._choose(analysis)
     rewrite = _Rewrite(model, analysis, keep, compensate=False)
     rewrite.compute_indices()
     zeroed = 0

@@ -25,6 +25,12 @@ from edgec.testing import models
 RTOL, ATOL = 1e-4, 1e-5
 
 
+def unrounded(**options) -> PruneChannels:
+    """The pass without rounding kept channels to a multiple of 8, so that small test
+    models lose the channels the sparsity says."""
+    return PruneChannels(**{"multiple_of": 1, **options})
+
+
 class Builder:
     """A small NCHW model from (op, inputs, output, attributes) rows with seeded weights."""
 
@@ -129,7 +135,7 @@ def _weights(model, node_output: str):
 def test_conv_chain_loses_channels_and_the_next_conv_its_inputs():
     proto = conv_bn_chain()
     model = load(proto)
-    result = run_pass(PruneChannels(sparsity=0.5), model)
+    result = run_pass(unrounded(sparsity=0.5), model)
     assert _weights(model, "c1") == (4, 3, 3, 3) and _weights(model, "c2") == (6, 4, 3, 3)
     assert _weights(model, "y") == (4, 6, 1, 1)  # a graph output keeps its channels
     bn1 = next(n for n in model.graph if n.op_type == "BatchNormalization")
@@ -144,7 +150,7 @@ def test_conv_chain_loses_channels_and_the_next_conv_its_inputs():
 
 def test_residual_stream_is_pruned_consistently():
     model = load(residual_block())
-    run_pass(PruneChannels(sparsity=0.25), model)
+    run_pass(unrounded(sparsity=0.25), model)
     # The stem and both blocks' second convs are tied by the Adds: all lose the same 2.
     assert [_weights(model, o)[0] for o in ("stem", "b0c2", "b1c2")] == [6, 6, 6]
     assert _weights(model, "b0c1") == (5, 6, 3, 3) and _weights(model, "b1c1") == (5, 6, 3, 3)
@@ -157,14 +163,14 @@ def test_residual_group_that_reaches_an_unknown_op_is_left_alone():
     proto.graph.node.append(helper.make_node("LpNormalization", ["b0out"], ["n"], axis=1))
     proto.graph.output.append(helper.make_tensor_value_info("n", TensorProto.FLOAT, [1, 8, 8, 8]))
     model = load(proto)
-    run_pass(PruneChannels(sparsity=0.25), model)
+    run_pass(unrounded(sparsity=0.25), model)
     assert [_weights(model, o)[0] for o in ("stem", "b0c2", "b1c2")] == [8, 8, 8]
     assert _weights(model, "b0c1")[0] == 5  # the block-internal channels still go
 
 
 def test_depthwise_chain_pruned_with_its_producer():
     model = load(mobilenet_block())
-    run_pass(PruneChannels(sparsity=0.25), model)
+    run_pass(unrounded(sparsity=0.25), model)
     dw = next(n for n in model.graph if n.outputs[0].name == "dw")
     assert dw.inputs[1].const.dims == (18, 1, 3, 3) and dw.attributes["group"].value == 18
     assert _weights(model, "expand") == (18, 6, 1, 1) and _weights(model, "project") == (6, 18, 1, 1)
@@ -173,7 +179,7 @@ def test_depthwise_chain_pruned_with_its_producer():
 
 def test_concat_offsets_and_flatten_features():
     model = load(concat_flatten_gemm())
-    run_pass(PruneChannels(sparsity=0.5), model)
+    run_pass(unrounded(sparsity=0.5), model)
     assert _weights(model, "left")[0] == 3 and _weights(model, "right")[0] == 5
     gemm = next(n for n in model.graph if n.op_type == "Gemm")
     assert gemm.inputs[1].const.dims == (8 * 16, 3)
@@ -184,17 +190,17 @@ def test_graph_outputs_keep_their_shape_on_real_models():
         model = load(proto)
         result = run_pass(PruneChannels(sparsity=0.3), model)
         assert str(model.graph.outputs[0].type) == "f32[1,1000]"
-        assert result.stats["flops-after"] < 0.55 * result.stats["flops-before"]
+        assert result.stats["flops-after"] < 0.65 * result.stats["flops-before"]
         onnx.checker.check_model(export_model(model), full_check=True)
 
 
 def test_min_channels_and_zero_sparsity():
     proto = conv_bn_chain()
     model = load(proto)
-    result = run_pass(PruneChannels(sparsity=0.9, min_channels=6), model)
+    result = run_pass(unrounded(sparsity=0.9, min_channels=6), model)
     assert _weights(model, "c1")[0] == 6 and _weights(model, "c2")[0] == 6
     model = load(proto)
-    assert not run_pass(PruneChannels(sparsity=0.0), model).modified
+    assert not run_pass(unrounded(sparsity=0.0), model).modified
     assert_same_outputs(proto, model, rtol=0, atol=0)
     assert result.stats["groups-pruned"] == 2
 
@@ -216,7 +222,7 @@ def test_removing_zero_channels_keeps_outputs(build, zero_after_bn):
     model = load(build())
     zero_channels_to_prune(model, 0.3, zero_after_bn=zero_after_bn)
     reference = export_model(model)
-    result = run_pass(PruneChannels(sparsity=0.3), model)
+    result = run_pass(unrounded(sparsity=0.3), model)
     assert result.stats["channels-removed"] > 0
     assert_same_outputs(reference, model, rtol=RTOL, atol=ATOL)
 
@@ -224,7 +230,7 @@ def test_removing_zero_channels_keeps_outputs(build, zero_after_bn):
 @pytest.mark.parametrize("build", [models.resnet18, models.mobilenet_v2])
 def test_removing_zero_channels_keeps_real_model_outputs(build):
     model = load(build())
-    zero_channels_to_prune(model, 0.3)
+    zero_channels_to_prune(model, 0.3, multiple_of=8)
     reference = export_model(model)
     run_pass(PruneChannels(sparsity=0.3), model)
     assert_same_outputs(reference, model, rtol=1e-3, atol=1e-4)
