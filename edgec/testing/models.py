@@ -191,6 +191,7 @@ def _calibrate_batchnorms(model: onnx.ModelProto, rng: np.random.Generator, batc
     graph_input.type.tensor_type.shape.dim[0].dim_value = batch
     del graph.output[: len(model.graph.output)]  # the batch dim changed; keep only the statistics
     options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # the calibration graph leaves eval-only initializers unused
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(calibration.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [name for _, _, mean, var in statistics for name in (mean, var)]
