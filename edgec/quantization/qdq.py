@@ -330,6 +330,8 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
     """Insert the QDQ pairs ``config`` asks for, with ranges from ``calibration``."""
     plan = _plan(model, config)
     root = model.graph
+    # Folding renames values that are graph outputs; ranges are keyed by the old names.
+    calibrated_name = {id(v): v.name for v in plan.activations.values()}
     for producer, relu in plan.relu_folds:
         graph = relu.graph
         out = producer.outputs[0]
@@ -344,7 +346,7 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         if key in plan.shared and id(plan.shared[key]) in plan.activations:
             p = params_of(plan.shared[key])
         else:
-            name = plan.range_of.get(key, v.name)
+            name = plan.range_of.get(key, calibrated_name.get(key, v.name))
             const = _constant(v)
             if const is not None:
                 lo, hi = float(const.min()), float(const.max())
@@ -383,6 +385,8 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         node.set_input(index, shared_weights[key])
     quantized_readers = {id(n) for n in plan.nodes}
     for v in list(plan.activations.values()):
+        if not v.has_uses() and not v.is_graph_output():
+            continue  # the output of a folded Relu
         scale, zp = params_of(v)
         const = _constant(v)
         if const is not None:  # a constant operand of Add/Mul/Concat: quantize it offline
@@ -409,10 +413,12 @@ def _quantize_array(x: np.ndarray, scale, zp: np.ndarray) -> np.ndarray:
 def _dequantize(root: Graph, reader: Node, q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
                 axis: int | None, label: str) -> Value:
     """An initializer ``q`` and a DequantizeLinear, placed before ``reader``."""
+    # Constants live in the reader's own graph: onnxruntime's optimizer looks for a
+    # DequantizeLinear's weight in the DequantizeLinear's graph, not in outer scopes.
     graph = reader.graph
-    q_value = root.make_constant(q, f"{label}_quantized")
-    s_value = root.make_constant(np.asarray(scale, np.float32), f"{label}_scale")
-    z_value = root.make_constant(zp, f"{label}_zero_point")
+    q_value = graph.make_constant(q, f"{label}_quantized")
+    s_value = graph.make_constant(np.asarray(scale, np.float32), f"{label}_scale")
+    z_value = graph.make_constant(zp, f"{label}_zero_point")
     attrs = {"axis": axis} if axis is not None and np.ndim(scale) == 1 else {}
     out = Value(None, TensorType(DataType.FLOAT, q_value.shape))
     dq = Node("DequantizeLinear", [q_value, s_value, z_value], attributes=attrs, outputs=[out],
@@ -430,8 +436,8 @@ def _insert_qdq(root: Graph, v: Value, scale, zp: np.ndarray, everyone: bool,
     if graph is None or not uses and not (everyone and v.is_graph_output()):
         return
     base = v.name or "v"
-    s_value = root.make_constant(np.asarray(scale, np.float32), f"{base}_scale")
-    z_value = root.make_constant(zp, f"{base}_zero_point")
+    s_value = graph.make_constant(np.asarray(scale, np.float32), f"{base}_scale")
+    z_value = graph.make_constant(zp, f"{base}_zero_point")
     q_dtype = DataType.from_numpy(zp.dtype)
     q_out = Value(None, TensorType(q_dtype, v.shape))
     dq_out = Value(None, TensorType(DataType.FLOAT, v.shape) if v.shape is not None else v.type)
