@@ -1,0 +1,130 @@
+"""The planner: which configurations it tries and in what order, the one it ships, and the
+account it gives when none holds. Latency on a Raspberry Pi 5 is estimated (the board
+is not at hand), which makes these tests deterministic; accuracy is measured."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgec.dsl import check_text
+from edgec.planner.search import Evaluation, choose, configurations
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "spec_examples" / "digits.onnx"
+DATA = REPO / "spec_examples" / "data" / "digits.npz"
+ALL_PASSES = {"quantize-int8", "convert-fp16", "prune-channels", "prune-unstructured"}
+
+
+def spec_of(text: str):
+    spec, diagnostics = check_text(text, str(REPO / "spec_examples" / "t.edge"))
+    assert spec is not None, [d.render() for d in diagnostics]
+    return spec
+
+
+def test_configurations_cheapest_first_with_reasons_for_skips():
+    spec = spec_of("target raspberry-pi-4\noptimize {\n  precision fp32, fp16, int8\n"
+                   "  prune up to 30 % structured\n  backend auto\n}\n")
+    configs, skipped = configurations(spec, spec.target, "auto", ALL_PASSES)
+    labels = [c.label for c in configs]
+    assert labels[:5] == ["fp32 on ort", "fp32 on tvm", "int8 (Conv, MatMul, Gemm) on ort",
+                          "int8 (all ops) on ort", "int8 with per-layer fp32 fallback on ort"]
+    assert labels[5] == "fp32, 15% pruned on ort"
+    assert labels[-1] == "int8 with per-layer fp32 fallback, 30% pruned on ort"
+    assert [c.sparsity for c in configs].count(0.3) == 5
+    assert any("does not run fp16 fast" in s.reason for s in skipped)
+    assert "prune-channels{sparsity=0.15},quantize-int8{ops=all},dce" in [c.passes for c in configs]
+
+
+def test_int8_on_tvm_is_skipped_with_the_reason():
+    spec = spec_of("target raspberry-pi-5\noptimize {\n  precision fp32, int8\n  backend tvm\n}\n")
+    configs, skipped = configurations(spec, spec.target, "tvm", ALL_PASSES)
+    assert [c.label for c in configs] == ["fp32 on tvm"]
+    assert "no int8 kernels" in skipped[0].reason
+
+
+def test_a_missing_pass_is_a_reason_not_a_crash():
+    spec = spec_of("target host\noptimize {\n  precision fp32, int8\n  backend ort\n}\n")
+    configs, skipped = configurations(spec, spec.target, "ort", set())
+    assert [c.precision for c in configs] == ["fp32"]
+    assert skipped[0].reason == "the pass 'quantize-int8' is not installed"
+
+
+def _ev(label, latency, held):
+    from edgec.planner.search import Configuration
+    e = Evaluation(Configuration(label, "fp32", "", "", "ort"), latency_s=latency,
+                   latency_where="host", accuracy_held=True)
+    e.budgets = [{"name": "latency", "status": "held" if held else "missed", "detail": "x"}]
+    return e
+
+
+def test_choose_first_or_fastest():
+    evs = [_ev("a", 3.0, False), _ev("b", 2.0, True), _ev("c", 1.0, True)]
+    assert choose(evs, "first")[0].config.label == "b"
+    assert choose(evs, "fastest")[0].config.label == "c"
+    winner, best = choose([_ev("a", 3.0, False), _ev("b", 2.0, False)], "first")
+    assert winner is None and best.config.label == "b"
+
+
+def _rpi5_spec(tmp_path, metric_block: str) -> Path:
+    spec = tmp_path / "rpi5.edge"
+    spec.write_text(f"""target raspberry-pi-5
+budget {{
+  latency < 2 ms p50 at batch 128
+}}
+accuracy {{
+{metric_block}
+  data "{DATA}"
+}}
+optimize {{
+  precision fp32, int8
+  backend ort
+}}
+""")
+    return spec
+
+
+def _compile(tmp_path, spec, *extra):
+    return subprocess.run([sys.executable, "-m", "edgec", "compile", str(DIGITS), "--spec",
+                           str(spec), "-o", "out", "--cache-dir", str(tmp_path / "cache"), *extra],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+
+
+def test_int8_is_chosen_when_fp32_misses_the_latency_budget(tmp_path):
+    spec = _rpi5_spec(tmp_path, "  metric top1-agreement\n  tolerance 1 %")
+    result = _compile(tmp_path, spec)
+    assert result.returncode == 0, result.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["configuration"]["precision"] == "int8"
+    first = m["candidates"][0]
+    assert first["label"] == "fp32 on ort" and first["status"] == "rejected"
+    assert "latency missed: estimated p50" in first["reason"]
+    assert m["latency"]["where"] == "estimated"
+    assert m["accuracy"]["held"] is True
+    assert "estimated" in (tmp_path / "out" / "report.txt").read_text()
+
+
+def test_no_configuration_holds_exit_4_with_an_actionable_summary(tmp_path):
+    # int8 keeps top-1 agreement on every digits sample, so the stricter tolerance is
+    # stated as an SQNR floor the int8 model (about 38 dB) cannot reach.
+    spec = _rpi5_spec(tmp_path, "  metric sqnr\n  tolerance 45 dB")
+    result = _compile(tmp_path, spec)
+    assert result.returncode == 4, result.stderr
+    assert not (tmp_path / "out").exists()
+    err = result.stderr
+    assert "best candidate: " in err
+    assert "misses latency" in err or "misses accuracy" in err
+    assert "meets 2 ms" in err and "relax the tolerance" in err
+    assert "configurations tried" in err
+
+
+def test_search_fastest_tries_everything(tmp_path):
+    spec = _rpi5_spec(tmp_path, "  metric top1-agreement\n  tolerance 1 %")
+    spec.write_text(spec.read_text().replace("backend ort", "backend ort\n  search fastest"))
+    result = _compile(tmp_path, spec)
+    assert result.returncode == 0, result.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    statuses = [c["status"] for c in m["candidates"] if c["status"] != "skipped"]
+    assert len(statuses) == 4 and statuses.count("chosen") == 1
