@@ -2,7 +2,7 @@
 
     x · 0.5 · (1 + erf(x / √2))                        -> Gelu(x)                      opset >= 20
     x · 0.5 · (1 + tanh(√(2/π) · (x + 0.044715 · x³)))  -> Gelu(x, approximate="tanh")  opset >= 20
-    x · Sigmoid(x)                                     -> Swish(x)                     opset >= 24
+    x · Sigmoid(x)                                     -> Swish(x)                     opset 24 (*)
     x · HardSigmoid(x, α=1/6, β=1/2)                   -> HardSwish(x)                 opset >= 14
     x · Clip(x + 3, 0, 6) / 6                          -> HardSwish(x)                 opset >= 14
 
@@ -12,6 +12,7 @@ constants are scalars equal to the formula's within 1e-6 relative (1e-4 for the
 rounded √(2/π) and 0.044715 the tanh form is usually written with), x is known
 to be float32 (the one type onnxruntime's CPU kernels of all four ops take), and the model's default-domain opset has the op (the ``fuse`` pass can raise
 it when asked). Every intermediate is read only inside the formula.
+(*) onnxruntime 1.32 has a Swish kernel for opset 24 only, so silu fires only there.
 """
 
 from __future__ import annotations
@@ -64,10 +65,18 @@ def _tanh_brackets() -> list[Op]:
     return out
 
 
-def needs_opset(version: int):
+# onnxruntime 1.32 registers its Swish kernel for opset 24 only: at 25 and later a
+# model holding Swish does not load, so silu is not rewritten there.
+SWISH_OPSETS = range(24, 25)
+
+
+def needs_opset(version: int, last: int | None = None):
     def check(match: Match, model: Model) -> str | None:
-        if (model.opset("") or 0) < version:
+        opset = model.opset("") or 0
+        if opset < version:
             return f"the model's opset is below {version}"
+        if last is not None and opset > last:
+            return f"onnxruntime has no kernel for the op at opset {opset}"
         if match["x"].dtype is not DataType.FLOAT:
             return "x is not known to be float32"
         return None
@@ -110,7 +119,7 @@ RULES = [
     # x · 0.5 · (1 + tanh(√(2/π)(x + 0.044715x³))) -> Gelu(x, tanh)
     *[Rule("gelu-tanh", p, needs_opset(20), _gelu("tanh")) for b in _tanh_brackets() for p in _half_x_times(b)],
     # x · σ(x) -> Swish(x)
-    Rule("silu", _mul(Var("x"), Op("Sigmoid", Var("x"))), needs_opset(24), _unary("Swish")),
+    Rule("silu", _mul(Var("x"), Op("Sigmoid", Var("x"))), needs_opset(SWISH_OPSETS.start, SWISH_OPSETS.stop - 1), _unary("Swish")),
     # x · HardSigmoid(x; 1/6, 1/2) -> HardSwish(x)
     Rule("hardswish", _mul(Var("x"), Op("HardSigmoid", Var("x"), name="hs")), check_hard_sigmoid,
          _unary("HardSwish")),
