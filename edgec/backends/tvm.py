@@ -1,0 +1,657 @@
+"""The TVM backend: ONNX -> relax -> (MetaSchedule tuning) -> a module ``.so`` for the
+target, cross-compiled for Arm boards and with CUDA kernels for Jetson GPUs.
+
+Tuning records persist per target under ``cache_dir/tvm-tuning/<sha of the target
+JSON>/`` so that compiling the same model for the same target again runs no trials.
+Measurement runs the module on this host, or on a device reached over TVM RPC.
+
+TVM is imported lazily: ``import edgec.backends.tvm`` works without apache-tvm, and
+`TVMBackend.unavailable_reason` then says what is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+from edgec.backends.base import (BackendError, BuildOptions, BuildResult, LatencyStats,
+                                 time_calls)
+from edgec.diagnostics import Diagnostic, Location, ModelError
+
+MODULE_FILE = "model.so"
+TUNING_DIR = "tvm-tuning"
+
+# Debian cross compilers by target architecture: (executable, package).
+CROSS_COMPILERS = {
+    "aarch64": ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    "armv7": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
+    "x86_64": ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"),
+}
+
+# When only a wall-time budget is given, each task is offered this many trials.
+TRIALS_PER_TASK_WITHOUT_BUDGET = 64
+
+
+def host_arch() -> str:
+    """This machine's architecture in the spec language's names (x86_64, aarch64, armv7)."""
+    machine = platform.machine().lower()
+    if machine in ("amd64", "x86_64"):
+        return "x86_64"
+    if machine in ("arm64", "aarch64"):
+        return "aarch64"
+    if machine.startswith("armv7") or machine.startswith("armv8l"):
+        return "armv7"
+    return machine
+
+
+def target_json(target) -> str:
+    """The canonical JSON text of the target's TVM description (the tuning-cache key)."""
+    return json.dumps(target.tvm_target(), sort_keys=True, separators=(",", ":"))
+
+
+def tuning_database_dir(cache_dir: str | os.PathLike, target) -> Path:
+    digest = hashlib.sha256(target_json(target).encode()).hexdigest()[:16]
+    return Path(cache_dir) / TUNING_DIR / digest
+
+
+def _is_cuda(target) -> bool:
+    return target.accelerator is not None and target.accelerator.kind == "cuda"
+
+
+def _machine_description(target) -> str:
+    text = f"{target.name} ({target.triple}"
+    if target.accelerator is not None:
+        text += f", {target.accelerator.kind} {target.accelerator.arch or ''}".rstrip()
+    return text + ")"
+
+
+# Ampere's limits (all of sm_80..sm_89), which MetaSchedule's GPU rules read from the
+# target; TVM's "cuda" kind does not fill them in from "arch".
+CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+               "thread_warp_size": 32}
+
+
+def tvm_target_json(target) -> dict:
+    """The dict edgec hands to `tvm.target.Target`: the spec's, plus CUDA limits."""
+    description = target.tvm_target()
+    if description.get("kind") == "cuda":
+        description = {**CUDA_LIMITS, **description}
+    return description
+
+
+def _load_tensor_intrinsics(target, everything: bool = False) -> None:
+    """Registers only the tensor intrinsics the target's schedule rules use.
+
+    MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin``, which parses every
+    intrinsic of every architecture (CUDA, ROCm, Hexagon, Arm, x86): 60-100 s on this
+    2-core machine, in each compiling process. Plain x86 needs none of them, Arm
+    targets need ``arm_cpu`` (the rules look up the NEON dot products), CUDA targets
+    ``cuda``; ``everything`` adds the architecture's set whatever its features (x86
+    with VNNI/AVX-512). A later full import in this process finds the package present.
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if name not in sys.modules:
+        import tvm.s_tir
+
+        spec = importlib.util.find_spec(name)
+        package = types.ModuleType(name, "Tensor intrinsics, loaded per target by edgec.")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules[name] = package
+        tvm.s_tir.tensor_intrin = package
+    wanted = {"aarch64": "arm_cpu", "armv7": "arm_cpu"}.get(target.arch)
+    if everything and target.arch == "x86_64":
+        wanted = "x86"
+    for submodule in filter(None, [wanted, "cuda" if _is_cuda(target) else None]):
+        importlib.import_module(f"{name}.{submodule}")
+
+
+def _tune_contexts(task, target, work_dir: str, seed: int):
+    """MetaSchedule's tune context for one task, loading intrinsics its rules ask for."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [task], work_dir=work_dir, seed=seed)
+    except ValueError as error:
+        if "TensorIntrin" not in str(error):
+            raise
+        _load_tensor_intrinsics(target, everything=True)
+        contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            [task], work_dir=work_dir, seed=seed)
+    # MetaSchedule logs every round to the console; edgec reports through progress and
+    # keeps MetaSchedule's log files (in the work dir) only.
+    for logger in [logging.getLogger("tvm.s_tir.meta_schedule"),
+                   *(context.logger for context in contexts[0])]:
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+    return contexts
+
+
+def _build_candidate(mod, target, _params):
+    """MetaSchedule's builder function without ``import tvm.s_tir.tensor_intrin``.
+
+    The default build imports the tensor intrinsics in every fresh worker (about 30 s
+    here), past any sensible build timeout; fp32 schedules do not use them.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _value_info(value: onnx.ValueInfoProto) -> dict:
+    tensor = value.type.tensor_type
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name \
+        if tensor.elem_type else None
+    shape = None
+    if tensor.HasField("shape"):
+        shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
+                 for dim in tensor.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    initializers = {init.name for init in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in initializers]
+
+
+def _model_digest(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The ONNX node TVM's importer was converting when it raised ``error``.
+
+    The importer's ``_construct_nodes`` loop holds the node in a local; failing that,
+    the first node whose op type the message names (OpNotImplemented lists op types).
+    """
+    tb = error.__traceback__
+    node = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_construct_nodes":
+            candidate = tb.tb_frame.f_locals.get("node")
+            if isinstance(candidate, onnx.NodeProto):
+                node = candidate
+        tb = tb.tb_next
+    if node is not None:
+        return node
+    text = str(error)
+    for candidate in model.graph.node:
+        if candidate.op_type and candidate.op_type in text.replace(",", " ").split():
+            return candidate
+    return None
+
+
+@dataclass
+class TVMRunner:
+    """A module loaded into a relax VM on this host."""
+
+    input_names: list[str]
+    output_names: list[str]
+    vm: Any
+    device: Any
+
+    def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
+        import tvm
+
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
+                               f"{', '.join(self.input_names)}")
+        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device)
+                for name in self.input_names]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.vm["main"](*self._arguments(inputs))
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {name: value.numpy() for name, value in zip(self.output_names, values)}
+
+
+class TVMBackend:
+    """Builds, loads and measures TVM modules (see the module docstring)."""
+
+    name = "tvm"
+
+    def __init__(self) -> None:
+        # The last imported model: check_model then build imports once.
+        self._imported: tuple[str, Any] | None = None
+
+    # -- availability -----------------------------------------------------------------
+
+    def unavailable_reason(self, target) -> str | None:
+        try:
+            import tvm  # noqa: F401
+        except ImportError as error:
+            return f"the TVM backend needs apache-tvm (pip install apache-tvm): {error}"
+        if target.accelerator is not None and not _is_cuda(target):
+            return (f"the TVM backend cannot build for a '{target.accelerator.kind}' "
+                    "accelerator (only CUDA)")
+        if _is_cuda(target):
+            import tvm_ffi
+
+            if tvm_ffi.get_global_func("target.build.cuda", allow_missing=True) is None:
+                return "this TVM build has no CUDA code generator (target.build.cuda)"
+        compiler = self._cross_compiler(target)
+        if compiler is not None and shutil.which(compiler) is None:
+            package = CROSS_COMPILERS[target.arch][1]
+            return (f"cross-compiling for {target.arch} needs {compiler} "
+                    f"(Debian package {package})")
+        if target.arch not in CROSS_COMPILERS and target.arch != host_arch():
+            return f"the TVM backend has no cross compiler for '{target.arch}'"
+        return None
+
+    @staticmethod
+    def _cross_compiler(target) -> str | None:
+        """The C compiler that links the module, or None for this machine's own."""
+        if target.arch == host_arch():
+            return None
+        return CROSS_COMPILERS.get(target.arch, (None, None))[0]
+
+    @staticmethod
+    def _runnable_here(target) -> bool:
+        return target.arch == host_arch() and target.accelerator is None
+
+    # -- import -----------------------------------------------------------------------
+
+    def check_model(self, model: onnx.ModelProto) -> None:
+        self._import(model)
+
+    def _import(self, model: onnx.ModelProto):
+        digest = _model_digest(model)
+        if self._imported is not None and self._imported[0] == digest:
+            return self._imported[1]
+        from tvm.relax.frontend import onnx as relax_onnx
+
+        # The importer prints "Error converting operator ..." and warns; edgec reports
+        # the problem itself, once, as a diagnostic.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                mod = relax_onnx.from_onnx(model, keep_params_in_input=False)
+            except Exception as error:  # the importer raises every kind of exception
+                raise self._import_error(error, model) from error
+        self._imported = (digest, mod)
+        return mod
+
+    @staticmethod
+    def _import_error(error: Exception, model: onnx.ModelProto) -> ModelError:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        node = _failing_node(error, model)
+        if node is None:
+            message = f"TVM cannot import the model: {reason}"
+            location = None
+        else:
+            index = next((i for i, other in enumerate(model.graph.node) if other == node), None)
+            name = node.name or (f"#{index}" if index is not None else "?")
+            message = f"TVM cannot import node '{name}' ({node.op_type}): {reason}"
+            location = Location(obj=f"node '{name}' ({node.op_type})")
+        return ModelError(Diagnostic.error(
+            message, location, code="tvm.unsupported-model",
+            notes=["the onnxruntime backend (backend ort) may take this model"]))
+
+    # -- build ------------------------------------------------------------------------
+
+    def build(self, model: onnx.ModelProto, target, out_dir: str,
+              options: BuildOptions) -> BuildResult:
+        import tvm
+        from tvm import relax
+
+        reason = self.unavailable_reason(target)
+        if reason is not None:
+            raise BackendError(reason, exit_code=2)
+        progress = options.progress
+        notes: list[str] = []
+        tvm_target = tvm.target.Target(tvm_target_json(target))
+
+        progress("import", 0, 1, "importing the model into relax")
+        mod = self._import(model)
+        mod = relax.transform.DecomposeOpsForInference()(mod)
+        mod = relax.get_pipeline("zero")(mod)
+        progress("import", 1, 1, "imported and fused")
+
+        tuning = None
+        if options.tuning_trials or options.tuning_seconds:
+            if not self._runnable_here(target) and options.rpc is None:
+                notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
+                             "device, reached over TVM RPC (an RPC tracker and key); "
+                             "the module uses TVM's default schedules")
+            else:
+                mod, tuning, tuning_notes = self._tune(mod, target, tvm_target, options)
+                notes += tuning_notes
+
+        progress("build", 0, 1, f"compiling for {target.name}")
+        executable = tvm.compile(mod, target=tvm_target)
+        progress("build", 1, 1, "compiled")
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        progress("export", 0, 1, f"writing {MODULE_FILE}")
+        compiler = self._cross_compiler(target)
+        if compiler is None:
+            executable.export_library(str(out / MODULE_FILE))
+        else:
+            executable.export_library(str(out / MODULE_FILE),
+                                      fcompile=tvm.support.cc.cross_compiler(compiler))
+        progress("export", 1, 1, f"wrote {MODULE_FILE}")
+        files = [MODULE_FILE]
+
+        details: dict[str, Any] = {
+            "module": MODULE_FILE,
+            "target": target.tvm_target(),
+            "target_name": target.name,
+            "arch": target.arch,
+            "triple": target.triple,
+            "accelerator": None if target.accelerator is None else {
+                "kind": target.accelerator.kind, "arch": target.accelerator.arch},
+            "inputs": [_value_info(value) for value in _graph_inputs(model)],
+            "outputs": [_value_info(value) for value in model.graph.output],
+            "tuned": bool(tuning and tuning["tasks_tuned"] > 0),
+            "tuning": tuning,
+            "tvm_version": tvm.__version__,
+        }
+        if _is_cuda(target):
+            details["cuda"] = self._precompile_cuda(executable, target, out, progress)
+            if details["cuda"]["cubin"]:
+                files.append(details["cuda"]["cubin"])
+            else:
+                notes.append("the CUDA kernels ship as CUDA C source, compiled when the "
+                             "module loads on the device (NVRTC or nvcc there): "
+                             + details["cuda"]["cubin_error"])
+        return BuildResult(backend=self.name, files=files,
+                           runnable_here=self._runnable_here(target),
+                           details=details, tuned=details["tuned"], notes=notes)
+
+    # -- tuning -----------------------------------------------------------------------
+
+    def _tune(self, mod, target, tvm_target, options: BuildOptions):
+        """Tune every task of the fused module that the database lacks; return the module
+        with the database's schedules applied, the tuning details and notes."""
+        import tvm_ffi
+        from tvm import relax
+        from tvm.s_tir import meta_schedule as ms
+
+        progress = options.progress
+        notes: list[str] = []
+        db_dir = tuning_database_dir(options.cache_dir, target)
+        db_dir.mkdir(parents=True, exist_ok=True)
+        (db_dir / "target.json").write_text(json.dumps(target.tvm_target(), indent=2,
+                                                       sort_keys=True) + "\n")
+        _load_tensor_intrinsics(target)
+        tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+        cost_model = "xgb" if _has_xgboost() else "random"
+
+        # One process tunes a target's database at a time; others wait for it.
+        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            database = ms.database.JSONDatabase(
+                path_workload=str(db_dir / "database_workload.json"),
+                path_tuning_record=str(db_dir / "database_tuning_record.json"),
+                allow_missing=True)
+
+            def has_record(task) -> bool:
+                return bool(database.query_tuning_record(task.dispatched[0], tvm_target,
+                                                         task.task_name))
+
+            # Each task's share of the budget is fixed by the model and the budget, so a
+            # rebuild with the same budget finds every share spent and runs no trial,
+            # and a larger budget tunes on from where the database stands.
+            shares = self._split_trials(options.tuning_trials, len(tasks))
+            recorded = _records_per_workload(database)
+            per_task: dict[str, dict] = {}
+            todo = []
+            for task, share in zip(tasks, shares):
+                in_database = recorded.get(tvm_ffi.structural_hash(task.dispatched[0]), 0)
+                wanted = max(0, share - in_database) if options.tuning_trials else \
+                    (0 if in_database else share)
+                per_task[task.task_name] = {"task": task.task_name, "trials": 0,
+                                            "trials_in_database": in_database}
+                if wanted:
+                    todo.append((task, wanted))
+            builder = runner = None
+            if todo:
+                builder = ms.builder.LocalBuilder(f_build=_build_candidate, timeout_sec=120)
+                runner = self._tuning_runner(options)
+            start = time.monotonic()
+            stopped_early = False
+            index = 0
+            for index, (task, trials) in enumerate(todo):
+                elapsed = time.monotonic() - start
+                if options.tuning_seconds is not None and index > 0:
+                    # Stop between tasks when the next one would likely overrun.
+                    expected = elapsed / index
+                    if elapsed + expected > options.tuning_seconds:
+                        stopped_early = True
+                        break
+                progress("tune", index, len(todo), f"{task.task_name}: {trials} trials")
+                contexts, weights = _tune_contexts(task, target, work_dir, options.seed)
+                before = len(database)
+                ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                              max_trials_global=trials, max_trials_per_task=trials,
+                              num_trials_per_iter=min(64, trials), builder=builder,
+                              runner=runner, database=database, cost_model=cost_model)
+                per_task[task.task_name]["trials"] = len(database) - before
+            if todo:
+                progress("tune", len(todo) if not stopped_early else index, len(todo),
+                         "tuning done" if not stopped_early else "wall time spent")
+
+            with tvm_target, database:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            tuned_names = {task.task_name for task in tasks if has_record(task)}
+
+        for entry in per_task.values():
+            entry["tuned"] = entry["task"] in tuned_names
+        untuned = [name for name, entry in per_task.items() if not entry["tuned"]]
+        if untuned:
+            why = "the wall-time budget ran out" if stopped_early else \
+                "no candidate built and ran"
+            notes.append(f"{len(untuned)} of {len(tasks)} kernels keep TVM's naive default "
+                         f"schedule ({why}): {', '.join(untuned)}")
+        if options.rpc is not None:
+            notes.append(f"tuned on rpc://{options.rpc.host}:{options.rpc.port}/"
+                         f"{options.rpc.key}")
+        details = {
+            "database": f"{TUNING_DIR}/{db_dir.name}",
+            "cost_model": cost_model,
+            "trials_requested": options.tuning_trials,
+            "seconds_requested": options.tuning_seconds,
+            "trials_run": sum(entry["trials"] for entry in per_task.values()),
+            "tasks_total": len(tasks),
+            "tasks_tuned": len(tuned_names),
+            "tasks_untuned": len(untuned),
+            "tasks_from_database": sum(1 for entry in per_task.values()
+                                       if entry["trials"] == 0 and entry["tuned"]),
+            "stopped_by_wall_time": stopped_early,
+            "per_task": [per_task[task.task_name] for task in tasks],
+        }
+        return mod, details, notes
+
+    @staticmethod
+    def _split_trials(trials: int | None, tasks: int) -> list[int]:
+        """Trials per task: the global budget split evenly, at least one each."""
+        if tasks == 0:
+            return []
+        if not trials:
+            return [TRIALS_PER_TASK_WITHOUT_BUDGET] * tasks
+        base, extra = divmod(trials, tasks)
+        return [max(1, base + (1 if index < extra else 0)) for index in range(tasks)]
+
+    @staticmethod
+    def _tuning_runner(options: BuildOptions):
+        from tvm.s_tir import meta_schedule as ms
+
+        if options.rpc is None:
+            return ms.runner.LocalRunner(timeout_sec=60)
+        config = ms.runner.RPCConfig(tracker_host=options.rpc.host,
+                                     tracker_port=options.rpc.port,
+                                     tracker_key=options.rpc.key, session_timeout_sec=60)
+        return ms.runner.RPCRunner(config)
+
+    # -- CUDA -------------------------------------------------------------------------
+
+    @staticmethod
+    def _precompile_cuda(executable, target, out: Path, progress) -> dict:
+        """Compile the module's CUDA C to a cubin with nvcc, when this machine has it."""
+        import tvm
+
+        arch = target.accelerator.arch or "sm_87"
+        result: dict[str, Any] = {"arch": arch, "source_in_module": True, "cubin": None,
+                                  "cubin_error": None}
+        cuda_module = _find_module(executable.mod, "cuda")
+        if cuda_module is None:
+            result["source_in_module"] = False
+            result["cubin_error"] = "the module has no CUDA kernels"
+            return result
+        if shutil.which("nvcc") is None:
+            result["cubin_error"] = "nvcc is not on PATH here"
+            return result
+        from tvm.support import nvcc
+
+        progress("cubin", 0, 1, f"nvcc for {arch}")
+        try:
+            with tvm.target.Target({"kind": "cuda", "arch": arch}):
+                cubin = nvcc.compile_cuda(cuda_module.inspect_source(), target_format="cubin",
+                                          arch=arch, compiler="nvcc")
+        except Exception as error:  # nvcc's own failures come back as RuntimeError text
+            result["cubin_error"] = " ".join(str(error).split())[:500]
+            return result
+        name = f"model.{arch}.cubin"
+        (out / name).write_bytes(bytes(cubin))
+        result["cubin"] = name
+        progress("cubin", 1, 1, f"wrote {name}")
+        return result
+
+    # -- load and measure -------------------------------------------------------------
+
+    @staticmethod
+    def _check_runnable_here(details: Mapping[str, Any]) -> None:
+        arch = details.get("arch")
+        accelerator = details.get("accelerator")
+        if arch != host_arch() or accelerator is not None:
+            machine = details.get("target_name", "another machine")
+            what = f"{arch}" + (f" + {accelerator['kind']} {accelerator.get('arch') or ''}"
+                                .rstrip() if accelerator else "")
+            raise BackendError(
+                f"the TVM module is built for {machine} ({what}) and cannot run on this "
+                f"{host_arch()} host; copy the artifact to the device, or measure it over "
+                "TVM RPC", exit_code=2)
+
+    def load(self, artifact_dir: str, details: dict[str, Any]) -> TVMRunner:
+        self._check_runnable_here(details)
+        import tvm
+        from tvm import relax
+
+        library = tvm.runtime.load_module(str(Path(artifact_dir) / details["module"]))
+        device = tvm.cpu()
+        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
+                         output_names=[value["name"] for value in details["outputs"]],
+                         vm=relax.VirtualMachine(library, device), device=device)
+
+    def measure(self, artifact_dir: str, details: dict[str, Any],
+                inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
+        if options.rpc is not None:
+            return self._measure_rpc(artifact_dir, details, inputs, options)
+        set_threads(options.threads)
+        runner = self.load(artifact_dir, details)
+        arguments = runner._arguments(inputs)
+        main = runner.vm["main"]
+        return LatencyStats.from_times(time_calls(lambda: main(*arguments)), where="host")
+
+    def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
+                     inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
+        import tvm
+        from tvm import relax, rpc
+
+        config = options.rpc
+        where = f"rpc://{config.host}:{config.port}/{config.key}"
+        try:
+            tracker = rpc.connect_tracker(config.host, config.port)
+            remote = tracker.request(config.key, session_timeout=600)
+        except Exception as error:
+            raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
+                               f"tracker {config.host}:{config.port}: {error}") from error
+        if options.threads:
+            configure = remote.get_function("runtime.config_threadpool")
+            configure(1, options.threads)
+        remote.upload(str(Path(artifact_dir) / details["module"]))
+        library = remote.load_module(details["module"])
+        device = remote.cuda() if details.get("accelerator") else remote.cpu()
+        vm = relax.VirtualMachine(library, device)
+        names = [value["name"] for value in details["inputs"]]
+        arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
+                     for name in names]
+        # The stateful form times the call without shipping outputs (tuples) back.
+        vm.set_input("main", *arguments)
+        evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=50,
+                                      min_repeat_ms=0)
+        first = evaluator("main").results
+        if sum(first) < 0.5:  # fast models: more samples, as time_calls takes
+            first = list(first) + list(vm.time_evaluator(
+                "invoke_stateful", device, number=1, repeat=200)("main").results)
+        return LatencyStats.from_times(list(first), where=where)
+
+
+def set_threads(threads: int | None) -> None:
+    """Sets how many threads TVM's runtime uses in this process (None: all cores)."""
+    import tvm_ffi
+
+    count = threads or len(os.sched_getaffinity(0))
+    os.environ["TVM_NUM_THREADS"] = str(count)
+    configure = tvm_ffi.get_global_func("runtime.config_threadpool", allow_missing=True)
+    if configure is not None:
+        configure(1, count)
+
+
+def _records_per_workload(database) -> dict[int, int]:
+    """How many tuning records (trials) the database holds per workload's structural hash."""
+    import tvm_ffi
+
+    counts: dict[int, int] = {}
+    for record in database.get_all_tuning_records():
+        key = tvm_ffi.structural_hash(record.workload.mod)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _find_module(module, kind: str):
+    if module.kind == kind:
+        return module
+    for imported in module.imports:
+        found = _find_module(imported, kind)
+        if found is not None:
+            return found
+    return None
+
+
+def _has_xgboost() -> bool:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+__all__ = ["TVMBackend", "TVMRunner", "host_arch", "target_json", "tuning_database_dir",
+           "set_threads", "MODULE_FILE"]
