@@ -229,7 +229,9 @@ def _sensitivity_chart(m: dict) -> str:
         svg.append(f"<rect x='220' y='{y}' width='{width:.1f}' height='{row - 4}' fill='{color}'/>")
         svg.append(f"<text x='{224 + width:.1f}' y='{y + 12}'>{score:.3g}</text>")
     svg.append("</svg>")
-    return "".join(svg) + "<p>Red: layers kept in fp32 by the fallback.</p>"
+    return "".join(svg) + ("<p>Score of the model with only that layer in int8 (SQNR in dB "
+                           "against fp32: shorter bars are more sensitive). Red: layers the "
+                           "fallback kept in fp32.</p>")
 
 
 def _size_chart(m: dict) -> str:

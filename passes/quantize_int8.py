@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
+
 from edgec.ir.core import Model
 from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, quantize_static
@@ -74,6 +76,9 @@ class QuantizeInt8(Pass):
             stats["fallback-held"] = int(report.held)
             for name in report.kept_fp32:
                 stats[f"fp32.{name}"] = 1
+            # The per-layer ranking, for the report's sensitivity chart.
+            for name, score in report.sensitivity:
+                stats[f"sensitivity.{name}"] = float(score) if np.isfinite(score) else 1e9
             if not report.held:
                 ctx.diagnostics.warning(
                     f"quantize-int8: {self.metric} misses {self.tolerance} even with every "
