@@ -28,17 +28,23 @@ class Histogram:
         self.absmax = float(absmax) if absmax > 0 else 1e-8
         self.counts = np.zeros(bins, dtype=np.int64)
         self.edges = np.linspace(-self.absmax, self.absmax, bins + 1)
+        self.zeros = 0  # exact zeros among the counted values (in the bin that holds 0)
+        self._zero_bin = int(np.histogram([0.0], bins=bins, range=(-self.absmax, self.absmax))[0].argmax())
 
     def add(self, values: np.ndarray) -> None:
         v = np.asarray(values, dtype=np.float32).reshape(-1)
         counts, _ = np.histogram(v, bins=len(self.counts), range=(-self.absmax, self.absmax))
         self.counts += counts
+        self.zeros += int(np.count_nonzero(v == 0))
 
-    def magnitude(self) -> tuple[np.ndarray, np.ndarray]:
-        """Counts and edges of |x|: the two halves folded onto [0, A]."""
-        half = len(self.counts) // 2
-        counts = self.counts[half:] + self.counts[:half][::-1]
-        return counts, self.edges[half:]
+    def magnitude(self, *, exact_zeros: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Counts and edges of |x|: the two halves folded onto [0, A]; without
+        ``exact_zeros`` the values that are exactly 0 are not counted."""
+        counts = self.counts.copy()
+        if not exact_zeros:
+            counts[self._zero_bin] -= self.zeros
+        half = len(counts) // 2
+        return counts[half:] + counts[:half][::-1], self.edges[half:]
 
 
 def percentile_range(hist: Histogram, percentile: float, observed: tuple[float, float]) -> tuple[float, float]:
@@ -94,7 +100,7 @@ def entropy_threshold(counts: np.ndarray, edges: np.ndarray, num_quantized_bins:
 
 
 def entropy_range(hist: Histogram, observed: tuple[float, float]) -> tuple[float, float]:
-    counts, edges = hist.magnitude()
+    counts, edges = hist.magnitude(exact_zeros=False)
     stride = max(1, (len(counts) - 128) // 480)  # ~480 candidates: fast, and bins are fine
     t = entropy_threshold(counts, edges, stride=stride)
     return max(observed[0], -t), min(observed[1], t)
