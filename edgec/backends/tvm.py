@@ -139,10 +139,12 @@ def _tune_contexts(task, target, work_dir: str, seed: int):
         _load_tensor_intrinsics(target, everything=True)
         contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
             [task], work_dir=work_dir, seed=seed)
-    # MetaSchedule logs every round to the console; edgec reports through progress and
-    # keeps MetaSchedule's log files (in the work dir) only.
-    for logger in [logging.getLogger("tvm.s_tir.meta_schedule"),
-                   *(context.logger for context in contexts[0])]:
+    # MetaSchedule logs every round to the console; edgec reports through progress
+    # instead (MetaSchedule's log files go to the temporary work dir).
+    for name in list(logging.root.manager.loggerDict):
+        if not name.startswith("tvm.s_tir.meta_schedule"):
+            continue
+        logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)

@@ -1,0 +1,255 @@
+"""The TVM backend: host, cross and CUDA builds, tuning with a persistent database,
+loading, measurement on the host and over loopback RPC, and import errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+pytest.importorskip("tvm")
+
+from edgec.backends.base import BackendError, BuildOptions  # noqa: E402
+from edgec.backends.tvm import TVMBackend, tuning_database_dir  # noqa: E402
+from edgec.diagnostics import ExitCode, ModelError  # noqa: E402
+from edgec.dsl import load_spec  # noqa: E402
+from edgec.testing import models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spec_target(name: str):
+    return load_spec(ROOT / "spec_examples" / name).target
+
+
+def named_target(tmp_path: Path, name: str):
+    spec = tmp_path / f"{name}.edge"
+    spec.write_text(f"target {name}\n")
+    return load_spec(spec).target
+
+
+def reference(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)
+
+
+def file_type(path: Path) -> str:
+    if shutil.which("file") is None:
+        pytest.skip("the 'file' command is missing (Debian package file)")
+    return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def matmul_model(size: int = 256) -> onnx.ModelProto:
+    """``x`` [size,size] -> MatMul(W) -> Add(b) -> ``y``: one tuning task, a few ms untuned."""
+    rng = np.random.default_rng(0)
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [size, size],
+                                rng.standard_normal((size, size)).astype(np.float32).ravel())
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [size],
+                              rng.standard_normal(size).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"], name="matmul_0"),
+         helper.make_node("Add", ["xw", "b"], ["y"], name="add_0")], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])], [weight, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def host():
+    return spec_target("host.edge")
+
+
+def test_host_build_matches_onnxruntime(tmp_path, host):
+    model = models.conv_bn_relu()
+    backend = TVMBackend()
+    assert backend.unavailable_reason(host) is None
+    result = backend.build(model, host, str(tmp_path), BuildOptions(cache_dir=str(tmp_path)))
+    assert result.files == ["model.so"] and result.runnable_here and not result.tuned
+    details = result.details
+    assert details["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 3, 16, 16]}]
+    assert [value["name"] for value in details["outputs"]] == ["output"]
+    assert details["target"] == host.tvm_target() and details["tuning"] is None
+
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    runner = backend.load(str(tmp_path), details)
+    got = runner.run({"input": x})["output"]
+    want = reference(model, {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_details_are_deterministic(tmp_path, host):
+    model = models.mlp()
+    first = TVMBackend().build(model, host, str(tmp_path / "a"), BuildOptions(str(tmp_path)))
+    second = TVMBackend().build(model, host, str(tmp_path / "b"), BuildOptions(str(tmp_path)))
+    assert first.details == second.details
+    assert str(tmp_path) not in repr(first.details)
+
+
+@pytest.mark.parametrize("target_name, expected", [
+    ("generic-aarch64", "ARM aarch64"),
+    ("generic-armv7", "ARM, EABI5"),
+])
+def test_cross_build(tmp_path, target_name, expected):
+    target = named_target(tmp_path, target_name)
+    backend = TVMBackend()
+    reason = backend.unavailable_reason(target)
+    if reason is not None:
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    result = backend.build(models.conv_bn_relu(), target, str(out), BuildOptions(str(tmp_path)))
+    assert not result.runnable_here
+    assert expected in file_type(out / "model.so")
+    with pytest.raises(BackendError) as caught:
+        backend.load(str(out), result.details)
+    assert caught.value.exit_code == ExitCode.USAGE
+    assert target_name in str(caught.value) and "cannot run" in str(caught.value)
+
+
+def test_missing_cross_compiler_is_named(tmp_path, monkeypatch):
+    target = named_target(tmp_path, "generic-aarch64")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    reason = TVMBackend().unavailable_reason(target)
+    assert "aarch64-linux-gnu-gcc" in reason and "gcc-aarch64-linux-gnu" in reason
+
+
+def test_cuda_build_for_jetson(tmp_path):
+    target = spec_target("jetson.edge")
+    backend = TVMBackend()
+    reason = backend.unavailable_reason(target)
+    if reason is not None:
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    result = backend.build(models.mlp(), target, str(out), BuildOptions(str(tmp_path)))
+    assert not result.runnable_here and "model.so" in result.files
+    assert "ARM aarch64" in file_type(out / "model.so")
+    cuda = result.details["cuda"]
+    assert cuda["arch"] == "sm_87" and cuda["source_in_module"]
+    if shutil.which("nvcc"):
+        assert cuda["cubin"] == "model.sm_87.cubin", cuda["cubin_error"]
+        assert cuda["cubin"] in result.files and (out / cuda["cubin"]).stat().st_size > 0
+    with pytest.raises(BackendError, match="cuda sm_87"):
+        backend.load(str(out), result.details)
+
+
+def test_untuned_build_says_so(tmp_path, host):
+    result = TVMBackend().build(models.mlp(), host, str(tmp_path), BuildOptions(str(tmp_path)))
+    assert result.tuned is False and result.details["tuned"] is False
+
+
+def test_tuning_cross_target_without_rpc_builds_untuned(tmp_path):
+    target = spec_target("rpi4.edge")
+    backend = TVMBackend()
+    if backend.unavailable_reason(target) is not None:
+        pytest.skip(backend.unavailable_reason(target))
+    result = backend.build(models.mlp(), target, str(tmp_path / "out"),
+                           BuildOptions(str(tmp_path), tuning_trials=4))
+    assert result.tuned is False
+    assert any("RPC" in note for note in result.notes)
+
+
+def test_tuning_fills_database_and_rebuild_runs_no_trials(tmp_path, host):
+    model = matmul_model(64)
+    cache = tmp_path / "cache"
+    seen = []
+    start = time.perf_counter()
+    first = TVMBackend().build(model, host, str(tmp_path / "a"), BuildOptions(
+        str(cache), tuning_trials=2, progress=lambda *event: seen.append(event)))
+    first_seconds = time.perf_counter() - start
+    tuning = first.details["tuning"]
+    assert first.tuned and tuning["tasks_total"] == 1 and tuning["tasks_untuned"] == 0
+    assert tuning["trials_run"] >= 1 and tuning["per_task"][0]["trials"] >= 1
+    assert any(stage == "tune" for stage, *_ in seen)
+    db = tuning_database_dir(cache, host)
+    assert tuning["database"] == f"tvm-tuning/{db.name}"
+    assert (db / "database_tuning_record.json").stat().st_size > 0
+
+    start = time.perf_counter()
+    second = TVMBackend().build(model, host, str(tmp_path / "b"),
+                                BuildOptions(str(cache), tuning_trials=2))
+    second_seconds = time.perf_counter() - start
+    again = second.details["tuning"]
+    assert second.tuned and again["trials_run"] == 0
+    assert again["tasks_from_database"] == again["tasks_total"] == 1
+    assert second_seconds < first_seconds / 2
+
+    x = np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)
+    got = TVMBackend().load(str(tmp_path / "b"), second.details).run({"x": x})["y"]
+    np.testing.assert_allclose(got, reference(model, {"x": x})[0], rtol=1e-4, atol=1e-3)
+
+
+def test_split_trials_gives_every_task_one():
+    assert TVMBackend._split_trials(64, 19) == [4] * 7 + [3] * 12
+    assert TVMBackend._split_trials(2, 5) == [1] * 5
+
+
+def test_measure_on_host_and_over_rpc_agree(tmp_path, host, rpc_tracker):
+    model = matmul_model(128)
+    backend = TVMBackend()
+    result = backend.build(model, host, str(tmp_path), BuildOptions(str(tmp_path)))
+    inputs = {"x": np.random.default_rng(3).standard_normal((128, 128)).astype(np.float32)}
+    local_options = BuildOptions(str(tmp_path), threads=1)
+    rpc_options = BuildOptions(str(tmp_path), threads=1, rpc=rpc_tracker)
+    # Alternate the two, so that load from other processes falls on both alike.
+    local, remote = [], []
+    for _ in range(3):
+        local.append(backend.measure(str(tmp_path), result.details, inputs, local_options))
+        remote.append(backend.measure(str(tmp_path), result.details, inputs, rpc_options))
+    assert local[0].where == "host"
+    assert remote[0].where == f"rpc://127.0.0.1:{rpc_tracker.port}/local"
+    assert all(stats.samples >= 5 for stats in local + remote)
+    local_p50 = float(np.median([stats.p50 for stats in local]))
+    remote_p50 = float(np.median([stats.p50 for stats in remote]))
+    assert abs(remote_p50 - local_p50) <= 0.2 * local_p50, (local, remote)
+
+
+def resize_with_runtime_scales() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu_0"),
+         helper.make_node("Resize", ["r", "", "scales"], ["y"], name="upsample_0",
+                          mode="nearest")], "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4]),
+         helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_check_model_names_the_node_tvm_cannot_import(capsys):
+    with pytest.raises(ModelError) as caught:
+        TVMBackend().check_model(resize_with_runtime_scales())
+    message = caught.value.diagnostics[0].message
+    assert message.startswith("TVM cannot import node 'upsample_0' (Resize): ")
+    assert "\n" not in message and caught.value.exit_code == ExitCode.MODEL
+    assert "Error converting" not in capsys.readouterr().out  # the importer's print is kept in
+
+
+def test_check_model_names_an_unknown_op():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu_0"),
+         helper.make_node("Frobnicate", ["r"], ["y"], name="frob_0")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelError, match=r"node 'frob_0' \(Frobnicate\)"):
+        TVMBackend().check_model(model)
+
+
+def test_check_model_then_build_imports_once(tmp_path, host, monkeypatch):
+    from tvm.relax.frontend import onnx as relax_onnx
+
+    calls = []
+    real = relax_onnx.from_onnx
+    monkeypatch.setattr(relax_onnx, "from_onnx", lambda *a, **k: calls.append(1) or real(*a, **k))
+    backend = TVMBackend()
+    model = models.mlp()
+    backend.check_model(model)
+    backend.build(model, host, str(tmp_path), BuildOptions(str(tmp_path)))
+    assert len(calls) == 1
