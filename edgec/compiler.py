@@ -269,7 +269,6 @@ class _Context:
     sink: DiagnosticSink
     original: onnx.ModelProto
     base_dir: str
-    base_pipeline: str
     calibration: dict[str, np.ndarray]
     evaluation: dict[str, np.ndarray]
     reference: list[np.ndarray]
@@ -289,6 +288,7 @@ class _Tried:
     records: list = field(default_factory=list)
     nodes_after: int = 0
     seconds: float = 0.0
+    pipeline: str = ""
 
 
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
@@ -296,7 +296,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     import time
 
     from edgec.frontend.onnx_import import import_model, parse_model_bytes
-    from edgec.passmgr import DEFAULT_PIPELINE, default_registry
+    from edgec.passmgr import default_registry
     from edgec.planner.search import choose, configurations, summary
 
     spec = inputs.spec
@@ -331,7 +331,6 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     ctx = _Context(
         inputs=inputs, spec=spec, staging=staging, cache_dir=cache_dir, options=options,
         sink=sink, original=original, base_dir=base_dir,
-        base_pipeline=spec.optimize.pipeline or DEFAULT_PIPELINE,
         calibration=calibration, evaluation=evaluation,
         reference=_reference_outputs(inputs.model_path, original, evaluation), labels=labels,
         bench_inputs=_batch_inputs(samples, in_specs, batch), at_hand=_target_at_hand(target),
@@ -398,8 +397,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         "spec": _spec_record(spec),
         "target": {"name": target.name, "arch": target.arch, "triple": target.triple,
                    "cpu": target.cpu, "at_hand": ctx.at_hand},
-        "configuration": {**ev.config.to_json(),
-                          "pipeline": ",".join(filter(None, [ctx.base_pipeline, ev.config.passes]))},
+        "configuration": {**ev.config.to_json(), "pipeline": chosen.pipeline},
         "passes": {"nodes_before": nodes_before, "nodes_after": chosen.nodes_after,
                    "runs": [{"pass": r.name, "invocation": r.text, "modified": r.modified,
                              "stats": r.stats, "iteration": r.iteration} for r in chosen.records]},
@@ -448,7 +446,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     attempt = _Tried(ev, folder)
     model = import_model(ctx.original, base_dir=ctx.base_dir, source=ctx.inputs.model_path,
                          check=False)
-    pipeline = ",".join(filter(None, [ctx.base_pipeline, config.passes]))
+    from edgec.passmgr import default_pipeline
+    base = spec.optimize.pipeline or default_pipeline(config.backend)
+    pipeline = ",".join(filter(None, [base, config.passes]))
+    attempt.pipeline = pipeline
     pass_ctx = PassContext(diagnostics=DiagnosticSink(), spec=spec, target=spec.target,
                            seed=spec.optimize.seed, calibration_data=ctx.calibration)
     try:

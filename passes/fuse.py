@@ -65,13 +65,15 @@ class Fuse(Pass):
     name: ClassVar[str] = "fuse"
     patterns: tuple[str, ...] = field(default=(), metadata={
         "help": "patterns to apply (default: all): " + ", ".join(PATTERNS)})
+    exclude: tuple[str, ...] = field(default=(), metadata={
+        "help": "patterns to leave out (e.g. attention, whose contrib op only onnxruntime runs)"})
     raise_opset: int = field(default=0, metadata={
         "help": "raise the default-domain opset to this version first, when no op's "
                 "definition changes in between (0: never)"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        selected = self.patterns or DEFAULT_PATTERNS
-        unknown = [p for p in selected if p not in PATTERNS]
+        selected = tuple(p for p in (self.patterns or DEFAULT_PATTERNS) if p not in self.exclude)
+        unknown = [p for p in (*selected, *self.exclude) if p not in PATTERNS]
         if unknown:
             raise UsageError(Diagnostic.error(
                 f"fuse: unknown pattern {unknown[0]!r}", Location(path="<pipeline>"),

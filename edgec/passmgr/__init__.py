@@ -3,13 +3,13 @@
 from edgec.passmgr.base import Pass, PassContext, PassError, PassOption, PassResult
 from edgec.passmgr.instruments import Instrument, PassRecord
 from edgec.passmgr.manager import (DEFAULT_PIPELINE, InternalError, PassManager, PipelineRun,
-                                   parse_and_check, run_pipeline)
+                                   default_pipeline, parse_and_check, run_pipeline)
 from edgec.passmgr.pipeline import Pipeline, PipelineSyntaxError, parse_pipeline
 from edgec.passmgr.registry import PassRegistry, default_registry
 
 __all__ = [
     "DEFAULT_PIPELINE", "Instrument", "InternalError", "Pass", "PassContext", "PassError",
     "PassManager", "PassOption", "PassRecord", "PassRegistry", "PassResult", "Pipeline",
-    "PipelineRun", "PipelineSyntaxError", "default_registry", "parse_and_check",
+    "PipelineRun", "PipelineSyntaxError", "default_pipeline", "default_registry", "parse_and_check",
     "parse_pipeline", "run_pipeline",
 ]

@@ -26,6 +26,17 @@ from edgec.passmgr.pipeline import (Pipeline, PassInvocation, PipelineSyntaxErro
 from edgec.passmgr.registry import PassRegistry, default_registry
 
 DEFAULT_PIPELINE = "fixed-point(fold-constants,cse,dce),infer-shapes,fuse,fixed-point(fold-constants,cse,dce),infer-shapes"
+# TVM's relax importer takes only standard ONNX ops: no com.microsoft contrib ops, so
+# the attention fusion (into com.microsoft::Attention) is onnxruntime's alone.
+_BACKEND_FUSE_OPTIONS = {"tvm": "fuse{exclude=attention}"}
+
+
+def default_pipeline(backend: str | None = None) -> str:
+    """The default pipeline, adjusted to what ``backend`` can take."""
+    fuse = _BACKEND_FUSE_OPTIONS.get(backend or "")
+    if fuse is None:
+        return DEFAULT_PIPELINE
+    return ",".join(fuse if part == "fuse" else part for part in DEFAULT_PIPELINE.split(","))
 DEFAULT_MAX_ITERATIONS = 10
 
 
