@@ -55,6 +55,9 @@ def write_if_changed(path: str, text: str) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=".edgec-", dir=directory)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return True
 
@@ -77,7 +80,21 @@ def staging_dir(out: str) -> Iterator[str]:
     publish(tmp, out)
 
 
+def _normal_permissions(folder: str) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; an artifact is meant to be
+    copied and deployed, so give it the permissions an ordinary build output has."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(root, name)
+            executable = os.stat(path).st_mode & 0o100
+            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
+
+
 def publish(tmp: str, out: str) -> None:
+    _normal_permissions(tmp)
     old = None
     if os.path.lexists(out):
         if not os.path.isdir(out) or os.path.islink(out):
