@@ -257,11 +257,14 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
     """Run the model on up to ``config.samples`` samples and compute a range for every
     value the policy may quantize, with the configured method."""
     samples = {k: v[:config.samples] for k, v in samples.items()}
-    count = min((len(v) for v in samples.values()), default=0)
+    proto = export_model(model)
+    initializers = {t.name for t in proto.graph.initializer}
+    fed = [vi.name for vi in proto.graph.input if vi.name not in initializers]
+    # A model without inputs (every operand a constant) computes one thing: one run.
+    count = min((len(v) for v in samples.values()), default=0) if fed else 1
     if count == 0:
         raise ValueError("calibration needs at least one sample")
     wanted = _needed_names(model, config)
-    proto = export_model(model)
     observed: dict[str, list[float]] = {}
 
     def minmax(name: str, array: np.ndarray) -> None:
@@ -480,7 +483,10 @@ def quantize_static(model: Model, samples: dict[str, np.ndarray], config: QuantC
     """Fold, calibrate and insert QDQ, in place. Returns statistics."""
     folded = prepare(model, config)
     if calibration is None:
-        calibration = calibrate(model, samples, config, progress)
+        # Nothing to quantize: no reason to run the model (it may not even run on the
+        # samples given, e.g. an input the samples lack).
+        calibration = (calibrate(model, samples, config, progress) if _plan(model, config).nodes
+                       else Calibration({}, config.calibration, 0))
     stats = apply(model, calibration, config)
     stats["batchnorm-folded"] = folded
     stats["calibration-samples"] = calibration.samples

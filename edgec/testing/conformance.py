@@ -11,6 +11,14 @@ NaN), strings compared exactly, sequences element by element, empty optionals as
     python -m edgec.testing.conformance --no-passes      # import -> export only
     python -m edgec.testing.conformance --sample 200 --json
     python -m edgec.testing.conformance --constant-inputs   # inputs as initializers: folding runs the op
+    python -m edgec.testing.conformance --pipeline quantize-int8 --lossy int8   # a lossy pass
+
+A lossy pass (quantization, fp16) is run with the case's own inputs as calibration data
+(``PassContext.calibration_data``, one sample) and judged with a ``LossyTolerance``: a
+case it leaves unmodified (its export is byte for byte the import -> export one) must
+pass at the case's own tolerance; a case it modifies may instead be "pass within lossy
+tolerance": same outputs, dtypes and shapes, non-float outputs exact, NaN/inf where
+the expected output has them, and the float outputs' SQNR at least the tolerance's.
 
 Only a case that onnxruntime passes on the original model says anything about edgec:
 one it fails on is counted ("ORT fails on original") but is not an edgec defect.
@@ -39,6 +47,8 @@ from onnx import numpy_helper
 __all__ = [
     "Case",
     "CaseResult",
+    "LOSSY_TOLERANCES",
+    "LossyTolerance",
     "Outcome",
     "Report",
     "Transformation",
@@ -52,6 +62,7 @@ __all__ = [
     "run_cases",
     "run_original",
     "sample",
+    "calibration_samples",
     "with_constant_inputs",
     "main",
 ]
@@ -65,6 +76,9 @@ CI_SAMPLE_SIZE = 200
 
 class Outcome(str, enum.Enum):
     PASS = "pass"
+    # A lossy transformation modified the case: outside the case's own tolerance, inside
+    # the transformation's LossyTolerance.
+    LOSSY_PASS = "pass within lossy tolerance"
     WRONG_RESULT = "wrong result"
     EDGEC_ERROR = "edgec error"
     # edgec produced a model onnxruntime refuses or cannot run: an edgec defect,
@@ -102,20 +116,76 @@ class CaseResult:
     name: str
     outcome: Outcome
     reason: str = ""  # one line; empty for a pass
+    # Lossy transformations only: whether the transformation changed the exported model.
+    modified: bool | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "outcome": self.outcome.value, "reason": self.reason}
+        out = {"name": self.name, "outcome": self.outcome.value, "reason": self.reason}
+        if self.modified is not None:
+            out["modified"] = self.modified
+        return out
+
+
+@dataclass(frozen=True)
+class LossyTolerance:
+    """How far a lossy transformation's float outputs may move: the signal-to-quantization-
+    noise ratio ``10·log10(Σ ref² / Σ (out - ref)²)`` over each output's finite values
+    must reach ``min_sqnr_db``."""
+
+    name: str
+    min_sqnr_db: float
+
+    def compare(self, expected: Sequence[Any], actual: Sequence[Any], rtol: float, atol: float) -> str | None:
+        """None when ``actual`` is within this tolerance of ``expected``; else why not."""
+        if len(actual) != len(expected):
+            return f"{len(actual)} outputs, expected {len(expected)}"
+        for i, (ref, out) in enumerate(zip(expected, actual)):
+            problem = self._compare_one(ref, out, rtol, atol)
+            if problem is not None:
+                return f"output {i}: {problem}"
+        return None
+
+    def _compare_one(self, ref: Any, out: Any, rtol: float, atol: float) -> str | None:
+        exact = _compare_one(ref, out, rtol, atol)
+        if exact is None or not isinstance(ref, np.ndarray) or not isinstance(out, np.ndarray):
+            return exact
+        if out.shape != ref.shape or out.dtype != ref.dtype or ref.dtype.kind != "f" and \
+                ref.dtype.name != "bfloat16":
+            return exact  # shape, dtype and non-float values are not a matter of precision
+        r, o = ref.astype(np.float64), out.astype(np.float64)
+        for what, where in (("NaN", np.isnan), ("inf", np.isinf)):
+            if not np.array_equal(where(r), where(o)) or what == "inf" and not np.array_equal(r[where(r)], o[where(o)]):
+                return f"{what} where the expected output has none, or the reverse"
+        finite = np.isfinite(r)
+        signal = float(np.sum(r[finite] ** 2))
+        noise = float(np.sum((o[finite] - r[finite]) ** 2))
+        sqnr = np.inf if noise == 0 else (10 * np.log10(signal / noise) if signal > 0 else -np.inf)
+        if sqnr >= self.min_sqnr_db:
+            return None
+        return f"SQNR {sqnr:.1f} dB < {self.min_sqnr_db:g} dB ({self.name}; {exact})"
+
+
+# int8: 8-bit activations, 7/8-bit weights: 20 dB is a noise power of 1 % of the
+# signal's, what per-tensor int8 keeps on a well-calibrated layer (~6 dB a bit, minus
+# the range the calibration leaves unused). fp16: 11 significant bits (~66 dB a value);
+# 40 dB leaves room for fp16 accumulation over long reductions.
+LOSSY_TOLERANCES = {"int8": LossyTolerance("int8", 20.0), "fp16": LossyTolerance("fp16", 40.0)}
 
 
 @dataclass(frozen=True)
 class Transformation:
     """What edgec does to a model between import and export, as ONNX in -> ONNX out.
 
-    ``apply`` may raise anything: every exception is an "edgec error".
+    ``apply`` may raise anything: every exception is an "edgec error". With
+    ``calibration`` it is called as ``apply(proto, base_dir, calibration_data)`` with the
+    case's own inputs (see ``calibration_samples``); with ``lossy`` a case the
+    transformation modifies is judged by that tolerance where its own does not hold.
     """
 
     name: str
-    apply: Callable[[onnx.ModelProto, str | None], onnx.ModelProto]
+    apply: Callable[..., onnx.ModelProto]
+    calibration: bool = False
+    lossy: LossyTolerance | None = None
 
 
 # --------------------------------------------------------------------------- cases
@@ -248,13 +318,13 @@ def sample(cases: Sequence[Case], size: int = CI_SAMPLE_SIZE) -> list[Case]:
 # --------------------------------------------------------------------------- transformations
 
 
-def _round_trip(step: Callable[[Any], None] | None) -> Callable[[onnx.ModelProto, str | None], onnx.ModelProto]:
-    def apply(proto: onnx.ModelProto, base_dir: str | None) -> onnx.ModelProto:
+def _round_trip(step: Callable[..., None] | None, *, with_data: bool = False) -> Callable[..., onnx.ModelProto]:
+    def apply(proto: onnx.ModelProto, base_dir: str | None, calibration_data: Any = None) -> onnx.ModelProto:
         from edgec.frontend import export_model, import_model
 
         model = import_model(proto, base_dir=base_dir, check=True)
         if step is not None:
-            step(model)
+            step(model, calibration_data) if with_data else step(model)
         return export_model(model)
     return apply
 
@@ -264,13 +334,35 @@ def no_passes() -> Transformation:
     return Transformation("no passes", _round_trip(None))
 
 
-def pipeline(text: str | None = None, *, verify_each: bool = True) -> Transformation:
-    """import -> ``run_pipeline(text)`` -> export; ``None`` is the default pipeline."""
-    def step(model) -> None:
-        from edgec.passmgr import run_pipeline
+def pipeline(text: str | None = None, *, verify_each: bool = True, calibration: bool = False,
+             lossy: LossyTolerance | str | None = None) -> Transformation:
+    """import -> ``run_pipeline(text)`` -> export; ``None`` is the default pipeline.
 
-        run_pipeline(model, text, verify_each=verify_each)
-    return Transformation(text if text is not None else "default pipeline", _round_trip(step))
+    ``calibration``: the passes get the case's inputs as ``PassContext.calibration_data``;
+    ``lossy`` (a ``LossyTolerance`` or a key of ``LOSSY_TOLERANCES``): see Transformation.
+    """
+    def step(model, calibration_data=None) -> None:
+        from edgec.passmgr import run_pipeline
+        from edgec.passmgr.base import PassContext
+
+        context = PassContext(calibration_data=calibration_data) if calibration else None
+        run_pipeline(model, text, verify_each=verify_each, context=context)
+    if isinstance(lossy, str):
+        lossy = LOSSY_TOLERANCES[lossy]
+    return Transformation(text if text is not None else "default pipeline",
+                          _round_trip(step, with_data=calibration), calibration, lossy)
+
+
+def calibration_samples(case: Case) -> dict[str, np.ndarray]:
+    """The case's own inputs as calibration data: ``{graph input: one sample}``, each
+    tensor of the first data set with a leading sample axis of 1 (the model's inputs have
+    fixed shapes and no batch axis; see ``edgec.quantization.observe.feed_batches``).
+    Inputs that are not plain tensors (sequences, optionals) are left out."""
+    initializers = {t.name for t in case.model.graph.initializer}
+    fed = [vi.name for vi in case.model.graph.input if vi.name not in initializers]
+    inputs = case.data_sets[0][0] if case.data_sets else ()
+    return {name: x[None] for name, x in zip(fed, inputs)
+            if isinstance(x, np.ndarray) and not _is_exotic(x)}
 
 
 def default_pipeline() -> Transformation:
@@ -471,17 +563,23 @@ def _ort_failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
 
 
-def _check(case: Case, model: onnx.ModelProto) -> tuple[str | None, str | None]:
-    """(onnxruntime failure, mismatch): at most one of them is set."""
+def _check(case: Case, model: onnx.ModelProto,
+           lossy: LossyTolerance | None = None) -> tuple[str | None, str | None, bool]:
+    """(onnxruntime failure, mismatch, whether ``lossy`` was needed): at most one of the
+    first two is set. With ``lossy``, outputs outside the case's tolerance are compared
+    again with it."""
     try:
         results = _run_ort(model, case)
     except Exception as e:  # onnxruntime raises its own and plain exception types
-        return _ort_failure(e), None
+        return _ort_failure(e), None, False
+    needed = False
     for (_, expected), actual in zip(case.data_sets, results):
         problem = compare_outputs(expected, actual, case.rtol, case.atol)
+        if problem is not None and lossy is not None:
+            problem, needed = lossy.compare(expected, actual, case.rtol, case.atol), True
         if problem is not None:
-            return None, problem
-    return None, None
+            return None, problem, needed
+    return None, None, needed
 
 
 _original_results: dict[tuple[str, str], CaseResult | None] = {}
@@ -496,7 +594,7 @@ def run_original(case: Case) -> CaseResult | None:
         if case.training_only:
             result = CaseResult(case.name, Outcome.TRAINING_ONLY, f"uses {TRAINING_DOMAIN}")
         else:
-            failure, mismatch = _check(case, case.model)
+            failure, mismatch, _ = _check(case, case.model)
             if failure or mismatch:
                 result = CaseResult(case.name, Outcome.ORT_FAILS_ORIGINAL, failure or f"wrong result: {mismatch}")
         _original_results[key] = result
@@ -511,15 +609,33 @@ def run_case(case: Case, transformation: Transformation) -> CaseResult:
     model = onnx.ModelProto()
     model.CopyFrom(case.model)  # edgec must not depend on, or alter, the case's own proto
     try:
-        transformed = transformation.apply(model, case.base_dir)
+        if transformation.calibration:
+            transformed = transformation.apply(model, case.base_dir, calibration_samples(case))
+        else:
+            transformed = transformation.apply(model, case.base_dir)
     except Exception as e:  # every failure inside edgec, expected or a bug, is a finding
         return CaseResult(case.name, Outcome.EDGEC_ERROR, _first_line(e))
-    failure, mismatch = _check(case, transformed)
+    modified = None
+    if transformation.lossy is not None:
+        # Unmodified means byte for byte what import -> export alone writes; only a
+        # modified case may use the lossy tolerance.
+        try:
+            plain = no_passes().apply(_copy(case.model), case.base_dir)
+            modified = transformed.SerializeToString(deterministic=True) != plain.SerializeToString(deterministic=True)
+        except Exception:
+            modified = True
+    failure, mismatch, lossy = _check(case, transformed, transformation.lossy if modified else None)
     if failure:
-        return CaseResult(case.name, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, failure)
+        return CaseResult(case.name, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, failure, modified)
     if mismatch:
-        return CaseResult(case.name, Outcome.WRONG_RESULT, mismatch)
-    return CaseResult(case.name, Outcome.PASS)
+        return CaseResult(case.name, Outcome.WRONG_RESULT, mismatch, modified)
+    return CaseResult(case.name, Outcome.LOSSY_PASS if lossy else Outcome.PASS, "", modified)
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
 
 
 @dataclass
@@ -530,11 +646,19 @@ class Report:
 
     def counts(self) -> dict[str, int]:
         by_outcome = Counter(r.outcome for r in self.results)
+        lossy = {}
+        if any(r.modified is not None for r in self.results):  # a lossy transformation
+            lossy = {
+                "pass, not modified": sum(r.outcome is Outcome.PASS and not r.modified for r in self.results),
+                "pass, modified": sum(r.outcome is Outcome.PASS and bool(r.modified) for r in self.results),
+                "pass within lossy tolerance": by_outcome[Outcome.LOSSY_PASS],
+            }
         return {
             "cases": len(self.results),
             "training-only": by_outcome[Outcome.TRAINING_ONLY],
             "ORT fails on original": by_outcome[Outcome.ORT_FAILS_ORIGINAL],
             "pass": by_outcome[Outcome.PASS],
+            **lossy,
             "wrong result": by_outcome[Outcome.WRONG_RESULT],
             "edgec error": by_outcome[Outcome.EDGEC_ERROR] + by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT],
             "of which ORT fails on edgec output": by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT],
@@ -547,12 +671,13 @@ class Report:
     def render(self, *, list_all: bool = True) -> str:
         counts = self.counts()
         eligible = counts["cases"] - counts["training-only"] - counts["ORT fails on original"]
-        rate = f"{100.0 * counts['pass'] / eligible:.1f} %" if eligible else "n/a"
+        passed = counts["pass"] + counts.get("pass within lossy tolerance", 0)
+        rate = f"{100.0 * passed / eligible:.1f} %" if eligible else "n/a"
         width = max(len(k) for k in counts)
         lines = [f"edgec conformance: {self.transformation} ({self.seconds:.0f} s)"]
         lines += [f"  {k:<{width}}  {v:>5}" for k, v in counts.items()]
         lines.append(f"  pass rate where onnxruntime passes the original: {rate}")
-        shown = [r for r in self.results if r.outcome is not Outcome.PASS]
+        shown = [r for r in self.results if r.outcome not in (Outcome.PASS, Outcome.LOSSY_PASS)]
         if not list_all:
             shown = self.defects
         order = {o: i for i, o in enumerate([Outcome.WRONG_RESULT, Outcome.EDGEC_ERROR,
@@ -599,12 +724,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write each node case's inputs into the model as initializers, so "
                              "that constant folding evaluates the operator (cases with sequence "
                              "or optional inputs are left out)")
+    parser.add_argument("--lossy", choices=sorted(LOSSY_TOLERANCES), metavar="TOLERANCE",
+                        help="the pipeline is lossy: give it each case's inputs as calibration "
+                             "data and accept modified cases within this tolerance "
+                             f"({', '.join(sorted(LOSSY_TOLERANCES))})")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--defects-only", action="store_true",
                         help="list only edgec's defects, not ORT's failures and training-only cases")
     args = parser.parse_args(argv)
 
-    transformation = no_passes() if args.no_passes else pipeline(args.pipeline)
+    transformation = no_passes() if args.no_passes else pipeline(
+        args.pipeline, calibration=args.lossy is not None, lossy=args.lossy)
     cases: list[Case] = []
     if args.cases in ("all", "node"):
         nodes = list(node_cases())
