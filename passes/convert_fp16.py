@@ -39,6 +39,9 @@ FP16_OPS = frozenset({
 })
 # Inputs that must stay fp32 whatever T is (op type -> input indices).
 FLOAT32_INPUTS = {"Resize": (2,), "LayerNormalization": ()}
+# Outputs whose type is not T (op type -> output indices): LayerNormalization's Mean
+# and InvStdDev are U, fp32 for the default stash_type.
+FLOAT32_OUTPUTS = {"LayerNormalization": (1, 2)}
 DEFAULT_KEEP = ("Exp", "Pow", "ReduceSum", "ReduceSumSquare", "ReduceProd", "ReduceL2",
                 "ReduceLogSumExp", "CumSum", "Range")
 
@@ -69,8 +72,8 @@ class ConvertFp16(Pass):
         cast_back: dict[int, Value] = {}   # fp16 value -> its fp32 version
         # 1) every float output of an fp16 node becomes fp16.
         for node in half:
-            for out in node.outputs:
-                if out.dtype == DataType.FLOAT:
+            for k, out in enumerate(node.outputs):
+                if out.dtype == DataType.FLOAT and k not in FLOAT32_OUTPUTS.get(node.op_type, ()):
                     out.type = TensorType(DataType.FLOAT16, out.shape)
         # 2) fp16 nodes read fp16 versions of their fp32 inputs.
         for node in half:
@@ -146,6 +149,13 @@ class ConvertFp16(Pass):
             samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         if samples is None:
             return set()
+        proto = export_model(model)
+        initializers = {t.name for t in proto.graph.initializer}
+        missing = [vi.name for vi in proto.graph.input if vi.name not in initializers and vi.name not in samples]
+        if missing:  # the model cannot run on these samples: no overflow check
+            ctx.diagnostics.warning(f"convert-fp16: calibration data lacks inputs {missing}; "
+                                    "ops are not checked for fp16 overflow")
+            return set()
         names = {o.name for n in model.graph for o in n.outputs if o.dtype == DataType.FLOAT and o.name}
         found: set[str] = set()
         limit = FP16_MAX * self.overflow_margin
@@ -154,5 +164,5 @@ class ConvertFp16(Pass):
             if array.dtype.kind == "f" and array.size and float(np.abs(array).max()) > limit:
                 found.add(name)
 
-        observe(export_model(model), {k: v[:32] for k, v in samples.items()}, names, check)
+        observe(proto, {k: v[:32] for k, v in samples.items()}, names, check)
         return found

@@ -22,7 +22,8 @@ import numpy as np
 
 from edgec.ir.core import Model
 from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
-from edgec.quantization.qdq import ALL_OPS, QuantConfig, quantize_static
+from edgec.passes.infer_shapes import InferShapes
+from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
 from edgec.quantization.samples import calibration_samples
 from edgec.quantization.sensitivity import mixed_precision
 
@@ -56,15 +57,20 @@ class QuantizeInt8(Pass):
                             + ", ".join(ALL_OPS))
         if self.fallback not in ("none", "per-layer"):
             raise PassError(f"quantize-int8: fallback must be none or per-layer, got '{self.fallback}'")
-        if model.opset() is not None and model.opset() < 13:
-            raise PassError(f"quantize-int8: needs opset >= 13 (per-channel QDQ); the model has "
-                            f"{model.opset()}")
-        samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         config = QuantConfig(ops=self.ops, calibration=self.calibration,
                              percentile=self.percentile, per_channel=self.per_channel,
                              symmetric_activations=self.symmetric_activations,
                              exclude=self.exclude, samples=self.samples,
                              reduce_range=self.reduce_range)
+        if candidate_nodes(model, config):
+            # Which values are fp32 must be known: an untyped value may be fp16 or double.
+            InferShapes().run(model, ctx)
+        if not candidate_nodes(model, config):
+            return PassResult(False, {"nodes-quantized": 0})
+        if model.opset() is not None and model.opset() < 13:
+            raise PassError(f"quantize-int8: needs opset >= 13 (per-channel QDQ); the model has "
+                            f"{model.opset()}")
+        samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         stats: dict[str, int | float] = {}
         if self.fallback == "per-layer":
             count = min(len(v) for v in samples.values())

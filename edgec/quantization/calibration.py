@@ -33,6 +33,7 @@ class Histogram:
 
     def add(self, values: np.ndarray) -> None:
         v = np.asarray(values, dtype=np.float32).reshape(-1)
+        v = v[np.isfinite(v)]
         counts, _ = np.histogram(v, bins=len(self.counts), range=(-self.absmax, self.absmax))
         self.counts += counts
         self.zeros += int(np.count_nonzero(v == 0))

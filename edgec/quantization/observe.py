@@ -48,7 +48,7 @@ def feed_batches(proto_inputs: list[onnx.ValueInfoProto], samples: dict[str, np.
              if vi.name in samples and vi.type.tensor_type.HasField("shape")}
     if len(ranks) == len(samples) and all(np.ndim(samples[k]) == r + 1 for k, r in ranks.items()):
         count = min(len(a) for a in samples.values())
-        return [{k: v[i] for k, v in samples.items()} for i in range(count)]
+        return [{k: v[i, ...] for k, v in samples.items()} for i in range(count)]  # 0-d stays an array
     count = min(len(a) for a in samples.values())
     size, fixed = batch, False
     for vi in proto_inputs:

@@ -268,7 +268,10 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
     observed: dict[str, list[float]] = {}
 
     def minmax(name: str, array: np.ndarray) -> None:
-        if array.dtype.kind != "f" or array.size == 0:
+        if array.dtype.kind != "f":
+            return
+        array = array[np.isfinite(array)]  # -inf masks, NaN: no range can represent them
+        if array.size == 0:
             return
         lo, hi = float(array.min()), float(array.max())
         if name in observed:

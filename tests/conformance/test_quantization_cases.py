@@ -42,6 +42,14 @@ from edgec.testing.conformance import LOSSY_TOLERANCES, Outcome
 FULL = os.environ.get("EDGEC_FULL_CONFORMANCE") == "1"
 SAMPLE_RELEVANT = SAMPLE_OTHER = 50
 
+# Cases where the loss is int8's, not a defect: (pass, case) -> why.
+KNOWN_LOSS = {
+    ("quantize-int8", "test_attention_4d_softcap_neginf_mask_poison_expanded"):
+        "V holds 1000.0 'poison' in the masked positions (the case checks they never leak): "
+        "a per-tensor u8 range over [0, 1000] has a step of 3.9, which rounds the real "
+        "values (< 1) of V to 0",
+}
+
 # pass -> (tolerance, op types it rewrites)
 PASSES = {
     "quantize-int8": ("int8", {"Conv", "MatMul", "Gemm"}),
@@ -95,6 +103,9 @@ def test_case_still_passes(pass_name: str, variant: str, name: str) -> None:
         if case is None:
             pytest.skip("an input is not a plain tensor, or several data sets")
     result = conformance.run_case(case, _transformation(pass_name))
+    known = KNOWN_LOSS.get((pass_name, name))
+    if known is not None and result.outcome is Outcome.WRONG_RESULT:
+        pytest.xfail(known)
     if result.outcome in (Outcome.ORT_FAILS_ORIGINAL, Outcome.TRAINING_ONLY):
         pytest.skip(f"{result.outcome.value}: {result.reason}")
     assert result.outcome in (Outcome.PASS, Outcome.LOSSY_PASS), f"{result.outcome.value}: {result.reason}"
