@@ -349,13 +349,15 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             notes=[f"{s.label}: {s.reason}" for s in skipped]))
     tried: list[_Tried] = []
     for index, config in enumerate(configs):
+        done_group = tried and tried[-1].evaluation.config.group != config.group
+        if done_group and spec.optimize.search == "first" and any(
+                t.evaluation.held for t in tried):
+            break  # the previous group holds; its backends were all measured
         options.progress("plan", index, len(configs), config.label)
         start = time.perf_counter()
         attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto")
         attempt.seconds = time.perf_counter() - start
         tried.append(attempt)
-        if attempt.evaluation.held and spec.optimize.search == "first":
-            break
     options.progress("plan", len(configs), len(configs), "done")
     evaluations = [t.evaluation for t in tried]
     winner, best = choose(evaluations, spec.optimize.search)

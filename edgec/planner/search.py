@@ -26,6 +26,13 @@ class Configuration:
     backend: str          # ort | tvm
     sparsity: float = 0.0
 
+    @property
+    def group(self) -> tuple:
+        """Configurations that differ only in backend form a group: with backend auto
+        the planner measures each and keeps the faster (DESIGN: auto uses whichever
+        backend measured faster for this model on this target)."""
+        return (self.precision, self.policy, self.sparsity)
+
     def to_json(self) -> dict:
         return {"label": self.label, "precision": self.precision, "policy": self.policy,
                 "passes": self.passes, "backend": self.backend, "sparsity": self.sparsity}
@@ -133,15 +140,16 @@ def configurations(spec, target, backend_choice: str,
 def choose(evaluations: list[Evaluation], search: str) -> tuple[Evaluation | None, Evaluation]:
     """(the configuration to ship or None if none holds every budget, the best one tried).
 
-    With ``search first`` the first that holds wins (they were tried cheapest first);
-    with ``fastest`` the fastest that holds. When none holds, the best is the one
-    with the fewest missed budgets, then the smallest latency."""
+    With ``search first`` the first group (configurations that differ only in backend)
+    holding every budget wins, and within it the fastest backend; with ``fastest`` the
+    fastest that holds. When none holds, the best is the one with the fewest missed
+    budgets, then the smallest latency."""
     holding = [e for e in evaluations if e.held]
     if holding:
-        if search == "fastest":
-            winner = min(holding, key=lambda e: (e.latency_s is None, e.latency_s or 0.0))
-        else:
-            winner = holding[0]
+        if search != "fastest":
+            first_group = holding[0].config.group
+            holding = [e for e in holding if e.config.group == first_group]
+        winner = min(holding, key=lambda e: (e.latency_s is None, e.latency_s or 0.0))
         return winner, winner
     built = [e for e in evaluations if e.error is None] or evaluations
     best = min(built, key=lambda e: (len(e.missed()) if e.error is None else 99,

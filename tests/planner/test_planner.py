@@ -52,18 +52,21 @@ def test_a_missing_pass_is_a_reason_not_a_crash():
     assert skipped[0].reason == "the pass 'quantize-int8' is not installed"
 
 
-def _ev(label, latency, held):
+def _ev(label, latency, held, precision="fp32", backend="ort"):
     from edgec.planner.search import Configuration
-    e = Evaluation(Configuration(label, "fp32", "", "", "ort"), latency_s=latency,
+    e = Evaluation(Configuration(label, precision, "", "", backend), latency_s=latency,
                    latency_where="host", accuracy_held=True)
     e.budgets = [{"name": "latency", "status": "held" if held else "missed", "detail": "x"}]
     return e
 
 
 def test_choose_first_or_fastest():
-    evs = [_ev("a", 3.0, False), _ev("b", 2.0, True), _ev("c", 1.0, True)]
+    evs = [_ev("a", 3.0, False), _ev("b", 2.0, True, "fp16"), _ev("c", 1.0, True, "int8")]
     assert choose(evs, "first")[0].config.label == "b"
     assert choose(evs, "fastest")[0].config.label == "c"
+    # Within the first holding group (same precision, other backend) the faster wins.
+    evs = [_ev("ort", 2.0, True), _ev("tvm", 1.5, True, backend="tvm"), _ev("int8", 1.0, True, "int8")]
+    assert choose(evs, "first")[0].config.label == "tvm"
     winner, best = choose([_ev("a", 3.0, False), _ev("b", 2.0, False)], "first")
     assert winner is None and best.config.label == "b"
 

@@ -1,0 +1,120 @@
+"""`edgec compile` through the TVM backend: ResNet-18 on this host matches onnxruntime,
+Jetson and Raspberry Pi specs give aarch64 modules, a model TVM cannot import goes to
+onnxruntime under `auto` and is an exit-3 model error under `tvm`, and `edgec bench`
+through a loopback RPC tracker agrees with a local bench."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import edgec
+from edgec.testing import models
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "spec_examples" / "digits.onnx"
+
+pytest.importorskip("tvm")
+
+
+def edgec_cli(*args, cwd, timeout=900):
+    return subprocess.run([sys.executable, "-m", "edgec", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_resnet18_on_host_matches_onnxruntime(tmp_path):
+    onnx.save(models.resnet18(), tmp_path / "resnet18.onnx")
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=x)
+    spec = tmp_path / "host.edge"
+    spec.write_text('target host\naccuracy {\n  metric max-abs-error\n  tolerance 0.01 %\n'
+                    '  data "x.npz"\n}\noptimize {\n  backend tvm\n}\n')
+    art = edgec.compile(tmp_path / "resnet18.onnx", spec, out=tmp_path / "out",
+                        cache_dir=str(tmp_path / "cache"))
+    assert art.manifest["backend"]["name"] == "tvm"
+    assert art.manifest["backend"]["tuned"] is False
+    assert (tmp_path / "out" / "model.so").exists()
+    name = onnx.load(tmp_path / "resnet18.onnx").graph.input[0].name
+    want = ort.InferenceSession(str(tmp_path / "resnet18.onnx")).run(None, {name: x[:1]})[0]
+    got = next(iter(art.run({name: x[:1]}).values()))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("spec_name,extra", [("jetson.edge", []), ("rpi4.edge", ["--backend", "tvm"])])
+def test_device_specs_give_aarch64_modules(tmp_path, spec_name, extra):
+    result = edgec_cli("compile", DIGITS, "--spec", REPO / "spec_examples" / spec_name, "-o",
+                       "out", "--cache-dir", tmp_path / "cache", "-q", *extra, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    described = subprocess.run(["file", str(tmp_path / "out" / "model.so")], capture_output=True,
+                               text=True).stdout
+    assert "ARM aarch64" in described
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["backend"]["runnable_here"] is False
+    assert manifest["latency"]["where"] == "estimated"
+    run = edgec_cli("run", "out", "--inputs", REPO / "spec_examples" / "data" / "digits.npz",
+                    cwd=tmp_path)
+    assert run.returncode == 2 and "cannot run on this host" in run.stderr
+
+
+def _loop_model(path: Path) -> None:
+    """Relu, then a Loop adding 1 three times: onnxruntime runs it, TVM's importer has no Loop."""
+    from onnx import TensorProto, helper, numpy_helper
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"], name="body_add")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu_0"),
+         helper.make_node("Loop", ["trips", "cond", "r"], ["y"], body=body, name="repeat_add")],
+        "loop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                     numpy_helper.from_array(np.array(True), "cond"),
+                     numpy_helper.from_array(np.ones(3, np.float32), "one")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_model_tvm_cannot_import(tmp_path):
+    _loop_model(tmp_path / "m.onnx")
+    spec = tmp_path / "s.edge"
+    spec.write_text('target host\naccuracy {\n  metric max-abs-error\n  tolerance 0.0001\n}\n'
+                    'optimize {\n  backend auto\n}\n')
+    auto = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "auto", "--cache-dir", "cache",
+                     "-q", cwd=tmp_path)
+    assert auto.returncode == 0, auto.stderr
+    manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert manifest["backend"]["name"] == "ort"
+    tvm_candidate = next(c for c in manifest["candidates"] if c.get("backend") == "tvm")
+    assert tvm_candidate["status"] == "error" and "'repeat_add' (Loop)" in tvm_candidate["reason"]
+    forced = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "tvm", "--backend", "tvm",
+                       "--cache-dir", "cache", cwd=tmp_path)
+    assert forced.returncode == 3, forced.stderr
+    assert "node 'repeat_add' (Loop)" in forced.stderr and "Traceback" not in forced.stderr
+    assert not (tmp_path / "tvm").exists()
+
+
+def test_bench_over_rpc_agrees_with_local_bench(tmp_path, rpc_tracker):
+    spec = tmp_path / "s.edge"
+    spec.write_text('target host\noptimize {\n  backend tvm\n}\n')
+    onnx.save(models.conv_bn_relu(), tmp_path / "m.onnx")
+    built = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "out", "--cache-dir", "cache",
+                      "-q", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    local = json.loads(edgec_cli("bench", "out", "--json", cwd=tmp_path).stdout)
+    remote_run = edgec_cli("bench", "out", "--json", "--rpc-tracker",
+                           f"{rpc_tracker.host}:{rpc_tracker.port}", "--rpc-key", rpc_tracker.key,
+                           cwd=tmp_path)
+    assert remote_run.returncode == 0, remote_run.stderr
+    remote = json.loads(remote_run.stdout)
+    assert remote["where"].startswith("rpc://")
+    assert abs(remote["p50_ms"] - local["p50_ms"]) / local["p50_ms"] <= 0.20, (local, remote)
