@@ -171,7 +171,7 @@ def _add_dsl_commands(sub) -> None:
 
 def _cmd_opt(args: argparse.Namespace) -> int:
     from edgec.frontend.onnx_export import save_model
-    from edgec.frontend.onnx_import import import_model, parse_model_bytes
+    from edgec.frontend.onnx_import import import_model, parse_model_bytes, read_model_bytes
     from edgec.passmgr import DEFAULT_PIPELINE, PassContext, PassManager
     from edgec.passmgr.instruments import (DumpEach, PrintAfter, stats_json, stats_table,
                                            timing_table)
@@ -193,7 +193,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     for problem in manager.registry.problems:
         if problem.is_error and any(n in problem.message for n in manager.pipeline.pass_names()):
             raise UsageError([problem])
-    data, base_dir = _read_model_bytes(args.model)
+    data, base_dir = read_model_bytes(args.model)
     model = import_model(parse_model_bytes(data, args.model), base_dir=base_dir,
                          source=args.model)
     nodes_before = model.node_count()
@@ -226,17 +226,6 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     if args.time_passes:
         print(timing_table(run.records), file=sys.stderr)
     return ExitCode.OK
-
-
-def _read_model_bytes(path: str) -> tuple[bytes, str]:
-    if path == "-":
-        return sys.stdin.buffer.read(), os.getcwd()
-    try:
-        with open(path, "rb") as f:
-            return f.read(), os.path.dirname(os.path.abspath(path))
-    except OSError as e:
-        raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
-                                          Location(path=path))) from None
 
 
 # --------------------------------------------------------------------------- compile, run, bench, inspect

@@ -87,18 +87,13 @@ class _Inputs:
 def _read_inputs(model_path: str, spec, options: CompileOptions) -> _Inputs:
     from edgec.data import data_files
     from edgec.dsl import load_spec
-    from edgec.frontend.onnx_import import parse_model_bytes
+    from edgec.frontend.onnx_import import parse_model_bytes, read_model_bytes
 
     if not isinstance(spec, str) and not isinstance(spec, os.PathLike):
         spec_obj = spec
     else:
         spec_obj = load_spec(spec)
-    try:
-        with open(model_path, "rb") as f:
-            model_bytes = f.read()
-    except OSError as e:
-        raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
-                                          Location(path=model_path))) from None
+    model_bytes, _ = read_model_bytes(model_path)
     proto = parse_model_bytes(model_bytes, model_path)
     base = os.path.dirname(os.path.abspath(model_path))
     external = sorted({os.path.join(base, e.value) for t in _all_tensor_protos(proto)

@@ -6,7 +6,6 @@ Without data, inputs are drawn from the model's input types (seeded), and caller
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -133,15 +132,3 @@ def synthetic_samples(inputs: list[InputSpec], count: int, seed: int,
             raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
                              f"{spec.dtype}; give data in the spec or with --data")
     return out
-
-
-def batch_of(samples: dict[str, np.ndarray], start: int, size: int) -> dict[str, np.ndarray]:
-    return {k: v[start:start + size] for k, v in samples.items()}
-
-
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

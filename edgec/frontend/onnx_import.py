@@ -13,7 +13,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from edgec.diagnostics import Diagnostic, DiagnosticSink, Location, ModelError
-from edgec.ir.core import Attr, ExternalData, Function, Graph, Model, Node, Tensor, Value
+from edgec.ir.core import (Attr, ExternalData, Function, Graph, Model, NameScope, Node, Tensor,
+                           Value)
 from edgec.ir.types import (DataType, MapType, OpaqueType, OptionalType, SequenceType,
                             Shape, SparseTensorType, TensorType, Type)
 
@@ -27,21 +28,23 @@ def load_model(path: str, *, check: bool = True) -> Model:
     a valid model: garbage or truncated bytes, cycles, undefined values, unknown
     domains, external data outside the model's folder.
     """
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        base_dir = os.getcwd()
-        display = "<stdin>"
-    else:
-        display = path
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
-                                              Location(path=display))) from None
-        base_dir = os.path.dirname(os.path.abspath(path))
+    data, base_dir = read_model_bytes(path)
+    display = "<stdin>" if path == "-" else path
     proto = parse_model_bytes(data, display)
     return import_model(proto, base_dir=base_dir, source=display, check=check)
+
+
+def read_model_bytes(path: str) -> tuple[bytes, str]:
+    """The bytes of a model file (``-``: standard input) and the folder its external
+    data is relative to."""
+    if path == "-":
+        return sys.stdin.buffer.read(), os.getcwd()
+    try:
+        with open(path, "rb") as f:
+            return f.read(), os.path.dirname(os.path.abspath(path))
+    except OSError as e:
+        raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
+                                          Location(path=path))) from None
 
 
 def parse_model_bytes(data: bytes, display: str = "<model>") -> onnx.ModelProto:
@@ -122,25 +125,6 @@ def _one_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-class _Scope:
-    """Name -> Value for one graph, chained to the enclosing graph's scope."""
-
-    __slots__ = ("values", "parent")
-
-    def __init__(self, parent: "_Scope | None"):
-        self.values: dict[str, Value] = {}
-        self.parent = parent
-
-    def lookup(self, name: str) -> Value | None:
-        scope: _Scope | None = self
-        while scope is not None:
-            v = scope.values.get(name)
-            if v is not None:
-                return v
-            scope = scope.parent
-        return None
-
-
 class _Importer:
     def __init__(self, base_dir: str | None, source: str):
         self.base_dir = base_dir
@@ -172,7 +156,7 @@ class _Importer:
         return model
 
     def function(self, fp: onnx.FunctionProto) -> Function:
-        scope = _Scope(None)
+        scope = NameScope(None)
         graph = Graph(fp.name)
         for name in fp.input:
             v = Value(name)
@@ -196,8 +180,8 @@ class _Importer:
         )
 
     # -- graphs
-    def graph(self, gp: onnx.GraphProto, parent_scope: _Scope | None) -> Graph:
-        scope = _Scope(parent_scope)
+    def graph(self, gp: onnx.GraphProto, parent_scope: NameScope | None) -> Graph:
+        scope = NameScope(parent_scope)
         graph = Graph(gp.name, doc_string=gp.doc_string,
                       metadata_props={p.key: p.value for p in gp.metadata_props})
         for vi in gp.input:
@@ -246,7 +230,7 @@ class _Importer:
         graph.quantization_annotation = list(gp.quantization_annotation)
         return graph
 
-    def _nodes(self, graph: Graph, node_protos, scope: _Scope, value_info=()) -> None:
+    def _nodes(self, graph: Graph, node_protos, scope: NameScope, value_info=()) -> None:
         # Outputs first, so that a reference to a value defined later (an unsorted
         # graph or a cycle) still resolves and the verifier can say what is wrong.
         pending: list[tuple[onnx.NodeProto, Node]] = []
@@ -290,7 +274,7 @@ class _Importer:
             graph.append(node)
 
     # -- attributes, tensors, types
-    def attribute(self, a: onnx.AttributeProto, scope: _Scope) -> Attr:
+    def attribute(self, a: onnx.AttributeProto, scope: NameScope) -> Attr:
         t = a.type
         if a.ref_attr_name:
             return Attr(a.name, t, None, ref_attr_name=a.ref_attr_name, doc_string=a.doc_string)

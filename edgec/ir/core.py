@@ -773,6 +773,26 @@ def captured_values(graph: Graph) -> list[Value]:
     return list(captured.values())
 
 
+class NameScope:
+    """Name -> Value for one graph, chained to the enclosing graph's scope: how ONNX
+    names resolve in nested graphs (a subgraph sees its own names, then its parents')."""
+
+    __slots__ = ("values", "parent")
+
+    def __init__(self, parent: "NameScope | None" = None):
+        self.values: dict[str, Value] = {}
+        self.parent = parent
+
+    def lookup(self, name: str) -> Value | None:
+        scope: NameScope | None = self
+        while scope is not None:
+            v = scope.values.get(name)
+            if v is not None:
+                return v
+            scope = scope.parent
+        return None
+
+
 # --------------------------------------------------------------------------- functions and models
 
 

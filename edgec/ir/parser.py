@@ -29,7 +29,7 @@ from lark.exceptions import (UnexpectedCharacters, UnexpectedEOF, UnexpectedInpu
 from onnx import numpy_helper
 
 from edgec.diagnostics import Diagnostic, EdgecError, ExitCode, Location
-from edgec.ir.core import Attr, Function, Graph, Model, Node, Tensor, Value
+from edgec.ir.core import Attr, Function, Graph, Model, NameScope, Node, Tensor, Value
 from edgec.ir.printer import ATTR_TYPE_NAMES, parse_float_elements
 from edgec.ir.types import (DataType, MapType, OpaqueType, OptionalType, SequenceType, Shape,
                             SparseTensorType, TensorType, Type)
@@ -85,7 +85,7 @@ def _parse(text: str, path: str, start: str):
     builder = _Builder(source)
     if start == "model_file":
         return builder.model(tree)
-    return builder.graph(tree, _Scope(None))
+    return builder.graph(tree, NameScope(None))
 
 
 # --------------------------------------------------------------------------- errors
@@ -608,23 +608,6 @@ def _dtype(token: Token) -> DataType:
 # --------------------------------------------------------------------------- building the IR
 
 
-class _Scope:
-    __slots__ = ("values", "parent")
-
-    def __init__(self, parent: "_Scope | None"):
-        self.values: dict[str, Value] = {}
-        self.parent = parent
-
-    def lookup(self, name: str) -> Value | None:
-        scope: _Scope | None = self
-        while scope is not None:
-            v = scope.values.get(name)
-            if v is not None:
-                return v
-            scope = scope.parent
-        return None
-
-
 class _Builder:
     def __init__(self, source: _Source):
         self.source = source
@@ -647,7 +630,7 @@ class _Builder:
                 self.fail(f"model property '{key.value}' takes {want.__name__}", key)
             fields[key.value] = value
         opsets = fields.pop("opset_import", {})
-        model = Model(graph=self.graph(graph_syntax, _Scope(None)),
+        model = Model(graph=self.graph(graph_syntax, NameScope(None)),
                       opset_imports=opsets, doc_string=info.doc,
                       metadata_props=dict(info.meta), **fields)
         for fs in functions:
@@ -658,7 +641,7 @@ class _Builder:
         return model
 
     def function(self, fs: _FunctionSyntax) -> Function:
-        scope = _Scope(None)
+        scope = NameScope(None)
         graph = Graph(fs.op.op_type)
         self.populate(graph, fs.params, fs.outputs, fs.stmts, scope)
         return Function(domain=fs.op.domain, name=fs.op.op_type, graph=graph,
@@ -668,19 +651,19 @@ class _Builder:
                         metadata_props=dict(fs.info.meta))
 
     # -- graphs
-    def graph(self, gs: _GraphSyntax, parent: _Scope) -> Graph:
+    def graph(self, gs: _GraphSyntax, parent: NameScope) -> Graph:
         graph = Graph(gs.name, doc_string=gs.info.doc, metadata_props=dict(gs.info.meta))
-        self.populate(graph, gs.params, gs.outputs, gs.stmts, _Scope(parent))
+        self.populate(graph, gs.params, gs.outputs, gs.stmts, NameScope(parent))
         return graph
 
-    def define(self, scope: _Scope, d: _Def) -> Value:
+    def define(self, scope: NameScope, d: _Def) -> Value:
         if d.name in scope.values:
             self.fail(f"value '%{d.name}' is defined twice in this graph", d.token)
         v = Value(d.name, d.type, doc_string=d.info.doc, metadata_props=dict(d.info.meta))
         scope.values[d.name] = v
         return v
 
-    def populate(self, graph: Graph, params, outputs, stmts, scope: _Scope) -> None:
+    def populate(self, graph: Graph, params, outputs, stmts, scope: NameScope) -> None:
         inputs: dict[str, Value] = {}
         for p in params:
             v = self.define(scope, p)
@@ -731,7 +714,7 @@ class _Builder:
             graph.outputs.append(v)
 
     # -- attributes
-    def attr(self, a: _AttrSyntax, scope: _Scope) -> Attr:
+    def attr(self, a: _AttrSyntax, scope: NameScope) -> Attr:
         declared = None
         if a.type_token is not None:
             declared = _ATTR_TYPES.get(a.type_token.value)
