@@ -107,7 +107,11 @@ def _observe_graph(model: onnx.ModelProto, graph: onnx.GraphProto, feeds: list[d
     probe.graph.CopyFrom(graph)
     for name in exposed:
         probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    names = outputs + exposed
+    # Only what is observed: a graph output of a type numpy lacks (float8, int4) could
+    # not be fetched.
+    names = [n for n in outputs if n in extra] + exposed
+    if not names:  # nothing to observe (and onnxruntime reads no names as "every output")
+        return
     sess = session(probe, optimize=False)
     input_names = {i.name for i in sess.get_inputs()}
     kept: list[dict[str, np.ndarray]] = []
