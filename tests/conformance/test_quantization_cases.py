@@ -48,6 +48,10 @@ KNOWN_LOSS = {
         "V holds 1000.0 'poison' in the masked positions (the case checks they never leak): "
         "a per-tensor u8 range over [0, 1000] has a step of 3.9, which rounds the real "
         "values (< 1) of V to 0",
+    **{("convert-fp16", f"test_{op}_large_number{suffix}"):
+       "constant inputs 10000..10003: fp16's step there is 8, so the initializer itself "
+       "rounds to 10000/10004 before (Log)Softmax; no overflow, which is all the pass checks"
+       for op in ("softmax", "logsoftmax") for suffix in ("", "_expanded", "_expanded_ver18")},
 }
 
 # pass -> (tolerance, op types it rewrites)
