@@ -422,10 +422,17 @@ class TVMBackend:
             # and a larger budget tunes on from where the database stands.
             shares = self._split_trials(options.tuning_trials, len(tasks))
             recorded = _records_per_workload(database)
+            # Trials granted per workload so far: a task whose search space ran dry
+            # records fewer trials than it was granted, and must not be retried.
+            ledger_path = db_dir / "edgec-trials.json"
+            ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
             per_task: dict[str, dict] = {}
             todo = []
+            keys = {}
             for task, share in zip(tasks, shares):
-                in_database = recorded.get(tvm_ffi.structural_hash(task.dispatched[0]), 0)
+                key = str(tvm_ffi.structural_hash(task.dispatched[0]))
+                keys[task.task_name] = key
+                in_database = max(recorded.get(int(key), 0), ledger.get(key, 0))
                 wanted = max(0, share - in_database) if options.tuning_trials else \
                     (0 if in_database else share)
                 per_task[task.task_name] = {"task": task.task_name, "trials": 0,
@@ -455,6 +462,9 @@ class TVMBackend:
                               num_trials_per_iter=min(64, trials), builder=builder,
                               runner=runner, database=database, cost_model=cost_model)
                 per_task[task.task_name]["trials"] = len(database) - before
+                key = keys[task.task_name]
+                ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
+                ledger_path.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
             if todo:
                 progress("tune", len(todo) if not stopped_early else index, len(todo),
                          "tuning done" if not stopped_early else "wall time spent")

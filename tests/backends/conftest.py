@@ -35,7 +35,7 @@ def _server_registered(port: int, key: str) -> bool:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    # Each was started in its own session, so its group holds it and its workers only.
+    # Each was started in its own process group: the group is it and its workers only.
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -64,8 +64,12 @@ def rpc_tracker(tmp_path_factory):
     try:
         for name, command in commands.items():
             with open(logs / f"{name}.log", "w") as log:
+                # Its own process group, but the same session: Linux schedules sessions
+                # as groups (autogroup), and a server in a session of its own gets a
+                # fairer share of a loaded machine than the test process measuring
+                # beside it, which skews host-vs-RPC comparisons (2x seen here).
                 processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                  start_new_session=True))
+                                                  process_group=0))
             if name == "tracker":
                 _wait_for(lambda: _port_open(port), f"the RPC tracker on port {port}",
                           processes, logs)
