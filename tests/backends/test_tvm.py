@@ -207,8 +207,11 @@ def test_measure_on_host_and_over_rpc_agree(tmp_path, host, rpc_tracker):
     assert local[0].where == "host"
     assert remote[0].where == f"rpc://127.0.0.1:{rpc_tracker.port}/local"
     assert all(stats.samples >= 5 for stats in local + remote)
-    ratio = float(np.median([r.p50 / l.p50 for l, r in zip(local, remote)]))
-    assert abs(ratio - 1) <= 0.2, (
+    # Each figure is a median of 50 runs; on a shared 2-core machine other jobs swing
+    # it 3x within seconds, so compare the least-disturbed round of each side.
+    best_local = min(stats.p50 for stats in local)
+    best_remote = min(stats.p50 for stats in remote)
+    assert abs(best_remote / best_local - 1) <= 0.2, (
         [round(stats.p50 * 1e3, 3) for stats in local],
         [round(stats.p50 * 1e3, 3) for stats in remote])
 
