@@ -633,7 +633,12 @@ def set_threads(threads: int | None) -> None:
     os.environ["TVM_NUM_THREADS"] = str(count)
     configure = tvm_ffi.get_global_func("runtime.config_threadpool", allow_missing=True)
     if configure is not None:
+        # Configuring TVM's pool pins the calling thread to one core; onnxruntime
+        # sessions measured later in this process (the planner compares both) would
+        # then run on that one core. Give the thread its CPUs back.
+        mask = os.sched_getaffinity(0)
         configure(1, count)
+        os.sched_setaffinity(0, mask)
 
 
 def _records_per_workload(database) -> dict[int, int]:
