@@ -60,8 +60,8 @@ optimize {{
 
 
 def inputs_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    from edgec.data import model_inputs, synthetic_samples
-    return {k: v for k, v in synthetic_samples(model_inputs(model), 1, seed).items()}
+    from edgec.data import example_inputs, model_inputs
+    return example_inputs(model_inputs(model), 1, seed)
 
 
 def ort_baseline(path: str, feed, threads: int, repeats: int) -> float:

@@ -317,7 +317,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgec.backends import get_backend
     from edgec.backends.base import BuildOptions
     from edgec.compiler import default_cache_dir
-    from edgec.data import InputSpec, synthetic_samples
+    from edgec.data import InputSpec, example_inputs
 
     artifact = load(args.artifact)
     rpc = _rpc(args)
@@ -334,7 +334,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         specs: list[InputSpec] = model_inputs(onnx.load(os.path.join(artifact.path, "model.onnx"),
                                                         load_external_data=False))
         batch = (artifact.manifest["spec"]["budget"].get("latency") or {}).get("batch", 1)
-        inputs = {k: v for k, v in synthetic_samples(specs, batch, 0, batch).items()}
+        inputs = example_inputs(specs, batch)
     backend = get_backend(artifact.backend_name)
     stats = backend.measure(artifact.path, details, inputs,
                             BuildOptions(cache_dir=default_cache_dir(), threads=args.threads, rpc=rpc))

@@ -132,3 +132,21 @@ def synthetic_samples(inputs: list[InputSpec], count: int, seed: int,
             raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
                              f"{spec.dtype}; give data in the spec or with --data")
     return out
+
+
+def example_inputs(inputs: list[InputSpec], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """One run's inputs drawn from the input types: fixed dims as they are, a symbolic
+    leading dim as ``batch``, other unknown dims 1."""
+    samples = synthetic_samples(inputs, 1, seed, batch)
+    out = {}
+    for spec in inputs:
+        first = spec.shape[0] if spec.shape else None
+        if spec.shape and isinstance(first, int) and first > 0:
+            n = first
+        elif spec.shape:
+            n = batch
+        else:
+            out[spec.name] = samples[spec.name][0]
+            continue
+        out[spec.name] = synthetic_samples([spec], n, seed, batch)[spec.name]
+    return out

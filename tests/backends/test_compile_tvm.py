@@ -106,12 +106,14 @@ def test_a_model_tvm_cannot_import(tmp_path):
 def test_bench_over_rpc_agrees_with_local_bench(tmp_path, rpc_tracker):
     spec = tmp_path / "s.edge"
     spec.write_text('target host\noptimize {\n  backend tvm\n}\n')
-    onnx.save(models.conv_bn_relu(), tmp_path / "m.onnx")
+    # Big enough that compute, not call overhead, is what both sides time; one thread on
+    # both sides, so the two processes do not fight over the two cores differently.
+    onnx.save(models.mlp(batch=16, sizes=(256, 512, 512, 10)), tmp_path / "m.onnx")
     built = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "out", "--cache-dir", "cache",
                       "-q", cwd=tmp_path)
     assert built.returncode == 0, built.stderr
-    local = json.loads(edgec_cli("bench", "out", "--json", cwd=tmp_path).stdout)
-    remote_run = edgec_cli("bench", "out", "--json", "--rpc-tracker",
+    local = json.loads(edgec_cli("bench", "out", "--json", "--threads", "1", cwd=tmp_path).stdout)
+    remote_run = edgec_cli("bench", "out", "--json", "--threads", "1", "--rpc-tracker",
                            f"{rpc_tracker.host}:{rpc_tracker.port}", "--rpc-key", rpc_tracker.key,
                            cwd=tmp_path)
     assert remote_run.returncode == 0, remote_run.stderr
