@@ -75,7 +75,7 @@ def _rpi5_spec(tmp_path, metric_block: str) -> Path:
     spec = tmp_path / "rpi5.edge"
     spec.write_text(f"""target raspberry-pi-5
 budget {{
-  latency < 2 ms p50 at batch 128
+  latency < 1.25 ms p50 at batch 128
 }}
 accuracy {{
 {metric_block}
@@ -119,7 +119,7 @@ def test_no_configuration_holds_exit_4_with_an_actionable_summary(tmp_path):
     err = result.stderr
     assert "best candidate: " in err
     assert "misses latency" in err or "misses accuracy" in err
-    assert "meets 2 ms" in err and "relax the tolerance" in err
+    assert "meets 1.25 ms" in err and "relax the tolerance" in err
     assert "configurations tried" in err
 
 

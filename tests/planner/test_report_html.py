@@ -18,7 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     spec = tmp / "rpi5.edge"
-    spec.write_text(f'target raspberry-pi-5\nbudget {{\n  latency < 2 ms p50 at batch 128\n}}\n'
+    spec.write_text(f'target raspberry-pi-5\nbudget {{\n  latency < 1.25 ms p50 at batch 128\n}}\n'
                     f'accuracy {{\n  metric top1-agreement\n  tolerance 1 %\n  data "{DATA}"\n}}\n'
                     'optimize {\n  precision fp32, int8\n  backend ort\n  search fastest\n}\n')
     result = subprocess.run([sys.executable, "-m", "edgec", "compile", str(DIGITS), "--spec",
