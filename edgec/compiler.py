@@ -448,7 +448,8 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     pipeline = ",".join(filter(None, [base, config.passes]))
     attempt.pipeline = pipeline
     pass_ctx = PassContext(diagnostics=DiagnosticSink(), spec=spec, target=spec.target,
-                           seed=spec.optimize.seed, calibration_data=ctx.calibration)
+                           seed=spec.optimize.seed, calibration_data=ctx.calibration,
+                           progress=ctx.options.progress)
     try:
         manager = PassManager(pipeline, context=pass_ctx, source=ctx.inputs.model_path,
                               reproducer_dir=os.path.join(ctx.cache_dir, "reproducers"))

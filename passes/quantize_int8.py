@@ -77,7 +77,8 @@ class QuantizeInt8(Pass):
             held_out = ({k: v[self.samples:] for k, v in samples.items()}
                         if count > self.samples else None)
             config, report = mixed_precision(model, samples, self.metric, self.tolerance,
-                                             config=config, eval_samples=held_out)
+                                             config=config, eval_samples=held_out,
+                                             progress=ctx.progress)
             stats["fallback-fp32-layers"] = len(report.kept_fp32)
             stats["fallback-held"] = int(report.held)
             for name in report.kept_fp32:
@@ -89,5 +90,5 @@ class QuantizeInt8(Pass):
                 ctx.diagnostics.warning(
                     f"quantize-int8: {self.metric} misses {self.tolerance} even with every "
                     f"layer fp32 ({report.steps[-1]['detail']})")
-        stats.update(quantize_static(model, samples, config))
+        stats.update(quantize_static(model, samples, config, progress=ctx.progress))
         return PassResult(bool(stats["nodes-quantized"] or stats["batchnorm-folded"]), stats)

@@ -49,6 +49,9 @@ class PassContext:
     target: Any = None
     calibration_data: Any = None  # dict[input name, np.ndarray], leading axis = sample
     seed: int = 0
+    # progress(stage, done, total, message) for long passes (calibration, sensitivity
+    # analysis); None: report nothing. The CLI draws a bar or prints lines.
+    progress: Any = None
 
 
 @dataclass(frozen=True)
