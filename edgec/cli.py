@@ -16,8 +16,7 @@ import traceback
 
 
 from edgec._version import __version__
-from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
-                               UsageError)
+from edgec.diagnostics import Diagnostic, EdgecError, ExitCode, Location, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progres
 from edgec.data import (InputSpec, load_labels, load_samples, model_inputs, synthetic_samples)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
-from edgec.metrics import MetricResult, evaluate
+from edgec.metrics import evaluate
 
 SYNTHETIC_SAMPLES = 64
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is

@@ -69,7 +69,6 @@ class ConvertFp16(Pass):
         stats = {"fp16-nodes": len(half), "fp32-nodes": len(graph) - len(half), "casts": 0,
                  "initializers-fp16": 0, "overflow-islands": len(overflowing)}
         converted: dict[int, Value] = {}   # fp32 value -> its fp16 version (cast or converted)
-        cast_back: dict[int, Value] = {}   # fp16 value -> its fp32 version
         # 1) every float output of an fp16 node becomes fp16.
         for node in half:
             for k, out in enumerate(node.outputs):

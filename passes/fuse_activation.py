@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 from edgec.ir.core import Model
 from edgec.ir.types import DataType

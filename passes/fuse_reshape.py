@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.ir.core import Model, Value
+from edgec.ir.core import Model
 from edgec.rewrite import (Builder, Const, Match, Op, Rule, Var, attribute, constant_array,
                            rank_of, replaceable_by, static_shape)
 

@@ -17,7 +17,7 @@ import onnx
 
 from edgec.frontend.onnx_export import export_model
 from edgec.frontend.onnx_import import _Importer
-from edgec.ir.core import Graph, Model, Value
+from edgec.ir.core import Graph, Model
 from edgec.ir.types import DataType, OptionalType, SequenceType, Shape, TensorType, Type
 from edgec.passmgr.base import Pass, PassContext, PassResult
 from edgec.diagnostics import Location

@@ -9,7 +9,6 @@ external data, are saved with their weights in ``<model file>.data`` beside them
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 

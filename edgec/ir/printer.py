@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from edgec.ir.core import Attr, Function, Graph, Model, Node, Tensor, Value
 from edgec.ir.types import (DataType, MapType, OpaqueType, OptionalType, SequenceType, Shape,
