@@ -125,6 +125,38 @@ def _load_tensor_intrinsics(target, everything: bool = False) -> None:
         importlib.import_module(f"{name}.{submodule}")
 
 
+def _open_database(db_dir, target, notes: list[str]):
+    """The target's tuning database. Records that replay schedules with tensor
+    intrinsics (x86 dot products, say) only load once those intrinsics are registered,
+    so a failed load first registers the architecture's whole set; a database that
+    still does not load (damaged by a crash) is moved aside and tuning starts afresh."""
+    from tvm.s_tir import meta_schedule as ms
+
+    def load():
+        return ms.database.JSONDatabase(
+            path_workload=str(db_dir / "database_workload.json"),
+            path_tuning_record=str(db_dir / "database_tuning_record.json"),
+            allow_missing=True)
+
+    try:
+        return load()
+    except Exception:  # TVM raises RuntimeError/TVMError from C++ for unreadable records
+        pass
+    _load_tensor_intrinsics(target, everything=True)
+    try:
+        return load()
+    except Exception as error:
+        aside = db_dir / f"damaged-{int(time.time())}"
+        aside.mkdir()
+        for name in ("database_workload.json", "database_tuning_record.json",
+                     "edgec-trials.json"):
+            if (db_dir / name).exists():
+                (db_dir / name).rename(aside / name)
+        notes.append(f"the tuning database could not be read ({str(error).splitlines()[0]}); "
+                     f"it was moved to {aside.name} and tuning started afresh")
+        return load()
+
+
 def _tune_contexts(task, target, work_dir: str, seed: int):
     """MetaSchedule's tune context for one task, loading intrinsics its rules ask for."""
     from tvm.s_tir import meta_schedule as ms
@@ -407,10 +439,7 @@ class TVMBackend:
         # One process tunes a target's database at a time; others wait for it.
         with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            database = ms.database.JSONDatabase(
-                path_workload=str(db_dir / "database_workload.json"),
-                path_tuning_record=str(db_dir / "database_tuning_record.json"),
-                allow_missing=True)
+            database = _open_database(db_dir, target, notes)
 
             def has_record(task) -> bool:
                 return bool(database.query_tuning_record(task.dispatched[0], tvm_target,
