@@ -265,3 +265,18 @@ def test_check_model_then_build_imports_once(tmp_path, host, monkeypatch):
     backend.check_model(model)
     backend.build(model, host, str(tmp_path), BuildOptions(str(tmp_path)))
     assert len(calls) == 1
+
+
+def test_a_damaged_tuning_database_is_moved_aside(tmp_path, host):
+    from edgec.backends.tvm import _open_database
+
+    db_dir = tmp_path / "db"
+    db_dir.mkdir()
+    (db_dir / "database_workload.json").write_text('["not a workload"\n')
+    (db_dir / "database_tuning_record.json").write_text('[0, {"trace": 12\n')
+    notes: list[str] = []
+    database = _open_database(db_dir, host, notes)
+    assert database is not None
+    assert len(notes) == 1 and "moved to damaged-" in notes[0]
+    [aside] = [p for p in db_dir.iterdir() if p.name.startswith("damaged-")]
+    assert (aside / "database_tuning_record.json").exists()
