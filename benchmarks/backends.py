@@ -65,13 +65,21 @@ def inputs_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     return example_inputs(model_inputs(model), 1, seed)
 
 
-def ort_baseline(path: str, feed, threads: int, repeats: int) -> float:
+def ort_session(path: str, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads
-    session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    return statistics.median(time_calls(lambda: session.run(None, feed), repeats=repeats,
-                                        max_seconds=20))
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def interleaved_ratio(measure_artifact, measure_baseline, rounds: int) -> tuple[float, float]:
+    """(artifact p50, artifact/baseline ratio), timing the two in alternating rounds so
+    that the machine's load drifts affect both alike; medians over the rounds."""
+    artifact, base = [], []
+    for _ in range(rounds):
+        artifact.append(measure_artifact())
+        base.append(measure_baseline())
+    return statistics.median(artifact), statistics.median(a / b for a, b in zip(artifact, base))
 
 
 def main() -> int:
@@ -82,6 +90,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--cache-dir", default=os.path.join(os.getcwd(), ".cache", "edgec"))
     parser.add_argument("--skip-tuned", action="store_true", help="only ort, untuned tvm")
+    parser.add_argument("--workdir", help="where the models and artifacts go (reusing one makes "
+                                          "every compile a no-op: only the measurements rerun)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="alternating rounds of artifact and baseline timing")
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
 
@@ -89,18 +101,24 @@ def main() -> int:
     if not args.skip_tuned:
         configs += [(f"tvm-tuned-{args.trials}", "tvm", args.trials), ("auto", "auto", args.trials)]
     rows = []
-    work = tempfile.mkdtemp(prefix="edgec-bench-")
+    work = args.workdir or tempfile.mkdtemp(prefix="edgec-bench-")
+    os.makedirs(work, exist_ok=True)
+    print(f"work folder: {work}")
     for name in args.models.split(","):
         model = MODELS[name]()
         path = os.path.join(work, f"{name}.onnx")
-        onnx.save(model, path)
+        if not os.path.exists(path):  # kept as is in a reused work folder: compiles stay no-ops
+            onnx.save(model, path)
         feed = inputs_for(model)
         # Four samples are enough to check the numbers; an untuned ResNet-18 takes seconds
         # per sample, and accuracy is not what this benchmark is about.
         data = os.path.join(work, f"{name}-samples.npz")
-        np.savez(data, **{k: np.concatenate([inputs_for(model, seed)[k] for seed in range(4)])
-                          for k in feed})
-        base = ort_baseline(path, feed, args.threads, args.repeats)
+        if not os.path.exists(data):
+            np.savez(data, **{k: np.concatenate([inputs_for(model, seed)[k]
+                                                 for seed in range(4)]) for k in feed})
+        baseline = ort_session(path, args.threads)
+        base = statistics.median(time_calls(lambda: baseline.run(None, feed), repeats=args.repeats,
+                                            max_seconds=20))
         row = {"model": name, "ort_ms": base * 1e3}
         for label, backend, trials in configs:
             spec = os.path.join(work, f"{name}-{label}.edge")
@@ -118,15 +136,21 @@ def main() -> int:
             compile_s = time.perf_counter() - start
             artifact = load(out)
             chosen = artifact.backend_name
-            stats = get_backend(chosen).measure(
-                out, artifact.manifest["backend"]["details"], feed,
-                BuildOptions(cache_dir=args.cache_dir, threads=args.threads))
+            backend = get_backend(chosen)
+            details = artifact.manifest["backend"]["details"]
+            options = BuildOptions(cache_dir=args.cache_dir, threads=args.threads)
+            rounds = 1 if not artifact.manifest["backend"]["tuned"] else args.rounds
+            p50, ratio = interleaved_ratio(
+                lambda: backend.measure(out, details, feed, options).p50,
+                lambda: statistics.median(time_calls(lambda: baseline.run(None, feed),
+                                                     repeats=10, max_seconds=5)),
+                rounds)
             # A second compile into a fresh folder: served from the cache, no tuning.
             start = time.perf_counter()
             compile_model(path, spec, out + "-again", CompileOptions(
                 cache_dir=args.cache_dir, allow_over_budget=True, threads=args.threads))
             warm_s = time.perf_counter() - start
-            row[label] = {"ms": stats.p50 * 1e3, "ratio": stats.p50 / base, "chosen": chosen,
+            row[label] = {"ms": p50 * 1e3, "ratio": ratio, "chosen": chosen,
                           "tuned": artifact.manifest["backend"]["tuned"],
                           "compile_s": compile_s, "warm_s": warm_s,
                           "held": result.budgets_held}
