@@ -19,18 +19,8 @@ import numpy as np
 
 from edgec.ir.core import Model
 from edgec.ir.types import DataType
-from edgec.rewrite import (Builder, Const, Match, Op, Rule, Var, attribute, constant_array,
+from edgec.rewrite import (Builder, Const, Match, Op, Rule, Var, attribute, axes_operand,
                            rank_of, scalar_equal, static_shape)
-
-
-def _reduce_axes(node) -> list[int] | None:
-    axes = attribute(node, "axes")
-    if axes is not None:
-        return list(axes)
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        array = constant_array(node.inputs[1])
-        return None if array is None else [int(a) for a in array.reshape(-1)]
-    return None
 
 
 def _normalized(match: Match) -> tuple[int, tuple[int, ...]] | str:
@@ -41,7 +31,7 @@ def _normalized(match: Match) -> tuple[int, tuple[int, ...]] | str:
             return "a ReduceMean drops dims"
         if attribute(node, "noop_with_empty_axes", 0):
             return "a ReduceMean has noop_with_empty_axes"
-    a, b = _reduce_axes(first), _reduce_axes(second)
+    a, b = axes_operand(first), axes_operand(second)
     if not a or not b:
         return "ReduceMean axes are not constant"
     shape = static_shape(match["x"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.ir.core import Model
-from edgec.rewrite import (Builder, Const, Match, Op, Rule, Var, attribute, constant_array,
+from edgec.rewrite import (Builder, Const, Match, Op, Rule, Var, attribute, axes_operand,
                            rank_of, replaceable_by, static_shape)
 
 SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -85,17 +85,6 @@ def rewrite_reshape_reshape(match: Match, b: Builder):
     return b.op("Reshape", [match["x"], match["shape"]], dict(match.root.attributes))
 
 
-def _axes(node, model: Model) -> list[int] | None:
-    """Squeeze/Unsqueeze axes: an attribute before opset 13, an input from 13 on."""
-    axes = attribute(node, "axes")
-    if axes is not None:
-        return list(axes)
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        array = constant_array(node.inputs[1])
-        return None if array is None else [int(a) for a in array.reshape(-1)]
-    return None
-
-
 def check_static_chain(match: Match, model: Model) -> str | None:
     if static_shape(match.root.outputs[0]) is None:
         return "the output shape is not static"
@@ -112,7 +101,7 @@ def rewrite_static_chain(match: Match, b: Builder):
 
 def check_squeeze_unsqueeze(match: Match, model: Model) -> str | None:
     inner, outer = match.nodes["inner"], match.root
-    a, c = _axes(inner, model), _axes(outer, model)
+    a, c = axes_operand(inner), axes_operand(outer)
     if a is None or c is None:
         return "axes are not constant"
     rank = rank_of(match["x"])

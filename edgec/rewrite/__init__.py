@@ -2,8 +2,8 @@
 when the match is not legal, and a rewrite; the driver applies rules to a fixed point."""
 
 from edgec.rewrite.driver import Builder, RewriteDriver, Rule, replaceable_by, returned_values
-from edgec.rewrite.pattern import (Const, Match, Op, Var, attribute, constant_array, rank_of,
-                                  scalar_equal, static_shape)
+from edgec.rewrite.pattern import (Const, Match, Op, Var, attribute, axes_operand, constant_array,
+                                  rank_of, scalar_equal, static_shape)
 
-__all__ = ["Builder", "replaceable_by", "returned_values", "Const", "Match", "Op", "RewriteDriver", "Rule", "Var", "attribute", "constant_array",
+__all__ = ["Builder", "replaceable_by", "returned_values", "Const", "Match", "Op", "RewriteDriver", "Rule", "Var", "attribute", "axes_operand", "constant_array",
            "rank_of", "scalar_equal", "static_shape"]

@@ -182,6 +182,18 @@ def rank_of(value: Value | None) -> int | None:
     return value.type.shape.rank
 
 
+def axes_operand(node: Node) -> list[int] | None:
+    """A node's ``axes``: the attribute (older opsets) or the constant second input
+    (newer ones, e.g. Squeeze/Unsqueeze from 13, ReduceMean from 18); None if unknown."""
+    axes = attribute(node, "axes")
+    if axes is not None:
+        return list(axes)
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        array = constant_array(node.inputs[1])
+        return None if array is None else [int(a) for a in array.reshape(-1)]
+    return None
+
+
 def attribute(node: Node, name: str, default=None):
     """An attribute's Python value, or ``default`` when the node does not set it."""
     attr = node.attributes.get(name)
