@@ -398,11 +398,8 @@ class Resolver:
         return word.text
 
     def _check_pipeline(self, text: ast.Text, source: SourceText) -> bool:
-        try:
-            from edgec.passmgr.pipeline import PipelineSyntaxError, parse_pipeline
-            from edgec.passmgr.registry import default_registry
-        except ImportError:
-            return True  # the pass manager is not there yet: nothing to check against
+        from edgec.passmgr.pipeline import PipelineSyntaxError, parse_pipeline
+        from edgec.passmgr.registry import default_registry
 
         def span_at(offset: int, length: int = 1) -> ast.Span:
             # Map into the line only when the literal has no escapes to shift columns.

@@ -36,17 +36,7 @@ def _case(name: str, source: str = "node") -> conformance.Case:
     return next(c for c in cases if c.name == name)
 
 
-def _pipeline_available() -> bool:
-    try:
-        from edgec.passmgr import run_pipeline  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _check(case: conformance.Case, transformation_name: str) -> None:
-    if transformation_name == "default-pipeline" and not _pipeline_available():
-        pytest.skip("edgec.passmgr.run_pipeline is not there yet")
     result = conformance.run_case(case, TRANSFORMATIONS[transformation_name]())
     if result.outcome is Outcome.ORT_FAILS_ORIGINAL:
         pytest.skip(f"onnxruntime fails on the original model ({result.reason})")
