@@ -65,15 +65,15 @@ class QuantizeWeights(Pass):
                 label = w.name or "weight"
                 q_value = root.make_constant(q, f"{label}_quantized")
                 s_value = root.make_constant(scale, f"{label}_scale")
-                z_value = root.make_constant(np.zeros(scale.shape, np.int8), f"{label}_zero_point")
                 out = Value(None, TensorType(DataType.FLOAT, w.shape))
                 attrs = {"axis": axis} if scale.ndim == 1 else {}
-                graph.insert_before(node, Node("DequantizeLinear", [q_value, s_value, z_value],
+                # Symmetric: the zero point is 0, the default when the input is left out.
+                graph.insert_before(node, Node("DequantizeLinear", [q_value, s_value],
                                                attributes=attrs, outputs=[out],
                                                name=graph.unique_name(f"{label}_DequantizeLinear")))
                 node.set_input(1, out)
                 stats["int8-weights"] += 1
-                stats["bytes-after"] += q.nbytes + scale.nbytes + scale.size
+                stats["bytes-after"] += q.nbytes + scale.nbytes
         for g in quantizable_graphs(model):
             for name, init in list(g.initializers.items()):
                 if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():

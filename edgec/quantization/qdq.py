@@ -5,7 +5,11 @@ transformer fuses into its int8 kernels (QLinearConv, QLinearMatMul, QGemm, ...)
 Activations get one QuantizeLinear/DequantizeLinear pair per tensor (u8 asymmetric by
 default, the fastest form on x86's u8s8 kernels; s8 symmetric on request) with ranges
 from calibration; weights are stored as int8 initializers, symmetric, per output
-channel, in 7 bits by default (x86 without VNNI saturates full-range u8 x s8 pairs); Conv and Gemm biases as int32 with scale ``s_x * s_w``. Before planning, a
+channel, in 7 bits by default (x86 without VNNI saturates full-range u8 x s8 pairs);
+Conv and Gemm biases as int32 with scale ``s_x * s_w``. Their zero point is 0, which
+is DequantizeLinear's default: the DequantizeLinear of a bias or a Conv weight leaves
+it out (MatMul and Gemm weights keep it, for onnxruntime's QGemm fusion), and scales
+and zero points of equal value are stored once. Before planning, a
 BatchNormalization that follows a quantized Conv is folded into the Conv's weights
 (``Conv(x, W, b) ∘ BN -> Conv(x, W', b')``) so the int8 kernel absorbs it, and a Relu
 (or Clip from 0) right after a quantized op is folded into that op's output
@@ -335,7 +339,6 @@ def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.
 def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[str, int]:
     """Insert the QDQ pairs ``config`` asks for, with ranges from ``calibration``."""
     plan = _plan(model, config)
-    root = model.graph
     # Folding renames values that are graph outputs; ranges are keyed by the old names.
     calibrated_name = {id(v): v.name for v in plan.activations.values()}
     for producer, relu in plan.relu_folds:
@@ -364,6 +367,7 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         params[key] = p
         return p
 
+    constants = _Parameters()
     stats = {"nodes-quantized": len(plan.nodes), "activations": 0, "weights": 0, "biases": 0,
              "relu-folded": len(plan.relu_folds)}
     # Biases first: they need the activation scale and the unquantized weight.
@@ -376,17 +380,22 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         if scale.ndim == 0:
             scale = np.full(bias.shape, scale, np.float32)
         q = np.clip(np.round(bias / scale.astype(np.float64)), -2**31, 2**31 - 1).astype(np.int32)
-        dq = _dequantize(root, node, q, scale, np.zeros(scale.shape, np.int32), 0, "bias")
+        dq = _dequantize(constants, node, q, scale, None, 0, "bias")
         node.set_input(b_index, dq)
         stats["biases"] += 1
     shared_weights: dict[tuple[int, int | None, int], Value] = {}
+    # Weights are symmetric: their zero point (0) is left out, except for Gemm and MatMul
+    # weights: onnxruntime (1.32) fuses DQ -> Gemm into QGemm only with an explicit zero
+    # point, and it turns MatMul + Add into Gemm first. (The zero arrays are shared.)
+    explicit_zero_point = {(id(n.inputs[i]), axis, id(n.graph)) for n, i, axis in plan.weights
+                           if n.op_type in ("Gemm", "MatMul")}
     for node, index, axis in plan.weights:
         w = node.inputs[index]
         key = (id(w), axis, id(node.graph))
         if key not in shared_weights:
             q, scale = quantize_weight(w.const.numpy(), axis, config.weight_bits)
-            zp = np.zeros(scale.shape, np.int8)
-            shared_weights[key] = _dequantize(root, node, q, scale, zp, axis, w.name or "w")
+            zp = np.zeros(scale.shape, np.int8) if key in explicit_zero_point else None
+            shared_weights[key] = _dequantize(constants, node, q, scale, zp, axis, w.name or "w")
             stats["weights"] += 1
         node.set_input(index, shared_weights[key])
     quantized_readers = {id(n) for n in plan.nodes}
@@ -399,10 +408,10 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
             q = _quantize_array(const, scale, zp)
             readers = [(n, i) for n, i in v.uses() if id(n) in quantized_readers]
             for n, i in readers:
-                n.set_input(i, _dequantize(root, n, q, np.asarray(scale), zp, None, v.name))
+                n.set_input(i, _dequantize(constants, n, q, np.asarray(scale), zp, None, v.name))
             continue
         everyone = id(v) in plan.outputs
-        _insert_qdq(root, v, scale, zp, everyone, quantized_readers)
+        _insert_qdq(constants, v, scale, zp, everyone, quantized_readers)
         stats["activations"] += 1
     for g in quantizable_graphs(model):
         for name, init in list(g.initializers.items()):
@@ -416,24 +425,44 @@ def _quantize_array(x: np.ndarray, scale, zp: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x / scale) + zp.astype(np.int32), info.min, info.max).astype(zp.dtype)
 
 
-def _dequantize(root: Graph, reader: Node, q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
-                axis: int | None, label: str) -> Value:
-    """An initializer ``q`` and a DequantizeLinear, placed before ``reader``."""
+class _Parameters:
+    """Scale and zero-point initializers, one per graph and distinct value: many
+    tensors share their quantization parameters (every ReLU6 output's range is [0, 6]),
+    and one initializer serves all their QuantizeLinear/DequantizeLinear nodes."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple, Value] = {}
+
+    def constant(self, graph: Graph, array: np.ndarray, name: str) -> Value:
+        key = (id(graph), array.dtype.str, array.shape, array.tobytes())
+        if key not in self._made:
+            self._made[key] = graph.make_constant(array, name)
+        return self._made[key]
+
+
+def _dequantize(constants: _Parameters, reader: Node, q: np.ndarray, scale: np.ndarray,
+                zp: np.ndarray | None, axis: int | None, label: str) -> Value:
+    """An initializer ``q`` and a DequantizeLinear, placed before ``reader``. Without
+    ``zp`` the zero point input is left out: ONNX reads it as 0 of ``q``'s type, which
+    is what symmetric int8 weights and int32 biases have (an explicit array of zeros
+    as long as the scales would only make the model bigger)."""
     # Constants live in the reader's own graph: onnxruntime's optimizer looks for a
     # DequantizeLinear's weight in the DequantizeLinear's graph, not in outer scopes.
     graph = reader.graph
     q_value = graph.make_constant(q, f"{label}_quantized")
-    s_value = graph.make_constant(np.asarray(scale, np.float32), f"{label}_scale")
-    z_value = graph.make_constant(zp, f"{label}_zero_point")
+    s_value = constants.constant(graph, np.asarray(scale, np.float32), f"{label}_scale")
+    inputs = [q_value, s_value]
+    if zp is not None:
+        inputs.append(constants.constant(graph, zp, f"{label}_zero_point"))
     attrs = {"axis": axis} if axis is not None and np.ndim(scale) == 1 else {}
     out = Value(None, TensorType(DataType.FLOAT, q_value.shape))
-    dq = Node("DequantizeLinear", [q_value, s_value, z_value], attributes=attrs, outputs=[out],
+    dq = Node("DequantizeLinear", inputs, attributes=attrs, outputs=[out],
               name=graph.unique_name(f"{label}_DequantizeLinear"))
     graph.insert_before(reader, dq)
     return out
 
 
-def _insert_qdq(root: Graph, v: Value, scale, zp: np.ndarray, everyone: bool,
+def _insert_qdq(constants: _Parameters, v: Value, scale, zp: np.ndarray, everyone: bool,
                 quantized_readers: set[int]) -> None:
     """v -> QuantizeLinear -> DequantizeLinear -> (readers). With ``everyone`` every
     reader (and a graph output slot) takes the DQ; otherwise quantized readers only."""
@@ -442,8 +471,8 @@ def _insert_qdq(root: Graph, v: Value, scale, zp: np.ndarray, everyone: bool,
     if graph is None or not uses and not (everyone and v.is_graph_output()):
         return
     base = v.name or "v"
-    s_value = graph.make_constant(np.asarray(scale, np.float32), f"{base}_scale")
-    z_value = graph.make_constant(zp, f"{base}_zero_point")
+    s_value = constants.constant(graph, np.asarray(scale, np.float32), f"{base}_scale")
+    z_value = constants.constant(graph, zp, f"{base}_zero_point")
     q_dtype = DataType.from_numpy(zp.dtype)
     q_out = Value(None, TensorType(q_dtype, v.shape))
     dq_out = Value(None, TensorType(DataType.FLOAT, v.shape) if v.shape is not None else v.type)

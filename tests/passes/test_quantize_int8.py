@@ -74,10 +74,11 @@ def test_qdq_structure_on_ir_text():
     w_dq = mm.inputs[1].producer()
     assert w_dq.inputs[0].const.dtype.short_name == "i8" and w_dq.attr("axis") == 1  # per output column
     assert w_dq.inputs[1].const.dims == (3,)
+    assert len(w_dq.inputs) == 3  # MatMul and Gemm weights keep their zero point (QGemm)
     g_w = gemm.inputs[1].producer()
     assert g_w.attr("axis") == 0  # transB=1: output channels are rows
     bias_dq = gemm.inputs[2].producer()
-    assert bias_dq.inputs[0].const.dtype.short_name == "i32"
+    assert bias_dq.inputs[0].const.dtype.short_name == "i32" and len(bias_dq.inputs) == 2
     x_scale = mm.inputs[0].producer().inputs[1].const.numpy()
     relu_q = gemm.inputs[0].producer().inputs[0].producer()
     assert relu_q.op_type == "QuantizeLinear" and relu_q.inputs[2].const.dtype.short_name == "u8"
@@ -143,6 +144,54 @@ def test_digits_int8_numerics(digits, method, ops, agreement, min_sqnr):
     assert fused.count("QLinearConv") == 3 and "QGemm" in fused and "Conv" not in fused
     assert len(q.SerializeToString()) < 0.35 * len(proto.SerializeToString())
 
+
+def with_explicit_zero_points(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with every omitted DequantizeLinear zero point written out as zeros."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    inits = {t.name: t for t in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 2:
+            dtype = helper.tensor_dtype_to_np_dtype(inits[node.input[0]].data_type)
+            zero = np.zeros(tuple(inits[node.input[1]].dims), dtype)
+            name = f"{node.name}_explicit_zero_point"
+            out.graph.initializer.append(numpy_helper.from_array(zero, name))
+            node.input.append(name)
+    return out
+
+
+def test_symmetric_weights_and_biases_omit_their_zero_points(digits):
+    """DequantizeLinear of int8 Conv weights and of int32 biases leaves out its zero point
+    (0, the default) instead of storing an array of zeros as long as the scales; Gemm and
+    MatMul weights keep one, since onnxruntime fuses them into QGemm only with it.
+    Same outputs, bit for bit, and the same int8 kernels as with the zeros written out;
+    scales and zero points of equal value are one initializer."""
+    proto, cal, held, _ = digits
+    model = load(proto)
+    quantize(model, cal, samples=64)
+    q = export_model(model)
+    inits = {t.name: t for t in q.graph.initializer}
+    consumers = {name: [n.op_type for n in q.graph.node if name in n.input] for name in inits}
+    dequantized = {}  # what each weight/bias DequantizeLinear feeds -> its input count
+    for node in q.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            dtype = inits[node.input[0]].data_type
+            reader = next(n for n in q.graph.node if node.output[0] in n.input)
+            role = "bias" if dtype == TensorProto.INT32 else "weight"
+            dequantized.setdefault((reader.op_type, role), set()).add(len(node.input))
+    assert dequantized == {("Conv", "weight"): {2}, ("Conv", "bias"): {2},
+                           ("Gemm", "weight"): {3}, ("Gemm", "bias"): {2}}
+    onnx.checker.check_model(q, full_check=True)
+    parameters = [inits[name] for name in inits
+                  if any(op in ("QuantizeLinear", "DequantizeLinear") for op in consumers[name])
+                  and inits[name].data_type != TensorProto.INT32 and len(inits[name].dims) == 0]
+    values = [(t.data_type, t.raw_data) for t in parameters]
+    assert len(values) == len(set(values))  # every scalar scale and zero point stored once
+    explicit = with_explicit_zero_points(q)
+    assert len(q.SerializeToString()) < len(explicit.SerializeToString())
+    for got, want in zip(run(q, held), run(explicit, held)):
+        np.testing.assert_array_equal(got, want)
+    assert sorted(fused_ops(q)) == sorted(fused_ops(explicit))
 
 def test_calibration_data_option_and_clear_error(tmp_path):
     proto = mlp(batch=1)

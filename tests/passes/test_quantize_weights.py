@@ -35,6 +35,7 @@ def test_conv_weights_int8_axis0():
     run_pass(QuantizeWeights(bits=4, min_elements=1), model)  # Conv stays int8 at opset 17
     dq = next(n for n in model.graph if n.op_type == "DequantizeLinear")
     assert dq.attr("axis") == 0 and dq.inputs[1].const.dims == (8,)
+    assert len(dq.inputs) == 2  # symmetric: the zero point (0) is DequantizeLinear's default
     x = {"input": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
     assert evaluate("sqnr", 0, run(proto, x), run(export_model(model), x)).value >= 35
 
