@@ -96,9 +96,18 @@ def _conv(
     group: int = 1,
     bias: bool = False,
 ) -> str:
-    """Conv with He-normal weights (std sqrt(2 / fan_in)), padding kernel // 2."""
+    """Conv with He-normal weights (std sqrt(2 / fan_in)), padding kernel // 2.
+
+    Depthwise kernels (one input channel per group) get a mean equal to their spread.
+    A zero-mean random 3x3 kernel is a high-pass filter; seventeen of them in a row,
+    each followed by a BatchNormalization that restores unit variance, leave little
+    but amplified pixel noise, and the network's output stops depending on what the
+    image shows. Trained MobileNets' depthwise filters are mostly smooth, low-pass ones.
+    """
     fan_in = cin // group * kernel * kernel
-    weight = b.rng.normal(0.0, math.sqrt(2.0 / fan_in), (cout, cin // group, kernel, kernel)).astype(np.float32)
+    std = math.sqrt(2.0 / fan_in)
+    mean = std if group > 1 and cin // group == 1 else 0.0
+    weight = b.rng.normal(mean, std, (cout, cin // group, kernel, kernel)).astype(np.float32)
     inputs = [x, b.initializer(f"{scope}.weight", weight)]
     if bias:
         bound = 1.0 / math.sqrt(fan_in)
@@ -139,15 +148,17 @@ def _batchnorm(b: _GraphBuilder, x: str, scope: str, channels: int) -> str:
     )
 
 
-def _calibrate_batchnorms(model: onnx.ModelProto, rng: np.random.Generator, batch: int = 2) -> None:
+def _calibrate_batchnorms(model: onnx.ModelProto, rng: np.random.Generator, batch: int = 2,
+                          feed: np.ndarray | None = None) -> None:
     """Sets every BatchNormalization's running statistics to those of its real input.
 
     A trained network's running statistics describe the activations that reach each
     BN; random ones would let activations drift layer by layer until they explode or
     vanish. So: run a copy of the model once in which each BN normalizes with its
     batch's own mean and variance (training-mode BN, spelled in primitive ops), on
-    standard-normal inputs, and read those statistics back. The eval-mode model then
-    computes exactly what the copy computed, on that batch.
+    standard-normal inputs (or on ``feed``, a batch of the data the model is meant
+    for), and read those statistics back. The eval-mode model then computes exactly
+    what the copy computed, on that batch.
     """
     weights = {tensor.name: tensor for tensor in model.graph.initializer}
     calibration = onnx.ModelProto()
@@ -187,8 +198,9 @@ def _calibrate_batchnorms(model: onnx.ModelProto, rng: np.random.Generator, batc
     import onnxruntime  # only models with BatchNormalization need it to build
     (graph_input,) = graph.input
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-    feed = rng.standard_normal([batch, *dims[1:]]).astype(np.float32)
-    graph_input.type.tensor_type.shape.dim[0].dim_value = batch
+    if feed is None:
+        feed = rng.standard_normal([batch, *dims[1:]]).astype(np.float32)
+    graph_input.type.tensor_type.shape.dim[0].dim_value = len(feed)
     del graph.output[: len(model.graph.output)]  # the batch dim changed; keep only the statistics
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # the calibration graph leaves eval-only initializers unused
