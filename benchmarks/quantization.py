@@ -7,8 +7,17 @@ model's labelled accuracy; and the sensitivity / mixed-precision demonstration.
     python benchmarks/quantization.py [--models resnet18,mobilenet_v2,transformer_encoder,digits]
         [--calibration 32] [--eval 100] [--rounds 7]
 
-Random-weight models are calibrated on seeded standard-normal inputs (seed 1) and
-evaluated on other standard-normal inputs (seed 2). Latency: onnxruntime CPU EP, all
+The CNNs (``--inputs task``, the default) are ResNet-18 and MobileNetV2 with random He
+backbones whose BatchNorm statistics come from the images of a synthetic 10-class
+texture task and whose classifier is fitted to it by ridge regression
+(``edgec.testing.tasks``): like trained networks, they are confident on their data,
+so top-1 agreement and accuracy measure what quantization did. Calibration samples
+(seed 1) and evaluation samples (seed 2) are drawn the same way from that task, and
+the task's labels give an accuracy column. ``--inputs noise`` instead feeds the
+unfitted 1000-class models seeded standard-normal inputs (seed 1 to calibrate, seed 2
+to evaluate), where the logits are nearly flat and top-1 flips under any perturbation.
+The transformer is always fed standard-normal inputs. Sizes are also printed for the
+unfitted 1000-class CNNs, the shape torchvision exports. Latency: onnxruntime CPU EP, all
 graph optimizations, default threads; the median over ``--rounds`` rounds, each round
 timing every variant in turn (so machine noise hits them alike).
 """
@@ -36,6 +45,7 @@ from edgec.quantization import QuantConfig, layer_sensitivity, mixed_precision, 
 from edgec.quantization.demo import outlier_mlp
 from edgec.quantization.observe import run
 from edgec.testing import models as M
+from edgec.testing.tasks import TextureTask, fit_to_task
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "spec_examples", "data")
@@ -48,6 +58,15 @@ def load_model(name: str):
         ev = dict(np.load(os.path.join(DATA, "digits.npz")))
         labels = np.load(os.path.join(DATA, "digits-labels.npz"))["labels"]
         return proto, cal, ev, labels
+    if name in ("resnet18", "mobilenet_v2") and ARGS.inputs == "task":
+        task = TextureTask()
+        start = time.perf_counter()
+        proto = fit_to_task(getattr(M, name)(), task)
+        print(f"{name}: fitted to {task} in {time.perf_counter() - start:.1f} s; "
+              f"held-out accuracy {dict((p.key, p.value) for p in proto.metadata_props)['edgec.testing.task_accuracy']}",
+              flush=True)
+        (cal, _), (ev, labels) = task.sample(ARGS.calibration, 1), task.sample(ARGS.eval, 2)
+        return proto, {"input": cal}, {"input": ev}, labels
     proto = getattr(M, name)()
     vi = proto.graph.input[0]
     shape = [d.dim_value for d in vi.type.tensor_type.shape.dim][1:]
@@ -166,7 +185,7 @@ def bench_model(name: str) -> None:
     ratio_all = lat["edgec int8 (all ops)"] / lat["ort quantize_static"]
     print(f"latency edgec int8 / ort quantize_static: Conv/MatMul/Gemm {ratio:.3f}, all ops {ratio_all:.3f} "
           f"(<= 1 means edgec is as fast or faster)")
-    for label, p in [("weight-only int8", QuantizeWeights(bits=8)), ("weight-only int4", QuantizeWeights(bits=4)),
+    for label, p in [("weight-only int8", QuantizeWeights(bits=8)), ("weight-only int4 (Conv int8 <op21)", QuantizeWeights(bits=4)),
                      ("fp16 (fp32 islands)", ConvertFp16())]:
         m = import_model(proto)
         p.run(m, PassContext())
@@ -174,6 +193,25 @@ def bench_model(name: str) -> None:
         s = scores(reference, run(q, ev), labels)
         print(f"{label:36s} {size(q) / 1024:9.1f} {100 * size(q) / fp32_size:6.1f}%   max|err| {s['maxerr']:.4g}  "
               f"SQNR {s['sqnr']:.1f} dB  top1 {100 * s['agree']:.2f}%", flush=True)
+
+
+def bench_sizes(names: list[str]) -> None:
+    """int8 size of the unfitted 1000-class CNNs (the shape torchvision exports)."""
+    if not names:
+        return
+    print("\n=== int8 size of the 1000-class CNNs (random weights; 8 standard-normal calibration samples) ===")
+    for name in names:
+        proto = getattr(M, name)()
+        vi = proto.graph.input[0]
+        shape = [d.dim_value for d in vi.type.tensor_type.shape.dim][1:]
+        cal = {vi.name: np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32)}
+        line = f"{name:14s} fp32 {size(proto) / 1024:9.1f} KB"
+        for label, config in (("Conv/MatMul/Gemm", QuantConfig()), ("all ops", QuantConfig(ops=("all",)))):
+            q, _ = edgec_int8(proto, cal, config)
+            line += f" | edgec int8 ({label}) {size(q) / 1024:9.1f} KB = {100 * size(q) / size(proto):5.2f}%"
+        q, _ = ort_int8(proto, cal, reduce_range=True)
+        line += f" | ort quantize_static {100 * size(q) / size(proto):5.2f}%"
+        print(line, flush=True)
 
 
 def bench_sensitivity() -> None:
@@ -198,7 +236,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet18,mobilenet_v2,transformer_encoder,digits")
     parser.add_argument("--calibration", type=int, default=32)
-    parser.add_argument("--eval", type=int, default=100)
+    parser.add_argument("--eval", type=int, default=500)
+    parser.add_argument("--inputs", choices=("task", "noise"), default="task",
+                        help="what the CNNs are fitted to and fed (see the module docstring)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-sensitivity", action="store_true")
@@ -206,6 +246,8 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     for name in ARGS.models.split(","):
         bench_model(name)
+    if ARGS.inputs == "task":
+        bench_sizes([m for m in ARGS.models.split(",") if m in ("resnet18", "mobilenet_v2")])
     if not ARGS.no_sensitivity:
         bench_sensitivity()
 
