@@ -18,7 +18,7 @@ unfitted 1000-class models seeded standard-normal inputs (seed 1 to calibrate, s
 to evaluate), where the logits are nearly flat and top-1 flips under any perturbation.
 The transformer is always fed standard-normal inputs. Sizes are also printed for the
 unfitted 1000-class CNNs, the shape torchvision exports. Latency: onnxruntime CPU EP, all
-graph optimizations, default threads; the median over ``--rounds`` rounds, each round
+graph optimizations, one intra-op thread (``--threads``); the median over ``--rounds`` rounds, each round
 timing every variant in turn (so machine noise hits them alike).
 """
 
@@ -122,6 +122,9 @@ def latencies(variants: dict[str, onnx.ModelProto], feed: dict[str, np.ndarray])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if ARGS.threads:
+        options.intra_op_num_threads = ARGS.threads
+        options.inter_op_num_threads = 1
     sessions = {k: ort.InferenceSession(p.SerializeToString(), options, providers=["CPUExecutionProvider"])
                 for k, p in variants.items()}
     for s in sessions.values():
@@ -241,6 +244,9 @@ def main() -> None:
                         help="what the CNNs are fitted to and fed (see the module docstring)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="onnxruntime intra-op threads for the latency column (0: its default); "
+                             "one thread is the least disturbed by other work on a shared machine")
     parser.add_argument("--no-sensitivity", action="store_true")
     ARGS = parser.parse_args()
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} CPUs; python {sys.version.split()[0]}")

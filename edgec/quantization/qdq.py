@@ -103,7 +103,11 @@ class _Plan:
     range_of: dict[int, str] = field(default_factory=dict)
     relu_folds: list[tuple[Node, Node]] = field(default_factory=list)  # (producer, relu)
     weights: list[tuple[Node, int, int | None]] = field(default_factory=list)  # node, input, axis
-    biases: list[tuple[Node, int, int, int]] = field(default_factory=list)  # node, bias, act, weight input
+    # (node holding the bias, its bias input, node holding activation and weight,
+    # activation input, weight input): Conv/Gemm biases, and the constant of the Add
+    # that follows a MatMul (onnxruntime turns MatMul + Add into Gemm, and fuses that
+    # into QGemm only when the bias is an int32 DequantizeLinear).
+    biases: list[tuple[Node, int, Node, int, int]] = field(default_factory=list)
 
 
 def quantizable_graphs(model: Model) -> list[Graph]:
@@ -196,7 +200,9 @@ def _plan(model: Model, config: QuantConfig) -> _Plan:
                 plan.weights.append((node, 1, _weight_axis(node, 1) if config.per_channel else None))
                 if len(inputs) > 2 and inputs[2] is not None and _constant(inputs[2]) is not None \
                         and len(inputs[2].const.dims) == 1 and op != "MatMul":
-                    plan.biases.append((node, 2, 0, 1))
+                    plan.biases.append((node, 2, node, 0, 1))
+                if op == "MatMul":
+                    _matmul_bias(node, chosen, plan)
             elif _is_float(w):
                 activation(w)
         elif op == "Clip":
@@ -224,6 +230,25 @@ def _plan(model: Model, config: QuantConfig) -> _Plan:
                 plan.relu_folds.append((node, relu))
                 plan.range_of[id(out)] = relu.outputs[0].name
     return plan
+
+
+def _matmul_bias(matmul: Node, chosen: set[int], plan: _Plan) -> None:
+    """Plans the Add after a quantized MatMul as its int32 bias, when the MatMul's
+    float output is read only by an Add (not itself quantized) of a constant vector
+    as long as the weight's last axis."""
+    out = matmul.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return
+    add, index = uses[0]
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or id(add) in chosen or add.graph is not matmul.graph:
+        return
+    bias = add.inputs[1 - index]
+    const = _constant(bias) if bias is not None else None
+    columns = matmul.inputs[1].const.dims[-1]
+    if const is None or const.dtype != np.float32 or const.shape != (columns,):
+        return
+    plan.biases.append((add, 1 - index, matmul, 0, 1))
 
 
 def _is_relu(node: Node) -> bool:
@@ -371,10 +396,10 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
     stats = {"nodes-quantized": len(plan.nodes), "activations": 0, "weights": 0, "biases": 0,
              "relu-folded": len(plan.relu_folds)}
     # Biases first: they need the activation scale and the unquantized weight.
-    for node, b_index, a_index, w_index in plan.biases:
-        x_scale, _ = params_of(node.inputs[a_index])
-        axis = next((ax for n, i, ax in plan.weights if n is node and i == w_index), None)
-        _, w_scale = quantize_weight(node.inputs[w_index].const.numpy(), axis, config.weight_bits)
+    for node, b_index, owner, a_index, w_index in plan.biases:
+        x_scale, _ = params_of(owner.inputs[a_index])
+        axis = next((ax for n, i, ax in plan.weights if n is owner and i == w_index), None)
+        _, w_scale = quantize_weight(owner.inputs[w_index].const.numpy(), axis, config.weight_bits)
         bias = node.inputs[b_index].const.numpy().astype(np.float64)
         scale = (np.float64(x_scale) * w_scale.astype(np.float64)).astype(np.float32)
         if scale.ndim == 0:

@@ -89,8 +89,33 @@ def test_qdq_structure_on_ir_text():
     assert model.graph.outputs[0].name == "y" and model.graph.outputs[0].producer() is gemm
     assert "Relu" in ops  # follows an fp32 Add: not folded
     assert '"mm": ' in printed and "QuantizeLinear" in printed
-    out, ref = run(export_model(model), samples)[0], run(before, samples)[0]
+    # The Add after the MatMul gets its constant as an int32 bias (scale s_x * s_w per
+    # column), so onnxruntime's MatMul + Add -> Gemm becomes a QGemm, not an fp32 Gemm
+    # dequantizing its weight on every run.
+    add_bias = nodes["add"].inputs[1].producer()
+    assert add_bias.op_type == "DequantizeLinear" and add_bias.inputs[0].const.dtype.short_name == "i32"
+    np.testing.assert_allclose(add_bias.inputs[1].const.numpy(), x_scale * w_dq.inputs[1].const.numpy(), rtol=1e-6)
+    quantized = export_model(model)
+    fused = fused_ops(quantized)
+    assert fused.count("QGemm") == 2 and not {"MatMul", "Gemm", "DequantizeLinear"} & set(fused), fused
+    out, ref = run(quantized, samples)[0], run(before, samples)[0]
     assert evaluate("sqnr", 0, [ref], [out]).value > 30
+
+
+def test_matmul_add_bias_only_when_the_add_stays_fp32_and_adds_a_column_vector():
+    """The all-ops policy quantizes the Add itself (its constant becomes a uint8
+    operand); an Add of a non-vector constant is left alone."""
+    model = parse_model(MLP_IR.replace("init %b", "init %w2: f32[3,3] = dense<[1.0, 0.0, 0.5, 0.0, 1.0, 0.5, 0.5, 0.5, 1.0]>\n    init %b"))
+    samples = {"x": np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)}
+    quantize(model, samples, ops=("all",))
+    add = {n.name: n for n in model.graph}["add"]
+    assert add.inputs[1].producer().inputs[0].const.dtype.short_name == "u8"
+    text = MLP_IR.replace('init %b: f32[3] = dense<[0.1, -0.2, 0.3]>', 'init %b: f32[1,3] = dense<[0.1, -0.2, 0.3]>') \
+        .replace('"gemm": %y: f32[N,3] = Gemm(%r, %w2, %b) {transB = 1}', '"gemm": %y: f32[N,3] = Relu(%r)')
+    model = parse_model(text)
+    quantize(model, samples)
+    add = {n.name: n for n in model.graph}["add"]
+    assert add.inputs[1].producer() is None  # still the fp32 initializer
 
 
 def test_excluded_nodes_stay_fp32_and_conv_bn_relu_folds():
