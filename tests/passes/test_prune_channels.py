@@ -238,3 +238,44 @@ def test_removing_zero_channels_keeps_real_model_outputs(build):
 
 def test_conformance_cases_still_pass():
     conformance(PruneChannels(), idempotent=False)
+
+
+def _digits():
+    import os
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "spec_examples")
+    proto = onnx.load(os.path.join(root, "digits.onnx"))
+    calibration = dict(np.load(os.path.join(root, "data", "digits-calibration.npz")))
+    held_out = np.load(os.path.join(root, "data", "digits.npz"))["input"]
+    labels = np.load(os.path.join(root, "data", "digits-labels.npz"))["labels"]
+    return proto, calibration, held_out, labels
+
+
+def test_recalibration_recovers_the_trained_models_accuracy():
+    """With calibration data, each Conv/Gemm output channel is re-matched to the
+    unpruned model's mean and spread (adaptive re-normalization), layer by layer. On
+    the trained digits model at 30 % (measured: 97.5 % unpruned, 94.4 % pruned, 97.2 %
+    recalibrated), on held-out samples the recalibration never saw."""
+    from edgec.passmgr.base import PassContext
+    from edgec.quantization.observe import run
+
+    proto, calibration, x, y = _digits()
+    accuracy = {"unpruned": float(np.mean(run(proto, {"input": x})[0].argmax(1) == y))}
+    for recalibrate in (False, True):
+        model = load(proto)
+        result = PruneChannels(sparsity=0.3, recalibrate=recalibrate).run(model, PassContext(calibration_data=calibration))
+        assert result.stats["recalibrated"] == (2 if recalibrate else 0)  # conv3 and fc: their inputs changed
+        out = run(export_model(model), {"input": x})[0]
+        accuracy[recalibrate] = float(np.mean(out.argmax(1) == y))
+    assert accuracy[True] >= accuracy[False] + 0.02
+    assert accuracy[True] >= accuracy["unpruned"] - 0.01
+
+
+def test_without_data_the_pass_is_data_free_and_unchanged():
+    """No calibration data: no recalibration, the same model as with recalibrate=false."""
+    from edgec.passmgr.base import PassContext
+
+    proto, calibration, x, _ = _digits()
+    a, b = load(proto), load(proto)
+    assert PruneChannels(sparsity=0.3).run(a, PassContext()).stats["recalibrated"] == 0
+    PruneChannels(sparsity=0.3, recalibrate=False).run(b, PassContext(calibration_data=calibration))
+    assert export_model(a).SerializeToString() == export_model(b).SerializeToString()
