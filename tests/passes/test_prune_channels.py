@@ -253,8 +253,9 @@ def _digits():
 def test_recalibration_recovers_the_trained_models_accuracy():
     """With calibration data, each Conv/Gemm output channel is re-matched to the
     unpruned model's mean and spread (adaptive re-normalization), layer by layer. On
-    the trained digits model at 30 % (measured: 97.5 % unpruned, 94.4 % pruned, 97.2 %
-    recalibrated), on held-out samples the recalibration never saw."""
+    the trained digits model at 30 % (measured: 97.5 % unpruned; 94.4 % pruned, 97.2 %
+    recalibrated before the blocks given back by apportionment; 75.2 % pruned, 92.5 %
+    recalibrated with them), on held-out samples the recalibration never saw."""
     from edgec.passmgr.base import PassContext
     from edgec.quantization.observe import run
 
@@ -263,11 +264,31 @@ def test_recalibration_recovers_the_trained_models_accuracy():
     for recalibrate in (False, True):
         model = load(proto)
         result = PruneChannels(sparsity=0.3, recalibrate=recalibrate).run(model, PassContext(calibration_data=calibration))
-        assert result.stats["recalibrated"] == (2 if recalibrate else 0)  # conv3 and fc: their inputs changed
+        # conv2, conv3 and fc: their inputs changed (conv1's did not)
+        assert result.stats["recalibrated"] == (3 if recalibrate else 0)
         out = run(export_model(model), {"input": x})[0]
         accuracy[recalibrate] = float(np.mean(out.argmax(1) == y))
-    assert accuracy[True] >= accuracy[False] + 0.02
-    assert accuracy[True] >= accuracy["unpruned"] - 0.01
+    assert accuracy[True] >= accuracy[False] + 0.1
+    assert accuracy[True] >= accuracy["unpruned"] - 0.07
+
+
+def test_blocks_are_apportioned_so_the_model_loses_the_fraction_asked_for():
+    """digits: conv1 16, conv2 32, conv3 32 channels. At 0.3 with blocks of 8, rounding
+    each group up keeps 16 / 24 / 24 (16 of 80 channels removed, 20 %); one more block
+    brings it to 24 of 80 (30 %). Unrounded groups are not apportioned."""
+    from edgec.passmgr.base import PassContext
+
+    proto = _digits()[0]
+    model = load(proto)
+    stats = PruneChannels(sparsity=0.3).run(model, PassContext()).stats
+    removed = {k.split(".", 1)[1]: v for k, v in stats.items() if k.startswith("removed.")}
+    assert sum(removed.values()) == 24 and all(n % 8 == 0 for n in removed.values())
+    model = load(proto)
+    stats = PruneChannels(sparsity=0.3, multiple_of=1).run(model, PassContext()).stats
+    assert stats["channels-removed"] == 4 + 9 + 9  # floor(0.3 * size) per group
+    model = load(proto)
+    stats = PruneChannels(sparsity=0.1).run(model, PassContext()).stats
+    assert stats["channels-removed"] == 8  # 10 % of 80 is one block
 
 
 def test_without_data_the_pass_is_data_free_and_unchanged():
