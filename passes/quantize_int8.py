@@ -11,6 +11,8 @@ branches are quantized too; Loop and Scan bodies are left fp32. With
 ``fallback=per-layer`` the pass ranks layers by sensitivity and keeps the most
 sensitive ones fp32 until ``metric`` holds ``tolerance`` on the calibration data
 (samples beyond ``samples`` are the evaluation set when there are any).
+A model below opset 13 (per-channel Q/DQ) is first converted to opset 13 with onnx's
+version converter (stat ``opset-converted-from``); if that fails the pass says why.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+
+import dataclasses
 
 from edgec.ir.core import Model
 from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
@@ -67,9 +71,10 @@ class QuantizeInt8(Pass):
             InferShapes().run(model, ctx)
         if not candidate_nodes(model, config):
             return PassResult(False, {"nodes-quantized": 0})
-        if model.opset() is not None and model.opset() < 13:
-            raise PassError(f"quantize-int8: needs opset >= 13 (per-channel QDQ); the model has "
-                            f"{model.opset()}")
+        converted_from = model.opset()
+        if converted_from is not None and converted_from < 13:
+            _upgrade_opset(model, 13)
+            InferShapes().run(model, ctx)
         samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         stats: dict[str, int | float] = {}
         if self.fallback == "per-layer":
@@ -91,4 +96,29 @@ class QuantizeInt8(Pass):
                     f"quantize-int8: {self.metric} misses {self.tolerance} even with every "
                     f"layer fp32 ({report.steps[-1]['detail']})")
         stats.update(quantize_static(model, samples, config, progress=ctx.progress))
-        return PassResult(bool(stats["nodes-quantized"] or stats["batchnorm-folded"]), stats)
+        if model.opset() != converted_from:
+            stats["opset-converted-from"] = converted_from
+        return PassResult(bool(stats["nodes-quantized"] or stats["batchnorm-folded"]
+                               or model.opset() != converted_from), stats)
+
+
+def _upgrade_opset(model: Model, target: int) -> None:
+    """Per-channel QuantizeLinear/DequantizeLinear need opset 13. An older model is
+    converted in place with onnx's version converter (which rewrites the ops whose
+    signature changed: Reshape's shape input, Upsample -> Resize, ...); if the
+    converter cannot, the pass stops with its reason."""
+    import onnx.version_converter
+
+    from edgec.frontend import export_model, import_model
+
+    before = model.opset()
+    try:
+        proto = onnx.version_converter.convert_version(export_model(model), target)
+        onnx.checker.check_model(proto)
+        converted = import_model(proto, base_dir=model.base_dir)
+    except Exception as e:  # noqa: BLE001 - the converter raises many kinds
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PassError(f"quantize-int8: needs opset >= 13 (per-channel QDQ); the model has {before} "
+                        f"and onnx's version converter could not convert it: {reason}") from None
+    for f in dataclasses.fields(Model):
+        setattr(model, f.name, getattr(converted, f.name))

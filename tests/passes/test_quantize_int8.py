@@ -272,3 +272,51 @@ def test_if_branches_are_quantized_and_calibrated():
         feed = {"x": samples["x"][i:i + 1]}
         ref, out = run_ort(proto, feed)["y"], run_ort(q, feed)["y"]
         np.testing.assert_allclose(out, ref, atol=0.05 * np.abs(ref).max() + 1e-3)
+
+
+def _opset9_cnn() -> onnx.ModelProto:
+    """Conv -> Relu -> MaxPool -> Reshape -> Gemm at opset 9 (MaxPool, Reshape and Gemm
+    changed since: the version converter must rewrite them)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b"),
+             numpy_helper.from_array(np.array([1, 8 * 4 * 4], dtype=np.int64), "shape"),
+             numpy_helper.from_array(rng.standard_normal((8 * 4 * 4, 5)).astype(np.float32) * 0.1, "fc_w"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32) * 0.1, "fc_b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["p", "shape"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc")]
+    graph = helper.make_graph(nodes, "opset9", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    return model
+
+
+def test_a_model_below_opset_13_is_converted_then_quantized():
+    proto = _opset9_cnn()
+    samples = {"x": np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)}
+    model = load(proto)
+    result = quantize(model, samples)
+    assert model.opset() == 13 and result.stats["opset-converted-from"] == 9
+    assert result.stats["nodes-quantized"] == 2  # the Conv and the Gemm
+    quantized = export_model(model)
+    onnx.checker.check_model(quantized, full_check=True)
+    assert {"QLinearConv", "QGemm"} <= set(fused_ops(quantized))
+    held = {"x": np.random.default_rng(2).standard_normal((32, 3, 8, 8)).astype(np.float32)}
+    assert evaluate("sqnr", 0, run(proto, held), run(quantized, held)).value > 25
+
+
+def test_an_opset_the_converter_cannot_handle_is_a_clear_error(monkeypatch):
+    import onnx.version_converter
+
+    def refuse(model, target):
+        raise RuntimeError("No Adapter For Frobnicate\nmore lines")
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    model = load(_opset9_cnn())
+    with pytest.raises(PassError, match=r"the model has 9 and onnx's version converter could not convert it: "
+                                        r"No Adapter For Frobnicate$"):
+        QuantizeInt8().run(model, PassContext(calibration_data={"x": np.zeros((2, 3, 8, 8), np.float32)}))
+    assert model.opset() == 9  # untouched
