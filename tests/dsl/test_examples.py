@@ -64,3 +64,21 @@ def test_invalid_example_gives_its_expected_errors(path: Path):
         assert message in gmessage
     for error in errors:  # every error can be shown with its line and a caret
         assert error.source_line is not None and "^" in error.render()
+
+
+@pytest.mark.parametrize("path", [p for p in VALID if load_spec(p).accuracy.data], ids=lambda p: p.name)
+def test_example_data_loads_for_the_example_model(path: Path):
+    """Every example's accuracy data (and labels) load for spec_examples/digits.onnx, the
+    model the README compiles them with: a glob that also caught the labels file once
+    made `edgec compile ... --spec pruning.edge` exit 2."""
+    import onnx
+
+    from edgec.data import load_labels, load_samples, model_inputs
+
+    spec = load_spec(path)
+    inputs = model_inputs(onnx.load(EXAMPLES / "digits.onnx"))
+    samples = load_samples(spec.accuracy.data, inputs)
+    count = len(samples["input"])
+    assert count > 0
+    if spec.accuracy.labels:
+        assert len(load_labels(spec.accuracy.labels)) == count
