@@ -113,11 +113,11 @@ class PruneChannels(Pass):
     """Remove the least important output channels of Conv/Gemm/MatMul and rewrite their readers."""
 
     name: ClassVar[str] = "prune-channels"
-    sparsity: float = field(default=0.3, metadata={"help": "fraction of each channel group's channels removed"})
+    sparsity: float = field(default=0.3, metadata={"help": "fraction of channels removed from each group (overall, in blocks of multiple-of)"})
     criterion: str = field(default="l1", metadata={"help": "l1 or l2 norm of a channel's weights"})
     min_channels: int = field(default=1, metadata={"help": "never leave a group with fewer channels"})
     compensate: bool = field(default=True, metadata={"help": "fold removed channels' mean into consumer biases"})
-    multiple_of: int = field(default=8, metadata={"help": "round each group's kept channels up to a multiple of this"})
+    multiple_of: int = field(default=8, metadata={"help": "kept channels are a multiple of this where a group's size is"})
     recalibrate: bool = field(default=True, metadata={
         "help": "with calibration data, re-match each Conv/Gemm output channel's mean and spread to the unpruned model's"})
     calibration_data: str = field(default="", metadata={"help": ".npz file/folder/glob when not under `edgec compile`"})
