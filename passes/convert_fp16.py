@@ -100,9 +100,7 @@ class ConvertFp16(Pass):
                                 out.name = graph.unique_name(f"{name}_fp16")
                                 back.name = name
                                 graph.outputs[k] = back
-        for name, init in list(graph.initializers.items()):
-            if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():
-                graph.remove_initializer(name)
+        graph.remove_unused_initializers()
         return PassResult(True, stats)
 
     def _fp16(self, node: Node, overflowing: set[str]) -> bool:

@@ -200,7 +200,6 @@ class PruneChannels(Pass):
             keep[root] = np.sort(order[remove:])
         return keep
 
-
     def _apportion(self, a: "_ChannelAnalysis", kept: dict[int, int], rounded: list[int],
                    importance: dict[int, np.ndarray]) -> None:
         """Rounding each group's kept count up to a block keeps more channels than asked
@@ -296,9 +295,7 @@ def _recalibrate(model: Model, reference, rewrite: "_Rewrite", samples: dict[str
         else:
             node.append_input(new_bias)
         changed += 1
-    for name, init in list(model.graph.initializers.items()):
-        if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():
-            model.graph.remove_initializer(name)
+    model.graph.remove_unused_initializers()
     return changed
 
 

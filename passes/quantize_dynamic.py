@@ -54,9 +54,7 @@ class QuantizeDynamic(Pass):
         if rewritten and self.format == "contrib":
             model.opset_imports.setdefault("com.microsoft", 1)
         for g in quantizable_graphs(model):
-            for name, init in list(g.initializers.items()):
-                if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():
-                    g.remove_initializer(name)
+            g.remove_unused_initializers()
         return PassResult(rewritten > 0, {"nodes-quantized": rewritten, "biases-folded": biases})
 
     def _match(self, node: Node):

@@ -17,12 +17,11 @@ version converter (stat ``opset-converted-from``); if that fails the pass says w
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-
-import dataclasses
 
 from edgec.ir.core import Model
 from edgec.passmgr.base import Pass, PassContext, PassError, PassResult

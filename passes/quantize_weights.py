@@ -75,9 +75,7 @@ class QuantizeWeights(Pass):
                 stats["int8-weights"] += 1
                 stats["bytes-after"] += q.nbytes + scale.nbytes
         for g in quantizable_graphs(model):
-            for name, init in list(g.initializers.items()):
-                if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():
-                    g.remove_initializer(name)
+            g.remove_unused_initializers()
         if stats["int4-weights"]:
             model.opset_imports.setdefault("com.microsoft", 1)
         return PassResult(bool(stats["int8-weights"] or stats["int4-weights"]), stats)

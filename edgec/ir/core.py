@@ -593,6 +593,15 @@ class Graph:
             value._graph = None
         return value
 
+    def remove_unused_initializers(self) -> int:
+        """Drop the initializers nothing reads (and that are not graph inputs or
+        outputs), e.g. the fp32 weights a rewrite replaced. Returns how many."""
+        unused = [name for name, init in self.initializers.items()
+                  if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output()]
+        for name in unused:
+            self.remove_initializer(name)
+        return len(unused)
+
     def make_constant(self, array: np.ndarray, name: str | None = None) -> Value:
         """A new initializer holding ``array``."""
         array = np.asarray(array)

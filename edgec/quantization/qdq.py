@@ -439,9 +439,7 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         _insert_qdq(constants, v, scale, zp, everyone, quantized_readers)
         stats["activations"] += 1
     for g in quantizable_graphs(model):
-        for name, init in list(g.initializers.items()):
-            if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():
-                g.remove_initializer(name)
+        g.remove_unused_initializers()
     return stats
 
 
@@ -589,7 +587,5 @@ def fold_batchnorms(model: Model) -> int:
             graph.remove(bn, safe=False)
             folded += 1
     for g in quantizable_graphs(model):
-        for name, init in list(g.initializers.items()):
-            if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output():
-                g.remove_initializer(name)
+        g.remove_unused_initializers()
     return folded

@@ -7,15 +7,16 @@ says nothing about the perturbation. A trained network is confident on the data 
 was trained for. This module builds that situation in code, with nothing downloaded:
 
 * :class:`TextureTask`: ``classes`` texture classes. Each class is a few oriented
-  colour gratings (class-specific spatial frequency, orientation and colour); each
-  sample draws a random phase and amplitude for every grating, a random contrast,
-  and adds white noise, so no two samples are alike and the class is recognisable
-  only by its frequency content, not by pixel positions.
+  colour gratings (class-specific spatial frequency, orientation, phase and colour);
+  each sample is translated by up to a sixteenth of the image, has every grating's
+  strength and its contrast jittered, and gets white noise, so no two samples are
+  alike.
 * :func:`fit_to_task`: takes a model from :mod:`edgec.testing.models` (random He
   backbone), sets every BatchNormalization's running statistics to those of the
   task's images, replaces the classifier with a ``classes``-wide one fitted by ridge
   regression on the backbone's features of task samples (a linear probe), and
-  returns the model. Its held-out accuracy is stored in the model's doc string.
+  returns the model. Its held-out accuracy is written into the model's doc string
+  and metadata (``edgec.testing.task_accuracy``).
 
 Different ``seed`` values give independent sample sets; the benchmarks draw
 calibration, evaluation and fitting samples from disjoint seeds of the same task.
@@ -79,28 +80,12 @@ class TextureTask:
         return images, labels.astype(np.int64)
 
 
-def _session(proto: onnx.ModelProto):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def _batched(session, name: str, x: np.ndarray, outputs: list[str], batch: int = 16) -> list[np.ndarray]:
-    parts = [session.run(outputs, {name: x[i:i + batch]}) for i in range(0, len(x), batch)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
-
-
-def _with_batch(model: onnx.ModelProto, batch: int | str) -> onnx.ModelProto:
+def _symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose inputs' and outputs' leading dimension is ``N``, to run in batches."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for value in list(copy.graph.input) + list(copy.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        if isinstance(batch, str):
-            dim.dim_param = batch
-        else:
-            dim.dim_value = batch
+        value.type.tensor_type.shape.dim[0].dim_param = "N"
     return copy
 
 
@@ -117,6 +102,7 @@ def fit_to_task(model: onnx.ModelProto, task: TextureTask, *, train: int = 600, 
     ``seed`` (BN statistics), ``seed + 1`` (fitting) and ``seed + 2`` (held out);
     callers evaluate on other seeds.
     """
+    from edgec.quantization.observe import run
     from edgec.testing.models import _calibrate_batchnorms
 
     gemm = model.graph.node[-1]
@@ -131,14 +117,14 @@ def fit_to_task(model: onnx.ModelProto, task: TextureTask, *, train: int = 600, 
     _calibrate_batchnorms(fitted, np.random.default_rng(seed), feed=x)
 
     # The classifier's input, read as an extra output of a dynamic-batch copy.
-    probe = _with_batch(fitted, "N")
+    probe = _symbolic_batch(fitted)
+    del probe.graph.output[:]
     probe.graph.output.append(onnx.ValueInfoProto(name=gemm.input[0]))
-    session = _session(probe)
     name = probe.graph.input[0].name
 
     def features(count: int, sample_seed: int) -> tuple[np.ndarray, np.ndarray]:
         x, y = task.sample(count, sample_seed)
-        (f,) = _batched(session, name, x, [gemm.input[0]])
+        (f,) = run(probe, {name: x})
         return f.reshape(len(f), -1).astype(np.float64), y
 
     f_train, y_train = features(train, seed + 1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgec.frontend import export_model, import_model
 from edgec.quantization import QuantConfig, quantize_static
+from edgec.quantization.observe import run
 from edgec.testing import models
 from edgec.testing.tasks import TextureTask, fit_to_task
 
@@ -49,8 +49,7 @@ def fitted() -> tuple[onnx.ModelProto, TextureTask]:
 
 
 def _logits(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    return run(proto, {"input": x})[0]
 
 
 def test_fitted_mobilenet_is_confident_and_accurate_on_its_task(fitted):
