@@ -11,6 +11,24 @@ from __future__ import annotations
 from edgec._version import __version__
 
 
+def _map_checkout_packages() -> None:
+    """In a source checkout, ``passes/`` and ``targets/`` sit beside ``edgec/`` and an
+    install maps them to ``edgec.passes`` / ``edgec.targets``. When this ``edgec`` is the
+    checkout's own (run from the repository root, or an editable install), make those
+    two importable from the same checkout, so it never mixes in another copy's passes."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if (os.path.isfile(os.path.join(root, "pyproject.toml"))
+            and os.path.isfile(os.path.join(root, "passes", "__init__.py"))
+            and os.path.isfile(os.path.join(root, "targets", "__init__.py"))
+            and root not in __path__):
+        __path__.append(root)
+
+
+_map_checkout_packages()
+
+
 def compile(model, spec, out: str, **options):
     """Compile ``model`` (a path) for ``spec`` (a .edge path or a resolved Spec) into the
     folder ``out``; returns the `Artifact`. Keyword options are those of
