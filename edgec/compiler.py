@@ -87,7 +87,7 @@ class _Inputs:
 def _read_inputs(model_path: str, spec, options: CompileOptions) -> _Inputs:
     from edgec.data import data_files
     from edgec.dsl import load_spec
-    from edgec.frontend.onnx_import import parse_model_bytes, read_model_bytes
+    from edgec.frontend.onnx_import import external_data_files, parse_model_bytes, read_model_bytes
 
     if not isinstance(spec, str) and not isinstance(spec, os.PathLike):
         spec_obj = spec
@@ -96,27 +96,13 @@ def _read_inputs(model_path: str, spec, options: CompileOptions) -> _Inputs:
     model_bytes, _ = read_model_bytes(model_path)
     proto = parse_model_bytes(model_bytes, model_path)
     base = os.path.dirname(os.path.abspath(model_path))
-    external = sorted({os.path.join(base, e.value) for t in _all_tensor_protos(proto)
-                       for e in t.external_data if e.key == "location"})
+    # Confined and checked before anything hashes them or lists them in the depfile.
+    external = external_data_files(proto, base, model_path)
     pattern = options.data if options.data is not None else spec_obj.accuracy.data
     files = data_files(pattern) if pattern else []
     labels = data_files(spec_obj.accuracy.labels) if spec_obj.accuracy.labels else []
     return _Inputs(model_path, model_bytes, external, spec_obj, list(spec_obj.sources),
                    pattern, files, labels)
-
-
-def _all_tensor_protos(proto: onnx.ModelProto):
-    def graph(g):
-        yield from g.initializer
-        for n in g.node:
-            for a in n.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                if a.HasField("g"):
-                    yield from graph(a.g)
-                for sub in a.graphs:
-                    yield from graph(sub)
-    yield from graph(proto.graph)
 
 
 def _spec_record(spec) -> dict:
@@ -483,8 +469,11 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
         ev.error = f"backend {config.backend} unavailable: {reason}"
         return attempt
     try:
-        backend.check_model(optimized)
-        result = backend.build(optimized, spec.target, folder, ctx.build_options)
+        # With the file's path: external weights resolve in the candidate's own folder.
+        model_file = os.path.join(folder, "model.onnx")
+        backend.check_model(optimized, model_path=model_file)
+        result = backend.build(optimized, spec.target, folder, ctx.build_options,
+                               model_path=model_file)
     except ModelError as e:
         if explicit_backend:
             raise

@@ -400,6 +400,56 @@ def _decode(raw: bytes) -> str | bytes:
         return raw
 
 
+def external_data_files(proto: onnx.ModelProto, base_dir: str, source: str = "<model>") -> list[str]:
+    """The real paths of the files ``proto``'s external data lives in, each confined to
+    ``base_dir`` (by `_resolve_inside`, the importer's own check) and a regular file,
+    before anything opens, hashes or lists them. Raises `ModelError` (exit 3) naming the
+    tensor otherwise."""
+    files: set[str] = set()
+    for tp in _all_tensor_protos(proto):
+        if tp.data_location != onnx.TensorProto.EXTERNAL and not len(tp.external_data):
+            continue
+        info = {e.key: e.value for e in tp.external_data}
+        location = info.get("location", "")
+        where = Location(path=source, obj=f"tensor '{tp.name}'")
+        if not location:
+            raise ModelError(Diagnostic.error("external data has no location", where))
+        resolved = _resolve_inside(base_dir, location)
+        if resolved is None:
+            raise ModelError(Diagnostic.error(
+                f"external data location '{location}' points outside the model's folder; "
+                "refusing to read it", where))
+        if not os.path.isfile(resolved):
+            what = "does not exist" if not os.path.exists(resolved) else "is not a regular file"
+            raise ModelError(Diagnostic.error(
+                f"external data file '{location}' {what}", where))
+        files.add(resolved)
+    return sorted(files)
+
+
+def _all_tensor_protos(proto: onnx.ModelProto):
+    def graph(g):
+        yield from g.initializer
+        for st in g.sparse_initializer:
+            yield st.values
+            yield st.indices
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from graph(a.g)
+                for sub in a.graphs:
+                    yield from graph(sub)
+    yield from graph(proto.graph)
+    for f in proto.functions:
+        for n in f.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    yield a.t
+
+
 def _resolve_inside(base_dir: str, location: str) -> str | None:
     """The real path of ``location`` under ``base_dir``, or None if it escapes it
     (absolute paths, ``..``, symlinks pointing elsewhere)."""

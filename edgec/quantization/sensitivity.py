@@ -58,7 +58,7 @@ class _Trials:
         self.config = config
         self.calibration = calibration or calibrate(self.base, samples, config, progress)
         self.eval_samples = eval_samples if eval_samples is not None else samples
-        self.reference = run(export_model(model), self.eval_samples)
+        self.reference = run(export_model(model), self.eval_samples, base_dir=model.base_dir)
 
     def layers(self) -> list[str]:
         seen = dict.fromkeys(n.name for n in candidate_nodes(self.base, self.config) if n.name)
@@ -67,7 +67,7 @@ class _Trials:
     def outputs(self, config: QuantConfig) -> list[np.ndarray]:
         model = _copy(self.base)
         apply(model, self.calibration, config)
-        return run(export_model(model), self.eval_samples)
+        return run(export_model(model), self.eval_samples, base_dir=model.base_dir)
 
     def score(self, config: QuantConfig, metric: str, tolerance, labels=None):
         return evaluate(metric, tolerance, self.reference, self.outputs(config), labels)
