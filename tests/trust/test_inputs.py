@@ -100,3 +100,112 @@ def test_external_data_location_outside_model_folder_is_refused_before_reading(
     line = one_line(result, 3)
     assert says in line and "fc0.weight" in line
     assert not depfile.exists()  # refused before anything is listed (or hashed)
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def _check(spec: Path, timeout=30):
+    return edgec_cli("check", spec, cwd=spec.parent, timeout=timeout)
+
+
+def test_include_fan_out_is_read_once_per_file(tmp_path):
+    # 16 files each including the next three times: 3**15 applications before.
+    for i in range(16):
+        body = "".join(f'include "f{i + 1}.edge"\n' for _ in range(3)) if i < 15 \
+            else "target host\n"
+        (tmp_path / f"f{i}.edge").write_text(body)
+    result = _check(tmp_path / "f0.edge", timeout=30)
+    assert result.returncode == 0, result.stderr
+
+
+def test_include_total_file_count_is_bounded(tmp_path):
+    for i in range(100):
+        (tmp_path / f"g{i}.edge").write_text("target host\n")
+    (tmp_path / "main.edge").write_text("".join(f'include "g{i}.edge"\n' for i in range(100)))
+    result = _check(tmp_path / "main.edge")
+    assert result.returncode == 2
+    assert "includes more than 64 files in all" in result.stderr
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/stdin", "fifo"])
+def test_include_of_a_device_or_fifo_is_refused_without_reading(tmp_path, target):
+    if target == "fifo":
+        os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "main.edge").write_text(f'include "{target}"\ntarget host\n')
+    proc = subprocess.Popen([sys.executable, "-m", "edgec", "check", str(tmp_path / "main.edge")],
+                            cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _, err = proc.communicate(timeout=30)  # stdin stays open: a read would hang
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    assert "is not a regular file" in err
+
+
+def test_check_of_dev_zero_is_refused_without_reading(tmp_path):
+    result = edgec_cli("check", "/dev/zero", cwd=tmp_path, timeout=30)
+    assert result.returncode == 2
+    assert "is not a regular file" in result.stderr
+
+
+def test_oversized_spec_file_is_refused_before_reading_it_whole(tmp_path):
+    big = tmp_path / "big.edge"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)  # sparse: 3 GiB that would take seconds and memory to read
+    result = edgec_cli("check", big, cwd=tmp_path, timeout=30)
+    assert result.returncode == 2
+    assert "over the limit of 1 MiB" in result.stderr
+
+
+def test_include_of_a_non_spec_file_is_one_line_without_its_content(tmp_path):
+    secret = tmp_path / "passwd"
+    secret.write_text("".join(f"user{i}:x:{i}:{i}:secret-{i}:/home/u{i}:/bin/sh\n"
+                              for i in range(40)))
+    (tmp_path / "main.edge").write_text('include "passwd"\ntarget host\n')
+    result = _check(tmp_path / "main.edge")
+    assert result.returncode == 2
+    assert "secret-" not in result.stderr and "user1" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ": error: " in ln]
+    assert errors == [f"{tmp_path / 'main.edge'}:1:9: error: passwd is not a spec file "
+                      "(its first line does not parse as a spec statement)"], result.stderr
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+def test_replaying_a_reproducer_with_a_hostile_option_runs_nothing(tmp_path):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from edgec.frontend import import_model
+    from edgec.passmgr import InternalError, Pass, PassManager, PassRegistry
+
+    @dataclass(frozen=True)
+    class Crash(Pass):
+        name: ClassVar[str] = "crash"
+        note: str = ""
+
+        def run(self, model, ctx):
+            raise RuntimeError("boom")
+
+    registry = PassRegistry()
+    registry.register(Crash)
+    hostile = "x'; touch PWNED; echo '"
+    pipeline = f'crash{{note="{hostile}"}}'
+    manager = PassManager(pipeline, registry=registry, reproducer_dir=str(tmp_path / "r"))
+    with pytest.raises(InternalError):
+        manager.run(import_model(mlp()), input_bytes=mlp().SerializeToString())
+    [repro] = list((tmp_path / "r").iterdir())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "edgec").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > argv.txt\n')
+    (bin_dir / "edgec").chmod(0o755)
+    subprocess.run(["sh", "command.sh"], cwd=repro, check=True, timeout=30,
+                   env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert not (repro / "PWNED").exists()
+    argv = (repro / "argv.txt").read_text().splitlines()
+    assert argv[argv.index("-p") + 1] == (repro / "pipeline.txt").read_text().strip()
+    assert hostile in argv[argv.index("-p") + 1]
