@@ -209,3 +209,32 @@ def test_replaying_a_reproducer_with_a_hostile_option_runs_nothing(tmp_path):
     argv = (repro / "argv.txt").read_text().splitlines()
     assert argv[argv.index("-p") + 1] == (repro / "pipeline.txt").read_text().strip()
     assert hostile in argv[argv.index("-p") + 1]
+
+
+# --------------------------------------------------------------------------- item 16
+
+
+def test_plugin_calling_sys_exit_on_import_is_a_broken_plugin_not_a_success(tmp_path):
+    site = tmp_path / "site"
+    (site / "exiter").mkdir(parents=True)
+    (site / "exiter" / "__init__.py").write_text("import sys\nsys.exit(0)\n")
+    info = site / "exiter-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: exiter\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[edgec.passes]\nexit-pass = exiter:Pass\n"
+                                           "[edgec.backends]\nexit-backend = exiter:Backend\n")
+    onnx.save(mlp(), str(tmp_path / "m.onnx"))
+    env = {"PYTHONPATH": f"{REPO}{os.pathsep}{site}"}
+    result = edgec_cli("opt", "m.onnx", "-o", "out.onnx", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.onnx").exists()  # the built-in passes ran
+    assert "plugin 'exiter' failed to load entry point 'exit-pass = exiter:Pass': " \
+           "it called sys.exit(0) while loading" in result.stderr
+    used = edgec_cli("opt", "m.onnx", "-p", "exit-pass", "-o", "out2.onnx", cwd=tmp_path, env=env)
+    assert used.returncode == 2, used.stderr
+    assert not (tmp_path / "out2.onnx").exists()
+    spec = spec_file(tmp_path / "s.edge")
+    compiled = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "art",
+                         "--cache-dir", tmp_path / "cache", cwd=tmp_path, env=env)
+    assert compiled.returncode == 0, compiled.stderr
+    assert (tmp_path / "art" / "manifest.json").exists()  # compiled, not exited early
