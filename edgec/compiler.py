@@ -26,7 +26,8 @@ from edgec import artifact as art
 from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
-from edgec.data import (InputSpec, load_labels, load_samples, model_inputs, synthetic_samples)
+from edgec.data import (InputSpec, check_labels, load_labels, load_samples, model_inputs,
+                        synthetic_samples)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
 from edgec.metrics import evaluate
@@ -299,6 +300,14 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                      f"(seed {spec.optimize.seed}); the spec gives no data")
         sink.warning("accuracy is checked on synthetic inputs: the spec gives no data")
     labels = load_labels(spec.accuracy.labels) if spec.accuracy.labels else None
+    if labels is not None and not inputs.data_pattern:
+        raise UsageError(Diagnostic.error(
+            "the spec gives labels but no data: labels name the classes of the data's samples, "
+            "so they need the data (accuracy.data or --data)",
+            Location(path=spec.accuracy.labels)))
+    if labels is not None:
+        check_labels(labels, count, None, spec.accuracy.labels)  # one per sample
+    all_labels = labels
     # Calibrate on the even samples and score on the odd ones, so that quantization is
     # never judged on the very samples it was calibrated with.
     if count >= 16:
@@ -309,11 +318,16 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     else:
         calibration = evaluation = samples
     batch = spec.budget.latency.batch if spec.budget.latency else 1
+    reference = _reference_outputs(inputs.model_path, original, evaluation)
+    if labels is not None:
+        first = reference[0] if reference else None
+        classes = int(np.prod(first.shape[1:])) if first is not None and first.ndim > 1 else None
+        check_labels(all_labels, len(all_labels), classes, spec.accuracy.labels)  # its classes
     ctx = _Context(
         inputs=inputs, spec=spec, staging=staging, cache_dir=cache_dir, options=options,
         sink=sink, original=original, base_dir=base_dir,
         calibration=calibration, evaluation=evaluation,
-        reference=_reference_outputs(inputs.model_path, original, evaluation), labels=labels,
+        reference=reference, labels=labels,
         bench_inputs=_batch_inputs(samples, in_specs, batch), at_hand=_target_at_hand(target),
         build_options=BuildOptions(
             cache_dir=cache_dir, tuning_trials=spec.optimize.tuning.trials,

@@ -238,3 +238,123 @@ def test_plugin_calling_sys_exit_on_import_is_a_broken_plugin_not_a_success(tmp_
                          "--cache-dir", tmp_path / "cache", cwd=tmp_path, env=env)
     assert compiled.returncode == 0, compiled.stderr
     assert (tmp_path / "art" / "manifest.json").exists()  # compiled, not exited early
+
+
+# --------------------------------------------------------------------------- item 10, and
+# item 12's --data/labels files: one located line, exit 2
+
+DIGITS = REPO / "spec_examples" / "digits.onnx"
+DIGITS_DATA = REPO / "spec_examples" / "data" / "digits.npz"
+DIGITS_LABELS = REPO / "spec_examples" / "data" / "digits-labels.npz"
+
+
+def _labelled_spec(path: Path, labels: Path) -> Path:
+    return spec_file(path, body=f'accuracy {{\n  metric accuracy\n  tolerance 1 %\n'
+                                f'  data "{DIGITS_DATA}"\n  labels "{labels}"\n}}\n')
+
+
+def _bad_npz(folder: Path, kind: str, key: str, good: np.ndarray) -> Path:
+    import io
+    import zipfile
+
+    path = folder / f"{kind}.npz"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, good)
+    elif kind == "truncated":
+        np.savez(path, **{key: good})
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "corrupt":
+        np.savez(path, **{key: good})
+        data = bytearray(path.read_bytes())
+        data[100:140] = b"\xff" * 40
+        path.write_bytes(bytes(data))
+    elif kind == "lying-header":
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, good[:2])
+        shape = str(good[:2].shape).encode()
+        claimed = str((10**12,) + good.shape[1:]).encode()
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"{key}.npy", buf.getvalue().replace(shape, claimed))
+    elif kind == "object":
+        np.savez(path, **{key: np.array([None] * len(good), dtype=object)})
+    elif kind == "strings":
+        np.savez(path, **{key: good.astype(str)})
+    else:
+        raise ValueError(kind)
+    return path
+
+
+@pytest.mark.parametrize("labels,says", [
+    ("one-hot", "labels must be integer class indices of rank 1"),
+    ("float", "labels must be integer class indices of rank 1"),
+    ("huge", "label 1000000000000 is not a class of this model: its first output has 10 classes"),
+    ("negative", "label -1 is not a class of this model"),
+    ("too-few", "labels hold 300 entries, but the data holds 359 samples"),
+    ("too-many", "labels hold 400 entries, but the data holds 359 samples"),
+])
+def test_labels_that_are_not_class_indices_of_the_data_are_refused(tmp_path, labels, says):
+    good = np.load(DIGITS_LABELS)["labels"]
+    array = {"one-hot": lambda: np.eye(10, dtype=np.int64)[good],
+             "float": lambda: good.astype(np.float32),
+             "huge": lambda: np.full_like(good, 10**12),
+             "negative": lambda: np.where(np.arange(len(good)) == 7, -1, good),
+             "too-few": lambda: good[:300],
+             "too-many": lambda: np.concatenate([good, good[:41]])}[labels]()
+    np.savez(tmp_path / "labels.npz", labels=array)
+    spec = _labelled_spec(tmp_path / "s.edge", tmp_path / "labels.npz")
+    result = edgec_cli("compile", DIGITS, "--spec", spec, "-o", tmp_path / "out",
+                       "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    line = one_line(result, 2)
+    assert says in line and line.startswith(f"{tmp_path / 'labels.npz'}: error: "), line
+    assert not (tmp_path / "out").exists()
+
+
+BAD_FILES = ["empty", "npy", "truncated", "corrupt", "lying-header", "object", "strings"]
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_unreadable_labels_file_is_one_line_exit_2(tmp_path, kind):
+    path = _bad_npz(tmp_path, kind, "labels", np.load(DIGITS_LABELS)["labels"])
+    spec = _labelled_spec(tmp_path / "s.edge", path)
+    result = edgec_cli("compile", DIGITS, "--spec", spec, "-o", tmp_path / "out",
+                       "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert one_line(result, 2).startswith(f"{path}: error: labels file ")
+
+
+@pytest.mark.parametrize("kind", BAD_FILES + ["device"])
+def test_unreadable_data_file_is_one_line_exit_2(tmp_path, kind):
+    path = "/dev/zero" if kind == "device" else \
+        _bad_npz(tmp_path, kind, "input", np.load(DIGITS_DATA)["input"])
+    result = edgec_cli("compile", DIGITS, "--spec", spec_file(tmp_path / "s.edge"),
+                       "--data", path, "-o", tmp_path / "out",
+                       "--cache-dir", tmp_path / "cache", cwd=tmp_path, timeout=60)
+    assert one_line(result, 2).startswith(f"{path}: error: ")
+
+
+def test_lying_npz_header_is_refused_before_allocating(tmp_path):
+    from edgec.data import read_npz
+    from edgec.diagnostics import UsageError
+
+    path = _bad_npz(tmp_path, "lying-header", "input", np.load(DIGITS_DATA)["input"])
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UsageError) as info:
+        read_npz(str(path), ["input"])
+    assert "over the limit" in info.value.diagnostics[0].message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_unused_arrays_in_an_npz_are_not_decompressed(tmp_path):
+    from edgec.data import read_npz
+
+    big = np.zeros(64 << 20, dtype=np.uint8)  # 64 MiB that deflates to ~64 KiB
+    np.savez_compressed(tmp_path / "d.npz", input=np.ones((2, 3), np.float32), unused=big)
+    del big
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    arrays = read_npz(str(tmp_path / "d.npz"), ["input"])
+    assert list(arrays) == ["input"] and arrays["input"].shape == (2, 3)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32_000  # KiB
