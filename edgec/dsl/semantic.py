@@ -39,6 +39,9 @@ DEFAULT_TOLERANCES = {
     "sqnr": Quantity(30.0, "dB"),
 }
 MAX_INCLUDE_DEPTH = 16
+# Latency is measured on inputs of the budget's batch, held in memory: a batch beyond
+# this is a typo (100000000 would allocate 25 GB for an 8x8 image model).
+MAX_BATCH = 1024
 # Bounds on the work one spec can ask for: the files it may include in all (each is
 # read and applied once, however often it is included), and each file's size.
 MAX_INCLUDED_FILES = 64
@@ -257,7 +260,8 @@ class Resolver:
                     self.error(source, extra.span, f"unknown percentile {extra.text}",
                                "spec.percentile")
             else:
-                batch = self._integer(extra, source, "a batch size", minimum=1)
+                batch = self._integer(extra, source, "a batch size", minimum=1,
+                                      maximum=MAX_BATCH)
         if limit is _INVALID or batch is _INVALID:
             return _INVALID
         return Latency(limit, percentile, batch)
@@ -485,7 +489,7 @@ class Resolver:
         return quantity
 
     def _integer(self, literal: ast.QuantityLiteral, source: SourceText, what: str,
-                 minimum: int):
+                 minimum: int, maximum: int | None = None):
         if literal.unit is not None:
             self.error(source, literal.unit.span, f"{what} is a plain count, without a unit",
                        "spec.unit-mismatch")
@@ -497,6 +501,9 @@ class Resolver:
             return _INVALID
         if value < minimum:
             self.error(source, literal.span, f"{what} must be at least {minimum}", "spec.range")
+            return _INVALID
+        if maximum is not None and value > maximum:
+            self.error(source, literal.span, f"{what} must be at most {maximum}", "spec.range")
             return _INVALID
         return int(value)
 

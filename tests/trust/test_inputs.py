@@ -358,3 +358,67 @@ def test_unused_arrays_in_an_npz_are_not_decompressed(tmp_path):
     arrays = read_npz(str(tmp_path / "d.npz"), ["input"])
     assert list(arrays) == ["input"] and arrays["input"].shape == (2, 3)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32_000  # KiB
+
+
+# --------------------------------------------------------------------------- item 11
+
+
+def _growing_model(kind: str) -> onnx.ModelProto:
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    shape = np.array([1000, 1000, 1000], np.int64)  # 1e9 elements: 4 GB if computed
+    nodes = [helper.make_node("Identity", ["s"], ["t"])]
+    inits = {"s": shape}
+    out_type = T.FLOAT
+    if kind == "ConstantOfShape":
+        nodes.append(helper.make_node("ConstantOfShape", ["t"], ["big"]))
+    elif kind == "Expand":
+        nodes.append(helper.make_node("Expand", ["one", "t"], ["big"]))
+        inits["one"] = np.ones(1, np.float32)
+    elif kind == "Tile":
+        nodes.append(helper.make_node("Tile", ["one", "t"], ["big"]))
+        inits["one"] = np.ones((1, 1, 1), np.float32)
+    elif kind == "Range":
+        nodes = [helper.make_node("Range", ["a", "b", "c"], ["big"])]
+        inits = {"a": np.array(0, np.int64), "b": np.array(500_000_000, np.int64),
+                 "c": np.array(1, np.int64)}
+        out_type = T.INT64
+    elif kind == "outer-Add":
+        nodes = [helper.make_node("Identity", ["col"], ["t"]),
+                 helper.make_node("Add", ["t", "row"], ["big"])]
+        inits = {"col": np.ones((40000, 1), np.float32), "row": np.ones((1, 40000), np.float32)}
+    nodes.append(helper.make_node("Identity", ["x"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [1])],
+        # The big output declares shape [1]: a lie the size bound must not believe.
+        [helper.make_tensor_value_info("big", out_type, [1]),
+         helper.make_tensor_value_info("y", T.FLOAT, [1])],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("kind", ["ConstantOfShape", "Expand", "Tile", "Range", "outer-Add"])
+def test_fold_constants_bounds_output_size_before_computing(tmp_path, kind):
+    onnx.save(_growing_model(kind), str(tmp_path / "m.onnx"))
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 31, 1 << 31))\n"
+            "from edgec.cli import main\n"
+            "sys.exit(main(['opt', 'm.onnx', '-p', 'fold-constants', '-o', 'out.onnx',"
+            " '--stats']))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "fold-constants - too-large" in result.stderr
+    out = onnx.load(str(tmp_path / "out.onnx"))
+    assert sum(t.ByteSize() for t in out.graph.initializer) < 1 << 20  # nothing big was folded
+
+
+def test_spec_batch_beyond_the_limit_is_a_located_error(tmp_path):
+    spec = tmp_path / "s.edge"
+    spec.write_text("target host\nbudget {\n  latency < 5 ms p50 at batch 100000000\n}\n")
+    result = edgec_cli("check", spec, cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"{spec}:3:31: error: a batch size must be at most 1024" in result.stderr
