@@ -289,14 +289,17 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     nodes_before = model.node_count()
 
     in_specs = model_inputs(original)
+    batch = spec.budget.latency.batch if spec.budget.latency else 1
+    _check_input_sizes(in_specs, batch, inputs.model_path)
     if inputs.data_pattern:
         samples = load_samples(inputs.data_pattern, in_specs)
         count = len(next(iter(samples.values())))
         data_note = f"{count} samples from {os.path.basename(inputs.data_pattern)}"
     else:
-        samples = synthetic_samples(in_specs, SYNTHETIC_SAMPLES, spec.optimize.seed)
-        count = SYNTHETIC_SAMPLES
-        data_note = (f"{SYNTHETIC_SAMPLES} synthetic samples drawn from the input types "
+        # A model with a fixed batch is fed whole batches: draw at least two of them.
+        count = max(SYNTHETIC_SAMPLES, 2 * (_fixed_batch(original) or 0))
+        samples = synthetic_samples(in_specs, count, spec.optimize.seed)
+        data_note = (f"{count} synthetic samples drawn from the input types "
                      f"(seed {spec.optimize.seed}); the spec gives no data")
         sink.warning("accuracy is checked on synthetic inputs: the spec gives no data")
     labels = load_labels(spec.accuracy.labels) if spec.accuracy.labels else None
@@ -317,7 +320,6 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         data_note += "; calibration on the even-numbered half, accuracy on the odd-numbered half"
     else:
         calibration = evaluation = samples
-    batch = spec.budget.latency.batch if spec.budget.latency else 1
     reference = _reference_outputs(inputs.model_path, original, evaluation)
     if labels is not None:
         first = reference[0] if reference else None
@@ -553,8 +555,38 @@ def _reference_outputs(model_path: str, original: onnx.ModelProto,
         raise ModelError(Diagnostic.error(
             f"onnxruntime cannot run the original model, so accuracy cannot be checked: "
             f"{str(e).splitlines()[0]}")) from None
-    return _run_all(lambda feed: session.run(None, feed), samples,
-                    [i.name for i in session.get_inputs()], _fixed_batch(original))
+    try:
+        return _run_all(lambda feed: session.run(None, feed), samples,
+                        [i.name for i in session.get_inputs()], _fixed_batch(original))
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise ModelError(Diagnostic.error(
+            f"onnxruntime cannot run the original model, so accuracy cannot be checked: "
+            f"{_ort_message(e)}", Location(path=model_path))) from None
+
+
+def _ort_message(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# One sample of one input, in bytes: beyond this the model is not one edgec can check
+# (a declared dimension of 2**31, say), and nothing is allocated for it.
+MAX_SAMPLE_BYTES = 256 << 20
+
+
+def _check_input_sizes(in_specs: list[InputSpec], batch: int, model_path: str) -> None:
+    for spec in in_specs:
+        count = 1
+        for axis, d in enumerate(spec.shape):
+            count *= d if isinstance(d, int) and d > 0 else (batch if axis == 0 else 1)
+        nbytes = count * np.dtype(spec.dtype).itemsize
+        if nbytes > MAX_SAMPLE_BYTES:
+            shown = [d if d is not None else "?" for d in spec.shape]
+            raise ModelError(Diagnostic.error(
+                f"input '{spec.name}' of shape {shown} takes {nbytes} bytes per run, over the "
+                f"limit of {MAX_SAMPLE_BYTES >> 20} MiB", Location(path=model_path)))
 
 
 def _fixed_batch(proto: onnx.ModelProto) -> int | None:
@@ -568,6 +600,9 @@ def _fixed_batch(proto: onnx.ModelProto) -> int | None:
 def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int | None,
              chunk: int = 64) -> list[np.ndarray]:
     total = len(next(iter(samples.values())))
+    if fixed and total < fixed:
+        raise UsageError(Diagnostic.error(
+            f"the model takes a fixed batch of {fixed} samples, but the data holds only {total}"))
     step = fixed or chunk
     outs: list[list[np.ndarray]] = []
     for start in range(0, total - (total % step if fixed else 0), step):

@@ -316,6 +316,9 @@ class _Importer:
         external = None
         if tp.data_location == onnx.TensorProto.EXTERNAL:
             external = self.external_data(tp)
+        problem = _tensor_size_problem(tp, external)
+        if problem:
+            self.error(problem, f"tensor '{tp.name}'")
         return Tensor.from_proto(tp, external)
 
     def external_data(self, tp: onnx.TensorProto) -> ExternalData | None:
@@ -376,6 +379,58 @@ class _Importer:
         if which == "opaque_type":
             return OpaqueType(tp.opaque_type.domain, tp.opaque_type.name)
         return None
+
+
+def _tensor_size_problem(tp: onnx.TensorProto, external: ExternalData | None) -> str | None:
+    """Why ``tp``'s data cannot be what its dims and type say (None: it can). Checked at
+    import, so that no pass ever reshapes or allocates from a size the bytes do not back."""
+    if any(d < 0 for d in tp.dims):
+        return f"has a negative dimension {list(tp.dims)}"
+    count = 1
+    for d in tp.dims:
+        count *= d
+    try:
+        dtype = DataType(tp.data_type)
+    except ValueError:
+        return f"has an unknown element type {tp.data_type}"
+    if dtype is DataType.UNDEFINED:
+        return "has no element type"
+    if dtype is DataType.STRING:
+        held = len(tp.string_data)
+        return None if held == count or tp.data_location == onnx.TensorProto.EXTERNAL else \
+            f"declares {list(tp.dims)} ({count} strings) but holds {held}"
+    bits = dtype.itemsize_bits
+    nbytes = (count * bits + 7) // 8
+    if tp.data_location == onnx.TensorProto.EXTERNAL:
+        if external is None:
+            return None  # reported by external_data
+        available = external.length if external.length is not None else None
+        if available is None:
+            try:
+                available = os.path.getsize(external.path) - external.offset
+            except OSError:
+                return None
+        return None if available >= nbytes else \
+            f"declares {list(tp.dims)} {dtype.name} ({nbytes} bytes) but its external data " \
+            f"holds {max(0, available)} bytes"
+    if tp.HasField("raw_data"):
+        held = len(tp.raw_data)
+        return None if held == nbytes else \
+            f"declares {list(tp.dims)} {dtype.name} ({nbytes} bytes) but holds {held} bytes"
+    try:
+        field = onnx.helper.tensor_dtype_to_field(tp.data_type)
+    except (KeyError, ValueError, TypeError):
+        return f"has an element type {tp.data_type} with no data field"
+    held = len(getattr(tp, field))
+    if dtype in (DataType.COMPLEX64, DataType.COMPLEX128):
+        want = 2 * count
+    elif bits < 8:
+        want = nbytes  # packed: a byte (two values) per entry
+    else:
+        want = count
+    if held == want or (held == 0 and count == 0):
+        return None
+    return f"declares {list(tp.dims)} ({count} elements) but holds {held} values"
 
 
 def _shape(sp: onnx.TensorShapeProto) -> Shape:
