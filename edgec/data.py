@@ -37,7 +37,17 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
         tt = vi.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                      for d in tt.shape.dim)
-        out.append(InputSpec(vi.name, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims))
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        except (KeyError, ValueError, TypeError):
+            from edgec.diagnostics import ModelError
+
+            what = "tensor" if vi.type.WhichOneof("value") == "tensor_type" else \
+                (vi.type.WhichOneof("value") or "untyped")
+            raise ModelError(Diagnostic.error(
+                f"input '{vi.name}' ({what}, element type {tt.elem_type}) is not a tensor "
+                "edgec can feed")) from None
+        out.append(InputSpec(vi.name, dtype, dims))
     return out
 
 

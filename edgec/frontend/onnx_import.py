@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -205,7 +207,7 @@ class _Importer:
             graph.add_initializer(v)
         for sp in gp.sparse_initializer:
             name = sp.values.name
-            tensor = Tensor(name=name, dtype=DataType(sp.values.data_type), dims=tuple(sp.dims))
+            tensor = Tensor(name=name, dtype=self.dtype(sp.values.data_type), dims=tuple(sp.dims))
             tensor.sparse_proto = sp
             v = scope.values.get(name)
             if v is None:
@@ -319,7 +321,15 @@ class _Importer:
         problem = _tensor_size_problem(tp, external)
         if problem:
             self.error(problem, f"tensor '{tp.name}'")
+            return Tensor(np.zeros(0, np.float32), name=tp.name)  # the import fails anyway
         return Tensor.from_proto(tp, external)
+
+    def dtype(self, code: int) -> DataType:
+        try:
+            return DataType(code)
+        except ValueError:
+            self.error(f"unknown element type {code}")
+            return DataType.UNDEFINED
 
     def external_data(self, tp: onnx.TensorProto) -> ExternalData | None:
         info = {e.key: e.value for e in tp.external_data}
@@ -360,11 +370,11 @@ class _Importer:
         which = tp.WhichOneof("value")
         if which == "tensor_type":
             tt = tp.tensor_type
-            return TensorType(DataType(tt.elem_type),
+            return TensorType(self.dtype(tt.elem_type),
                               _shape(tt.shape) if tt.HasField("shape") else None)
         if which == "sparse_tensor_type":
             tt = tp.sparse_tensor_type
-            return SparseTensorType(DataType(tt.elem_type),
+            return SparseTensorType(self.dtype(tt.elem_type),
                                     _shape(tt.shape) if tt.HasField("shape") else None)
         if which == "sequence_type":
             st = tp.sequence_type
@@ -374,7 +384,7 @@ class _Importer:
             return OptionalType(self.type(ot.elem_type) if ot.HasField("elem_type") else None)
         if which == "map_type":
             mt = tp.map_type
-            return MapType(DataType(mt.key_type),
+            return MapType(self.dtype(mt.key_type),
                            self.type(mt.value_type) if mt.HasField("value_type") else None)
         if which == "opaque_type":
             return OpaqueType(tp.opaque_type.domain, tp.opaque_type.name)
@@ -508,7 +518,8 @@ def _all_tensor_protos(proto: onnx.ModelProto):
 def _resolve_inside(base_dir: str, location: str) -> str | None:
     """The real path of ``location`` under ``base_dir``, or None if it escapes it
     (absolute paths, ``..``, symlinks pointing elsewhere)."""
-    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location \
+            or "\x00" in location:
         return None
     base = os.path.realpath(base_dir)
     target = os.path.realpath(os.path.join(base, location))

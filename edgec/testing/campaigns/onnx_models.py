@@ -1,7 +1,7 @@
 """Mutated ONNX models against `edgec opt` and `edgec compile` (issue 12, campaign b).
 
     python3 -m edgec.testing.campaigns onnx --count 10000 [--jobs 2] [--seed 0]
-        [--memory-gb 2] [--timeout 60] [--keep DIR] [--no-compile]
+        [--memory-gb 2] [--timeout 60] [--keep DIR] [--compile-every K]
 
 Each case takes one of the repository's own models (`edgec.testing.models`,
 ``spec_examples/digits.onnx``; some saved with external data) and applies one to three
@@ -377,10 +377,11 @@ def cases(count: int, seed: int, start: int = 0):
         yield f"case-{index:05d}", write
 
 
-def commands(compile_too: bool):
+def commands(compile_every: int):
     def make(folder: str, model: str) -> list[tuple[str, list[str]]]:
         out = [("opt", ["opt", model, "-o", os.path.join(folder, "opt.onnx")])]
-        if compile_too:
+        index = int(os.path.basename(folder).rsplit("-", 1)[-1])
+        if compile_every and index % compile_every == 0:
             out.append(("compile", ["compile", model, "--spec", os.path.join(folder, "spec.edge"),
                                     "--backend", "ort", "-o", os.path.join(folder, "art"),
                                     "--cache-dir", os.path.join(folder, "cache")]))
@@ -389,10 +390,12 @@ def commands(compile_too: bool):
 
 
 def campaign(count: int, *, seed: int = 0, jobs: int = 2, memory_gb: float = 2.0,
-             timeout: int = 60, keep: str | None = None, compile_too: bool = True,
+             timeout: int = 60, keep: str | None = None, compile_every: int = 1,
              start: int = 0, progress=None) -> Tally:
+    """Run cases ``start`` to ``start + count``: `edgec opt` on each, and `edgec compile`
+    on every ``compile_every``-th (0: none)."""
     _warm_up()
-    return run_cases(cases(count, seed, start), commands(compile_too), jobs=jobs,
+    return run_cases(cases(count, seed, start), commands(compile_every), jobs=jobs,
                      memory=int(memory_gb * (1 << 30)), seconds=timeout, keep=keep,
                      progress=progress)
 
@@ -432,7 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-gb", type=float, default=2.0)
     parser.add_argument("--timeout", type=int, default=60, help="seconds per run")
     parser.add_argument("--keep", metavar="DIR", help="copy failing cases here")
-    parser.add_argument("--no-compile", action="store_true", help="run `edgec opt` only")
+    parser.add_argument("--compile-every", type=int, default=1, metavar="K",
+                        help="run `edgec compile` on every K-th case too (0: opt only)")
 
 
 def run(args) -> int:
@@ -448,7 +452,7 @@ def run(args) -> int:
                   flush=True)
 
     tally = campaign(args.count, seed=args.seed, jobs=args.jobs, memory_gb=args.memory_gb,
-                     timeout=args.timeout, keep=args.keep, compile_too=not args.no_compile,
+                     timeout=args.timeout, keep=args.keep, compile_every=args.compile_every,
                      start=args.start, progress=progress)
     print(report(tally, time.monotonic() - start))
     return 0 if not tally.failures else 1
