@@ -39,14 +39,24 @@ def load_model(path: str, *, check: bool = True) -> Model:
 def read_model_bytes(path: str) -> tuple[bytes, str]:
     """The bytes of a model file (``-``: standard input) and the folder its external
     data is relative to."""
+    from edgec.safeio import read_regular_file
+
     if path == "-":
-        return sys.stdin.buffer.read(), os.getcwd()
+        data = sys.stdin.buffer.read(MAX_MODEL_BYTES + 1)
+        if len(data) > MAX_MODEL_BYTES:
+            raise ModelError(Diagnostic.error("the model on standard input is over protobuf's "
+                                              "2 GiB limit", Location(path="<stdin>")))
+        return data, os.getcwd()
     try:
-        with open(path, "rb") as f:
-            return f.read(), os.path.dirname(os.path.abspath(path))
+        # A regular file (not /dev/zero, a FIFO or a terminal) within protobuf's limit:
+        # weights beyond it live in external data.
+        return read_regular_file(path, MAX_MODEL_BYTES), os.path.dirname(os.path.abspath(path))
     except OSError as e:
         raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
                                           Location(path=path))) from None
+
+
+MAX_MODEL_BYTES = 2 << 30
 
 
 def parse_model_bytes(data: bytes, display: str = "<model>") -> onnx.ModelProto:

@@ -422,3 +422,12 @@ def test_spec_batch_beyond_the_limit_is_a_located_error(tmp_path):
     result = edgec_cli("check", spec, cwd=tmp_path)
     assert result.returncode == 2
     assert f"{spec}:3:31: error: a batch size must be at most 1024" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["opt", "compile"])
+def test_model_path_to_a_device_is_refused_without_reading(tmp_path, command):
+    extra = ["--spec", spec_file(tmp_path / "s.edge"), "-o", tmp_path / "out"] \
+        if command == "compile" else ["-o", tmp_path / "out.onnx"]
+    result = edgec_cli(command, "/dev/zero", *extra, cwd=tmp_path, timeout=30)
+    assert one_line(result, 3) == \
+        "/dev/zero: error: cannot read the model: is not a regular file (a device, FIFO or socket)"

@@ -356,10 +356,12 @@ def make_case(index: int, seed: int, bases, ops) -> tuple[str, bytes, dict[str, 
     return base_name, data, files, done
 
 
-def cases(count: int, seed: int, start: int = 0):
+def cases(count: int, seed: int, start: int = 0, until: float | None = None):
     bases = base_models()
     ops = _op_types()
     for index in range(start, start + count):
+        if until is not None and time.monotonic() > until:
+            return  # out of time: the report says how many ran
         base_name, data, files, done = make_case(index, seed, bases, ops)
 
         def write(folder, data=data, files=files, done=done, base_name=base_name):
@@ -391,11 +393,12 @@ def commands(compile_every: int):
 
 def campaign(count: int, *, seed: int = 0, jobs: int = 2, memory_gb: float = 2.0,
              timeout: int = 60, keep: str | None = None, compile_every: int = 1,
-             start: int = 0, progress=None) -> Tally:
+             start: int = 0, progress=None, max_seconds: float | None = None) -> Tally:
     """Run cases ``start`` to ``start + count``: `edgec opt` on each, and `edgec compile`
     on every ``compile_every``-th (0: none)."""
     _warm_up()
-    return run_cases(cases(count, seed, start), commands(compile_every), jobs=jobs,
+    until = None if max_seconds is None else time.monotonic() + max_seconds
+    return run_cases(cases(count, seed, start, until), commands(compile_every), jobs=jobs,
                      memory=int(memory_gb * (1 << 30)), seconds=timeout, keep=keep,
                      progress=progress)
 
@@ -435,6 +438,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-gb", type=float, default=2.0)
     parser.add_argument("--timeout", type=int, default=60, help="seconds per run")
     parser.add_argument("--keep", metavar="DIR", help="copy failing cases here")
+    parser.add_argument("--max-seconds", type=float, metavar="S",
+                        help="start no new case after S seconds (the report gives the count)")
     parser.add_argument("--compile-every", type=int, default=1, metavar="K",
                         help="run `edgec compile` on every K-th case too (0: opt only)")
 
@@ -447,12 +452,12 @@ def run(args) -> int:
         now = time.monotonic()
         if now - last[0] >= 30:
             last[0] = now
-            print(f"... {tally.cases} models, {tally.runs} runs, "
-                  f"{len(tally.failures)} failing, {now - start:.0f} s", file=sys.stderr,
-                  flush=True)
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(tally.by_kind.items()))
+            print(f"... {tally.cases} models, {tally.runs} runs ({kinds}), "
+                  f"{now - start:.0f} s", file=sys.stderr, flush=True)
 
     tally = campaign(args.count, seed=args.seed, jobs=args.jobs, memory_gb=args.memory_gb,
                      timeout=args.timeout, keep=args.keep, compile_every=args.compile_every,
-                     start=args.start, progress=progress)
+                     start=args.start, progress=progress, max_seconds=args.max_seconds)
     print(report(tally, time.monotonic() - start))
     return 0 if not tally.failures else 1
