@@ -71,7 +71,53 @@ def parse_model_bytes(data: bytes, display: str = "<model>") -> onnx.ModelProto:
         raise ModelError(Diagnostic.error(
             "not an ONNX model: it has no graph (empty, truncated or not a model file)",
             Location(path=display)))
+    bad = _non_utf8_string(proto)
+    if bad is not None:
+        raise ModelError(Diagnostic.error(
+            f"not a valid ONNX model: {bad} is not UTF-8 text", Location(path=display)))
     return proto
+
+
+def _non_utf8_string(message, where: str = "") -> str | None:
+    """Where a string field holds bytes that are not UTF-8 (protobuf hands those back as
+    bytes, which no later assignment accepts); None when every string is text. Tensor
+    data is not visited (it is bytes by design, and may be large)."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    stack = [(message, where or "model")]
+    while stack:
+        msg, path = stack.pop()
+        is_tensor = isinstance(msg, onnx.TensorProto)
+        for field, value in (_tensor_fields(msg) if is_tensor else msg.ListFields()):
+            here = f"{path}.{field.name}"
+            values = value if _repeated(field) else [value]
+            if field.type == F.TYPE_STRING:
+                if any(isinstance(v, bytes) for v in values):
+                    return here
+            elif field.type == F.TYPE_MESSAGE:
+                stack.extend((v, here) for v in values)
+    return None
+
+
+def _tensor_fields(tp: onnx.TensorProto):
+    for name in ("name", "doc_string", "external_data", "metadata_props"):
+        field = tp.DESCRIPTOR.fields_by_name.get(name)
+        if field is None:
+            continue
+        value = getattr(tp, name)
+        if _repeated(field) and not len(value):
+            continue
+        if not _repeated(field) and not tp.HasField(name):
+            continue
+        yield field, value
+
+
+def _repeated(field) -> bool:
+    # protobuf 5 and later: is_repeated; older releases only have label.
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return field.label == field.LABEL_REPEATED
 
 
 def import_model(proto: onnx.ModelProto, *, base_dir: str | None = None,

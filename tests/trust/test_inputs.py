@@ -431,3 +431,12 @@ def test_model_path_to_a_device_is_refused_without_reading(tmp_path, command):
     result = edgec_cli(command, "/dev/zero", *extra, cwd=tmp_path, timeout=30)
     assert one_line(result, 3) == \
         "/dev/zero: error: cannot read the model: is not a regular file (a device, FIFO or socket)"
+
+
+def test_model_with_a_non_utf8_name_is_a_model_error(tmp_path):
+    data = mlp().SerializeToString()
+    name = mlp().graph.node[0].name.encode()
+    assert name and data.count(name) >= 1
+    (tmp_path / "m.onnx").write_bytes(data.replace(name, b"\xe9" * len(name), 1))
+    result = edgec_cli("opt", "m.onnx", "-o", "out.onnx", cwd=tmp_path)
+    assert one_line(result, 3).endswith("is not UTF-8 text")
