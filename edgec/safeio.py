@@ -49,11 +49,21 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
     regular file or holds more than ``max_bytes`` bytes; never reads more than
     ``max_bytes + 1`` bytes, even from a file that grows while it is read."""
     fd = open_regular(path, max_bytes)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FileRefused(str(path), f"holds more than the limit of {_size(max_bytes)}")
-    return data
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        # Sized by the file, not the bound: read(n) reserves n bytes before reading.
+        size = os.fstat(fd).st_size
+        parts, total = [], 0
+        want = min(size, max_bytes) + 1
+        while True:
+            chunk = f.read(want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise FileRefused(str(path), f"holds more than the limit of {_size(max_bytes)}")
+            want = min(1 << 20, max_bytes + 1 - total)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
 def _size(n: int) -> str:

@@ -67,6 +67,7 @@ def _child(argv: list[str], folder: str, memory: int, seconds: int) -> None:
         tempfile.tempdir = None
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.alarm(seconds)
         from edgec.cli import main
 
@@ -124,6 +125,12 @@ def run_cases(cases, commands: Callable[[str, str], list[tuple[str, list[str]]]]
     tally = Tally()
     running: dict[int, tuple] = {}
     root = tempfile.mkdtemp(prefix="edgec-campaign-")
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # the children are killed and the folders removed below
+
+    # A campaign started in the background ignores SIGINT: SIGTERM stops it cleanly.
+    previous = signal.signal(signal.SIGTERM, stop)
     iterator = iter(cases)
 
     def start_next() -> bool:
@@ -180,4 +187,5 @@ def run_cases(cases, commands: Callable[[str, str], list[tuple[str, list[str]]]]
             except OSError:
                 pass
         shutil.rmtree(root, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
     return tally
