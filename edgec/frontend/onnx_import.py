@@ -470,13 +470,14 @@ def _tensor_size_problem(tp: onnx.TensorProto, external: ExternalData | None) ->
     if tp.data_location == onnx.TensorProto.EXTERNAL:
         if external is None:
             return None  # reported by external_data
+        # Exactly: the bytes read are `length`, or the rest of the file without one.
         available = external.length if external.length is not None else None
         if available is None:
             try:
                 available = os.path.getsize(external.path) - external.offset
             except OSError:
                 return None
-        return None if available >= nbytes else \
+        return None if available == nbytes else \
             f"declares {list(tp.dims)} {dtype.name} ({nbytes} bytes) but its external data " \
             f"holds {max(0, available)} bytes"
     if tp.HasField("raw_data"):

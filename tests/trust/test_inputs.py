@@ -440,3 +440,15 @@ def test_model_with_a_non_utf8_name_is_a_model_error(tmp_path):
     (tmp_path / "m.onnx").write_bytes(data.replace(name, b"\xe9" * len(name), 1))
     result = edgec_cli("opt", "m.onnx", "-o", "out.onnx", cwd=tmp_path)
     assert one_line(result, 3).endswith("is not UTF-8 text")
+
+
+def test_external_data_that_does_not_back_the_tensor_exactly_is_a_model_error(tmp_path):
+    model = external_model(tmp_path)
+    proto = onnx.load(str(model), load_external_data=False)
+    t = proto.graph.initializer[0]
+    for e in list(t.external_data):
+        if e.key == "length":
+            t.external_data.remove(e)  # without a length, the rest of the file is read
+    onnx.save(proto, str(model))
+    result = edgec_cli("opt", model, "-o", tmp_path / "out.onnx", cwd=tmp_path)
+    assert "but its external data holds" in one_line(result, 3)
