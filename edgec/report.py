@@ -43,6 +43,10 @@ def text_report(manifest: dict, measurements: dict) -> str:
     lines.append("")
     acc = m["accuracy"]
     lines.append(f"accuracy: {acc['detail']}")
+    if acc.get("scored_on"):
+        lines.append("  scored on " + ("the module's own outputs" if acc["scored_on"] == "module"
+                                       else "the optimized ONNX with onnxruntime (a proxy)")
+                     + f", {acc.get('scored_where') or 'host'}")
     lines.append(f"  on {acc['data']}")
     lines.append(f"size: {m['size_bytes'] / 2**20:.2f} MiB")
     lat = measurements.get("latency")

@@ -240,12 +240,13 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
 
 @dataclass
 class TVMRunner:
-    """A module loaded into a relax VM on this host."""
+    """A module loaded into a relax VM, on this host or on an RPC device."""
 
     input_names: list[str]
     output_names: list[str]
     vm: Any
     device: Any
+    session: Any = None  # the RPC session, for a module on a remote device
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -371,6 +372,10 @@ class TVMBackend:
                 notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
                              "device, reached over TVM RPC (an RPC tracker and key); "
                              "the module uses TVM's default schedules")
+            elif options.rpc is not None and options.rpc.emulated:
+                notes.append(f"not tuned: the RPC device {options.rpc.where} is an emulator, "
+                             "whose timings say nothing of the board's; the module uses "
+                             "TVM's default schedules")
             else:
                 mod, tuning, tuning_notes = self._tune(mod, target, tvm_target, options)
                 notes += tuning_notes
@@ -510,8 +515,7 @@ class TVMBackend:
             notes.append(f"{len(untuned)} of {len(tasks)} kernels keep TVM's naive default "
                          f"schedule ({why}): {', '.join(untuned)}")
         if options.rpc is not None:
-            notes.append(f"tuned on rpc://{options.rpc.host}:{options.rpc.port}/"
-                         f"{options.rpc.key}")
+            notes.append(f"tuned on {options.rpc.where}")
         details = {
             "database": f"{TUNING_DIR}/{db_dir.name}",
             "cost_model": cost_model,
@@ -623,28 +627,33 @@ class TVMBackend:
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
-        import tvm
+        runner = self.remote_runner(artifact_dir, details, options.rpc, threads=options.threads)
+        return _time_vm(runner.vm, runner.device, runner._arguments(inputs),
+                        where=options.rpc.where)
+
+    @staticmethod
+    def remote_runner(artifact_dir: str, details: dict[str, Any], config,
+                      threads: int | None = None) -> TVMRunner:
+        """The module uploaded to, loaded on and run by a device behind the RPC tracker:
+        outputs come back to this host (how accuracy is scored on the module itself)."""
         from tvm import relax, rpc
 
-        config = options.rpc
-        where = f"rpc://{config.host}:{config.port}/{config.key}"
         try:
             tracker = rpc.connect_tracker(config.host, config.port)
             remote = tracker.request(config.key, session_timeout=600)
         except Exception as error:
             raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
                                f"tracker {config.host}:{config.port}: {error}") from error
-        if options.threads:
+        if threads:
             configure = remote.get_function("runtime.config_threadpool")
-            configure(1, options.threads)
+            configure(1, threads)
         remote.upload(str(Path(artifact_dir) / details["module"]))
         library = remote.load_module(details["module"])
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
-        vm = relax.VirtualMachine(library, device)
-        names = [value["name"] for value in details["inputs"]]
-        arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
-                     for name in names]
-        return _time_vm(vm, device, arguments, where=where)
+        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
+                         output_names=[value["name"] for value in details["outputs"]],
+                         vm=relax.VirtualMachine(library, device), device=device,
+                         session=remote)
 
 
 def _time_vm(vm, device, arguments, *, where: str) -> LatencyStats:
