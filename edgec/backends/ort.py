@@ -18,36 +18,21 @@ SESSION_FILE = "session.json"
 MODEL_FILE = "model.onnx"
 
 
-def session_options(settings: dict[str, Any]):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                          settings.get("graph_optimization_level", "ORT_ENABLE_ALL"))
-    so.execution_mode = getattr(ort.ExecutionMode, settings.get("execution_mode", "ORT_SEQUENTIAL"))
-    so.intra_op_num_threads = int(settings.get("intra_op_num_threads", 0))
-    so.inter_op_num_threads = int(settings.get("inter_op_num_threads", 1))
-    so.log_severity_level = 3
-    return so
+# One implementation of loading and running: the device runtime's.
+from edgec_runtime.ort_runner import OrtRunner as _RuntimeOrtRunner  # noqa: E402
+from edgec_runtime.ort_runner import session_options  # noqa: E402,F401
 
 
-class OrtRunner:
-    def __init__(self, model_path: str, settings: dict[str, Any]):
-        import onnxruntime as ort
+class OrtRunner(_RuntimeOrtRunner):
+    """The device runtime's onnxruntime runner; load failures as `BackendError`."""
+
+    def __init__(self, model_path: str, settings: dict[str, Any], threads: int | None = None):
+        from edgec_runtime.errors import RuntimeFailure
 
         try:
-            self.session = ort.InferenceSession(model_path, session_options(settings),
-                                                providers=settings.get("providers",
-                                                                       ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise BackendError(Diagnostic.error(
-                f"onnxruntime cannot load the model: {str(e).splitlines()[0]}")) from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(None, {k: inputs[k] for k in self.input_names})
-        return dict(zip(self.output_names, outputs))
+            super().__init__(model_path, settings, threads=threads)
+        except RuntimeFailure as e:
+            raise BackendError(Diagnostic.error(e.message)) from None
 
 
 class OrtBackend:
