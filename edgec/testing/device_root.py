@@ -181,7 +181,9 @@ class DeviceRoot:
         return env
 
     def command(self, args: Sequence[str], cpu: str | None = None) -> list[str]:
-        return ["chroot", str(self.path), self.qemu, "-cpu", cpu or self.arch.default_cpu,
+        # The host's chroot, by its full path: the environment given is the device's.
+        chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+        return [chroot, str(self.path), self.qemu, "-cpu", cpu or self.arch.default_cpu,
                 "/usr/bin/python3", *map(str, args)]
 
     def python(self, args: Sequence[str], *, cpu: str | None = None,
