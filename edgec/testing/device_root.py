@@ -64,6 +64,20 @@ STAMP = ".edgec-device-root.json"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
+# TVM's RPC server, in the device's python itself: `python -m tvm.exec.rpc_server` starts
+# its server in a `python -m tvm.exec.popen_worker` subprocess, which a foreign root
+# cannot exec without binfmt_misc. Its sessions are forked (no exec), which works.
+RPC_SERVER = """\
+import sys
+from tvm.rpc.server import _popen_start_rpc_server as start
+host, port, tracker, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+tracker_host, _, tracker_port = tracker.rpartition(":")
+bound = start(host, port, port + 100, False,
+              (tracker_host, int(tracker_port)) if tracker else None, key)
+print(f"TVM RPC server on {host}:{bound}, key {key!r}, tracker {tracker or None}", flush=True)
+"""
+
+
 @dataclass(frozen=True)
 class Arch:
     debian: str            # Debian's architecture name
@@ -196,6 +210,14 @@ class DeviceRoot:
     def popen(self, args: Sequence[str], *, cpu: str | None = None,
               env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
         return subprocess.Popen(self.command(args, cpu), env=self.environment(env), **kwargs)
+
+    def rpc_server(self, *, tracker: str | None, key: str, host: str = "127.0.0.1",
+                   port: int = 9090, cpu: str | None = None, **kwargs) -> subprocess.Popen:
+        """A TVM RPC server on the emulated device (it shares this host's network),
+        registered with ``tracker`` (HOST:PORT) under ``key``. Timings taken from it are
+        the emulator's: pass ``--rpc-emulated`` to edgec with its tracker."""
+        return self.popen(["-c", RPC_SERVER, host, str(port), tracker or "", key], cpu=cpu,
+                          **kwargs)
 
     def host_path(self, inside: str) -> Path:
         return self.path / inside.lstrip("/")
@@ -429,6 +451,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--arch", default="arm64")
     p.add_argument("--cpu", help="qemu CPU model (default: the architecture's)")
     p.add_argument("args", nargs=argparse.REMAINDER)
+    r = sub.add_parser("rpc-server", help="a TVM RPC server on the emulated device")
+    r.add_argument("--arch", default="arm64")
+    r.add_argument("--cpu", help="qemu CPU model (default: the architecture's)")
+    r.add_argument("--tracker", metavar="HOST:PORT", help="register with this RPC tracker")
+    r.add_argument("--key", default="emulated", help="the device key at the tracker")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=9090)
     s = sub.add_parser("sizes", help="device install size per backend, as JSON")
     s.add_argument("--arch", default="arm64")
     args = parser.parse_args(argv)
@@ -444,6 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rest = args.args[1:] if args.args[:1] == ["--"] else args.args
             return subprocess.run(device.command(rest, args.cpu),
                                   env=device.environment()).returncode
+        elif args.command == "rpc-server":
+            device = build(args.arch, quiet=True)
+            return device.rpc_server(tracker=args.tracker, key=args.key, host=args.host,
+                                     port=args.port, cpu=args.cpu).wait()
         elif args.command == "sizes":
             runtime = Path(__file__).resolve().parents[2] / "edgec_runtime"
             print(json.dumps(install_sizes(args.arch, runtime_dir=runtime), indent=2))

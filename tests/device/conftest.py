@@ -94,11 +94,9 @@ def emulated_rpc(device_root, tmp_path_factory):
                  "--port", str(port), "--port-end", str(port + 1)],
                 stdout=log, stderr=subprocess.STDOUT, process_group=0))
         with open(logs / "server.log", "w") as log:
-            processes.append(device_root.popen(
-                ["-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
-                 "--port-end", str(server_port + 1), f"--tracker=127.0.0.1:{port}",
-                 f"--key={key}"],
-                cpu="cortex-a72", stdout=log, stderr=subprocess.STDOUT, process_group=0))
+            processes.append(device_root.rpc_server(
+                tracker=f"127.0.0.1:{port}", key=key, port=server_port, cpu="cortex-a72",
+                stdout=log, stderr=subprocess.STDOUT, process_group=0))
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if _port_open(port) and _registered(port, key):
@@ -106,8 +104,6 @@ def emulated_rpc(device_root, tmp_path_factory):
             if any(p.poll() is not None for p in processes):
                 break
             time.sleep(1)
-        else:
-            pass
         if not (_port_open(port) and _registered(port, key)):
             text = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
                              for p in sorted(logs.iterdir()))

@@ -111,6 +111,7 @@ def test_rpi4_tvm_accuracy_scored_on_the_module_over_emulated_rpc(emulated_rpc, 
     on the module's own outputs there, and latency is not taken from the emulator."""
     out, manifest = compile_for(tmp_path, DIGITS, RPI4, "tvm", rpc=emulated_rpc)
     accuracy = manifest["accuracy"]
+    print(json.dumps(accuracy, indent=1))
     assert accuracy["scored_on"] == "module"
     assert accuracy["scored_where"].startswith("rpc://127.0.0.1:")
     assert "(emulated)" in accuracy["scored_where"]
