@@ -106,6 +106,25 @@ def test_aarch64_targets_on_their_cpu(device_root, tmp_path, target, cpu, backen
     assert_matches_host(got, host_reference(DIGITS, _digits_inputs()), manifest)
 
 
+def test_pi5_module_refused_on_a_cortex_a72(device_root, tmp_path):
+    """Runnability is decided on the device: a module compiled for the Pi 5's CPU
+    (+dotprod, +fullfp16) is refused on a Cortex-A72 (exit 2, one line naming the
+    features) and accepted on a Cortex-A76."""
+    spec = tmp_path / "pi5.edge"
+    spec.write_text(f'target raspberry-pi-5\naccuracy {{\n  metric top1-agreement\n'
+                    f'  tolerance 2 %\n  data "{DIGITS_DATA}"\n}}\n'
+                    'optimize {\n  precision fp32\n}\n')
+    out, _ = compile_for(tmp_path, DIGITS, spec, "tvm")
+    art = device_root.stage(out, "pi5-check/artifact")
+    refused = device_root.python(["-m", "edgec_runtime", "check", art], cpu="cortex-a72",
+                                 timeout=600)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "dotprod" in refused.stderr and "fullfp16" in refused.stderr
+    accepted = device_root.python(["-m", "edgec_runtime", "check", art], cpu="cortex-a76",
+                                  timeout=600)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+
+
 def test_rpi4_tvm_accuracy_scored_on_the_module_over_emulated_rpc(emulated_rpc, tmp_path):
     """compile --rpc-tracker with an emulated device: the candidate's accuracy is scored
     on the module's own outputs there, and latency is not taken from the emulator."""
