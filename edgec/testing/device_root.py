@@ -189,7 +189,7 @@ class DeviceRoot:
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
-               "PYTHONPATH": f"{SOURCE}:{SITE}", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONPATH": f"{self.work}/src:{SOURCE}:{SITE}", "PYTHONDONTWRITEBYTECODE": "1",
                "TMPDIR": "/tmp"}
         env.update(extra or {})
         return env
@@ -222,9 +222,18 @@ class DeviceRoot:
     def host_path(self, inside: str) -> Path:
         return self.path / inside.lstrip("/")
 
+    @property
+    def work(self) -> str:
+        """This process's folder under the root's /work (processes share a root)."""
+        return f"{WORK}/{os.getpid()}"
+
+    def clean_work(self) -> None:
+        shutil.rmtree(self.host_path(self.work), ignore_errors=True)
+
     def stage(self, source: str | os.PathLike, name: str) -> str:
-        """Copy a file or folder from this host into the root's /work; its path inside."""
-        inside = f"{WORK}/{name}"
+        """Copy a file or folder from this host into this process's folder under the
+        root's /work; its path inside the root."""
+        inside = f"{self.work}/{name}"
         target = self.host_path(inside)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
@@ -239,9 +248,9 @@ class DeviceRoot:
 
     def stage_source(self, package_dir: str | os.PathLike) -> None:
         """Put a pure-Python package (edgec_runtime from this checkout) on the device's
-        PYTHONPATH, replacing any copy an earlier run left."""
+        PYTHONPATH for this process's runs (``{work}/src``, before ``SOURCE``)."""
         package_dir = Path(package_dir)
-        target = self.host_path(SOURCE) / package_dir.name
+        target = self.host_path(f"{self.work}/src") / package_dir.name
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(package_dir, target,

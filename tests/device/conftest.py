@@ -42,7 +42,8 @@ def device_root():
     runtime = REPO / "edgec_runtime"
     if runtime.is_dir():
         device.stage_source(runtime)
-    return device
+    yield device
+    device.clean_work()
 
 
 def _free_port() -> int:

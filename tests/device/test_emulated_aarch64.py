@@ -10,6 +10,8 @@ The digits model runs in CI (seconds per artifact once the root is cached); ResN
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import onnxruntime as ort
 import pytest
 
 import edgec
+from edgec.testing import device_root as dr
 from edgec.testing import models
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +47,7 @@ def run_on_device(device_root, artifact: Path, inputs: Path, cpu: str, name: str
     """``python3 -m edgec_runtime run`` inside the emulated board; its outputs."""
     art = device_root.stage(artifact, f"{name}/artifact")
     feed = device_root.stage(inputs, f"{name}/inputs.npz")
-    out = f"/work/{name}/outputs.npz"
+    out = f"{device_root.work}/{name}/outputs.npz"
     result = device_root.python(["-m", "edgec_runtime", "run", art, "--inputs", feed,
                                  "-o", out], cpu=cpu, timeout=timeout)
     assert result.returncode == 0, \
@@ -106,6 +109,45 @@ def test_aarch64_targets_on_their_cpu(device_root, tmp_path, target, cpu, backen
     assert_matches_host(got, host_reference(DIGITS, _digits_inputs()), manifest)
 
 
+SLIM_TVM = ("numpy", "numpy.libs", "numpy-*.dist-info", "tvm_ffi", "apache_tvm_ffi-*.dist-info",
+            "typing_extensions.py", "typing_extensions-*.dist-info")
+
+
+def test_tvm_artifact_runs_with_the_runtime_alone(device_root, tmp_path):
+    """A TVM artifact runs on the board with numpy, apache-tvm-ffi and libtvm_runtime.so
+    alone (the device install README gives): no apache-tvm package, no onnxruntime."""
+    import shutil
+
+    site = device_root.host_path(dr.SITE)
+    slim = device_root.host_path(f"{device_root.work}/slim-tvm")
+    if slim.exists():
+        shutil.rmtree(slim)
+    slim.mkdir(parents=True)
+    for pattern in SLIM_TVM:
+        for entry in site.glob(pattern):
+            copy = shutil.copytree if entry.is_dir() else shutil.copy2
+            copy(entry, slim / entry.name, **({"copy_function": os.link} if entry.is_dir()
+                                                else {}))
+    shutil.copy2(next(site.glob("tvm/**/libtvm_runtime.so")), slim / "libtvm_runtime.so")
+    out, manifest = compile_for(tmp_path, DIGITS, RPI4, "tvm")
+    art = device_root.stage(out, "slim/artifact")
+    feed = device_root.stage(DIGITS_DATA, "slim/inputs.npz")
+    env = {"PYTHONPATH": f"{device_root.work}/src:{device_root.work}/slim-tvm",
+           "EDGEC_TVM_RUNTIME_LIB": f"{device_root.work}/slim-tvm/libtvm_runtime.so",
+           "EDGEC_TVM_RUNTIME_VERSION": manifest["backend"]["details"]["tvm_version"]}
+    probe = device_root.python(["-c", "import importlib.util as u; print([m for m in "
+                                "('tvm', 'onnxruntime', 'onnx') if u.find_spec(m)])"], env=env)
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+    result = device_root.python(["-m", "edgec_runtime", "run", art, "--inputs", feed, "-o",
+                                 f"{device_root.work}/slim/outputs.npz"], cpu="cortex-a72", env=env,
+                                timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    with np.load(device_root.host_path(f"{device_root.work}/slim/outputs.npz")) as npz:
+        got = {key: npz[key] for key in npz.files}
+    assert_matches_host(got, host_reference(DIGITS, _digits_inputs()), manifest)
+    print(f"slim TVM device install: {sum(f.stat().st_size for f in slim.rglob('*') if f.is_file()) / 1e6:.1f} MB")
+
+
 def test_pi5_module_refused_on_a_cortex_a72(device_root, tmp_path):
     """Runnability is decided on the device: a module compiled for the Pi 5's CPU
     (+dotprod, +fullfp16) is refused on a Cortex-A72 (exit 2, one line naming the
@@ -156,9 +198,13 @@ def test_rpi4_resnet18_on_emulated_cortex_a72(device_root, tmp_path, backend):
     spec.write_text(RPI4.read_text().replace('data "data/digits.npz"', 'data "x.npz"')
                     .replace("precision fp32, int8", "precision fp32")
                     .replace("prune up to 30 % structured", ""))
+    started = time.monotonic()
     out, manifest = compile_for(tmp_path, model, spec, backend, allow_over_budget=True)
+    compiled = time.monotonic()
     got = run_on_device(device_root, out, tmp_path / "x.npz", "cortex-a72",
                         f"resnet18-{backend}", timeout=3600)
+    print(f"resnet18 {backend}: compile {compiled - started:.0f} s, on the emulated "
+          f"Cortex-A72 (2 samples, copy included) {time.monotonic() - compiled:.0f} s")
     want = host_reference(model, {name: x})
     scale = max(1.0, float(np.abs(want[0]).max()))
     error = float(np.abs(next(iter(got.values())) - want[0]).max())
