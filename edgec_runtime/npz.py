@@ -278,12 +278,22 @@ def read_npz(path: str, wanted: Mapping[str, tuple], *, what: str = "inputs",
         return out
 
 
+def castable(have: np.dtype, want: np.dtype) -> bool:
+    """Whether an array of ``have`` is taken for an input of ``want``: the same dtype, or
+    the same kind at another width (float64 data for a float32 input, int32 for int64).
+    Across kinds (int data for a float input, floats for an int input) it is refused."""
+    if have == want:
+        return True
+    kind = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+    return kind.get(have.kind) == kind.get(want.kind) and have.kind in "iuf"
+
+
 def check_header(name: str, have_dtype: np.dtype, have_shape: tuple, want_dtype: np.dtype,
                  want_shape: list, path: str | None, layouts: tuple[str, ...]) -> str:
     """Which layout the array is in ("batch" or "sample"); raises InputError naming the
     first mismatch."""
     rank = len(want_shape)
-    if have_dtype != want_dtype and not np.can_cast(have_dtype, want_dtype, casting="same_kind"):
+    if not castable(have_dtype, want_dtype):
         raise InputError(f"array '{name}' is {have_dtype}; the model's input is {want_dtype}",
                          path)
     allowed = []
@@ -329,6 +339,11 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray], *, what: str = "outpu
     (disk full, no such folder, /proc) the old file is untouched and nothing is left."""
     if path.endswith(os.sep) or os.path.isdir(path):
         raise InputError(f"the {what} path is a folder; give a file name (OUT.npz)", path)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise InputError(f"the {what} path exists and is not a regular file; refusing to "
+                         "replace it", path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)  # replace the file the link names, keep the link
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:

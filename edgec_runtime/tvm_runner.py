@@ -142,6 +142,30 @@ class TVMRunner:
         values = [result] if hasattr(result, "__dlpack__") else list(result)
         return {name: _to_numpy(value) for name, value in zip(self.output_names, values)}
 
+    def bench_times(self, feed: Mapping[str, np.ndarray]) -> list[float] | None:
+        """Seconds per call of ``main`` timed by the VM's own evaluator (as the compiler
+        and `edgec bench --rpc-tracker` time it), or None if this runtime lacks it."""
+        import struct
+
+        tvm_ffi = _runtime()
+        evaluator = tvm_ffi.get_global_func("runtime.RPCTimeEvaluator", allow_missing=True)
+        if evaluator is None:
+            return None
+        self.vm["set_input"]("main", *self._arguments(feed))
+        device = _KDL[self.kind]
+
+        def timed(repeat: int) -> list[float]:
+            feval = evaluator(self.vm, "invoke_stateful", device, 0, 1, repeat, 0, 100, 0, 1,
+                              0, "")
+            blob = bytes(feval("main"))
+            return list(struct.unpack("@" + "d" * repeat, blob))
+
+        timed(5)  # warm-up
+        times = timed(50)
+        if sum(times) < 0.5:  # fast models: more samples
+            times += timed(200)
+        return times
+
     def timed_call(self, feed: Mapping[str, np.ndarray]):
         args = self._arguments(feed)
         main = self._main
