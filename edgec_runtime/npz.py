@@ -306,7 +306,7 @@ def check_header(name: str, have_dtype: np.dtype, have_shape: tuple, want_dtype:
             (f"rank {rank} (batch-leading)" if r == rank else f"rank {r} ([samples, *input "
              "shape], one feed per sample)") for r in allowed)
         raise InputError(f"array '{name}' has shape {list(have_shape)} (rank {len(have_shape)});"
-                         f" the model's input {name} is {_show_shape(want_shape)}, so give "
+                         f" the model's input '{name}' is {_show_shape(want_shape)}, so give "
                          f"{ways}", path)
     layout = "batch" if len(have_shape) == rank else "sample"
     per_feed = have_shape[1:] if layout == "sample" else have_shape

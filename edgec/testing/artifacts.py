@@ -40,6 +40,20 @@ def build_digits(out: str | os.PathLike, backend: str = "ort", batch: int = 1) -
     return out
 
 
+def one_line_exit_2(capsys, argv, main=None) -> str:
+    """Run a CLI ``main`` in-process (edgec's by default) and check it failed as a user
+    error should: exit 2, exactly one ``error:`` line, no traceback, no "internal error".
+    Returns standard error."""
+    if main is None:
+        from edgec.cli import main
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+    return err
+
+
 def copy_artifact(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     shutil.copytree(src, dst)
     return Path(dst)
