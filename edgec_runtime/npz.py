@@ -27,6 +27,8 @@ from edgec_runtime.errors import InputError
 
 NUMERIC_KINDS = "biuf"
 _HEADER_LIMIT = 1 << 16
+# Deflate expands at most ~1032:1; a member claiming more than this is lying.
+_DEFLATE_RATIO = 1100
 # Errors zipfile, zlib and struct raise on a damaged archive.
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
                NotImplementedError, RuntimeError, KeyError, OverflowError, UnicodeError,
@@ -35,12 +37,12 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, st
 
 def max_input_bytes() -> int:
     """How many bytes of arrays one file may hold: $EDGEC_MAX_INPUT_BYTES, else half this
-    machine's memory."""
+    machine's memory, at most 8 GiB."""
     text = os.environ.get("EDGEC_MAX_INPUT_BYTES")
     if text and text.isdigit():
         return int(text)
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        return min(8 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     except (ValueError, OSError, AttributeError):
         return 4 << 30
 
@@ -144,6 +146,7 @@ class NpzFile:
                              "model's input names (numpy.savez(path, input=array))", path)
         if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise InputError(f"{what} file is not an .npz (not a zip archive)", path)
+        self._size = st.st_size
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
@@ -177,6 +180,18 @@ class NpzFile:
                              f"(it has: {', '.join(sorted(self._infos)) or 'nothing'})", self.path)
         if info.flag_bits & 0x1:
             raise InputError(f"array '{name}' is encrypted", self.path)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise InputError(f"array '{name}' is compressed with zip method "
+                             f"{info.compress_type}; numpy writes stored or deflated members",
+                             self.path)
+        # What the zip says of the member, checked against the archive itself: the
+        # uncompressed size is what gets allocated, so it must be believable.
+        if info.header_offset + info.compress_size > self._size or (
+                info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size) \
+                or info.file_size > info.compress_size * _DEFLATE_RATIO + 1024:
+            raise InputError(f"array '{name}': the zip's sizes for it ({info.compress_size} "
+                             f"bytes stored, {info.file_size} bytes claimed) do not fit the "
+                             "file: it is truncated or its directory lies", self.path)
         try:
             with self._zip.open(info) as member:
                 raw = member.read(_HEADER_LIMIT)
