@@ -19,6 +19,9 @@ from edgec_runtime.feeds import InputInfo
 from edgec_runtime.host import tvm_runtime_library
 
 _KDL = {"cpu": 1, "cuda": 2}
+# TVM's kernels assume 64-byte aligned buffers (its allocator's kAllocAlignment): an
+# input numpy happened to place at a 16-byte boundary crashes an AVX-512 aligned load.
+_ALIGNMENT = 64
 _POOLED_ALLOCATOR = 2
 
 
@@ -125,7 +128,8 @@ class TVMRunner:
                     isinstance(w, int) and w != h for h, w in zip(array.shape, info.shape)):
                 raise InputError(f"input '{info.name}' has shape {list(array.shape)}; the module "
                                  f"takes {list(info.shape)}", self.where)
-            tensor = tvm_ffi.from_dlpack(array)
+            tensor = tvm_ffi.from_dlpack(_aligned(array), require_alignment=_ALIGNMENT,
+                                         require_contiguous=True)
             if self._device is not None:
                 tensor = _to_device(tensor, self._device)
             args.append(tensor)
@@ -170,6 +174,17 @@ class TVMRunner:
         args = self._arguments(feed)
         main = self._main
         return lambda: main(*args)
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` itself if its data is 64-byte aligned and C-contiguous, else a copy that is."""
+    if array.flags.c_contiguous and array.ctypes.data % _ALIGNMENT == 0:
+        return array
+    raw = np.empty(array.nbytes + _ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGNMENT
+    out = raw[offset:offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
 
 
 def _to_numpy(value) -> np.ndarray:

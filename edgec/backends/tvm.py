@@ -27,7 +27,6 @@ import tempfile
 import time
 import types
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -238,29 +237,8 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
-@dataclass
-class TVMRunner:
-    """A module loaded into a relax VM on this host."""
-
-    input_names: list[str]
-    output_names: list[str]
-    vm: Any
-    device: Any
-
-    def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
-        import tvm
-
-        missing = [name for name in self.input_names if name not in inputs]
-        if missing:
-            raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
-                               f"{', '.join(self.input_names)}")
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device)
-                for name in self.input_names]
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.vm["main"](*self._arguments(inputs))
-        values = [result] if hasattr(result, "numpy") else list(result)
-        return {name: value.numpy() for name, value in zip(self.output_names, values)}
+# Running a module is the device runtime's job (one implementation for both sides).
+from edgec_runtime.tvm_runner import TVMRunner  # noqa: E402
 
 
 class TVMBackend:
@@ -598,28 +576,31 @@ class TVMBackend:
                 f"{host_arch()} host; copy the artifact to the device, or measure it over "
                 "TVM RPC", exit_code=2)
 
-    def load(self, artifact_dir: str, details: dict[str, Any]) -> TVMRunner:
+    def load(self, artifact_dir: str, details: dict[str, Any]):
+        """The device runtime's runner (`edgec_runtime.tvm_runner.TVMRunner`): one way
+        of loading and running a module, on the device and here alike."""
         self._check_runnable_here(details)
-        import tvm
-        from tvm import relax
+        from edgec_runtime.errors import RuntimeFailure
+        from edgec_runtime.tvm_runner import TVMRunner as RuntimeRunner
 
-        library = tvm.runtime.load_module(str(Path(artifact_dir) / details["module"]))
-        device = tvm.cpu()
-        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
-                         output_names=[value["name"] for value in details["outputs"]],
-                         vm=relax.VirtualMachine(library, device), device=device)
+        try:
+            return RuntimeRunner(str(Path(artifact_dir) / details["module"]), details)
+        except RuntimeFailure as error:
+            raise BackendError(error.message, exit_code=error.exit_code) from None
 
     def measure(self, artifact_dir: str, details: dict[str, Any],
                 inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
         if options.rpc is not None:
             return self._measure_rpc(artifact_dir, details, inputs, options)
-        import tvm
-
         set_threads(options.threads)
         runner = self.load(artifact_dir, details)
         # Timed like the RPC path (the VM's own evaluator), so that a local and a remote
         # bench of the same module measure the same thing.
-        return _time_vm(runner.vm, tvm.cpu(), runner._arguments(inputs), where="host")
+        times = runner.bench_times({name: inputs[name] for name in runner.input_names})
+        if not times:
+            from edgec.backends.base import time_calls
+            times = time_calls(runner.timed_call(inputs))
+        return LatencyStats.from_times(times, where="host")
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:

@@ -213,3 +213,18 @@ def test_runtime_distribution_needs_no_compiler():
     assert "onnxruntime" in " ".join(project["optional-dependencies"]["ort"])
     main = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "edgec_runtime" in main["tool"]["setuptools"]["packages"]
+
+
+def test_tvm_runner_copes_with_unaligned_inputs(built):
+    """TVM's kernels assume 64-byte aligned buffers; numpy data often sits at 16 bytes
+    (an AVX-512 aligned load on it crashed the process, now and then)."""
+    x = np.load(DIGITS_DATA)["input"][:16]
+    art = edgec_runtime.load(built("tvm"))
+    want = _reference(x)
+    raw = np.zeros(x.nbytes + 64, np.uint8)
+    for shift in (4, 16, 20, 32, 48):
+        base = (-raw.ctypes.data) % 64 + shift
+        unaligned = raw[base:base + x.nbytes].view(np.float32).reshape(x.shape)
+        unaligned[...] = x
+        assert unaligned.ctypes.data % 64 != 0
+        np.testing.assert_allclose(art.run({"input": unaligned})["logits"], want, atol=1e-4)
