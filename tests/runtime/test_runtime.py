@@ -228,3 +228,29 @@ def test_tvm_runner_copes_with_unaligned_inputs(built):
         unaligned[...] = x
         assert unaligned.ctypes.data % 64 != 0
         np.testing.assert_allclose(art.run({"input": unaligned})["logits"], want, atol=1e-4)
+
+
+def test_tvm_runtime_library_named_by_environment(built, tmp_path):
+    """A device without apache-tvm: tvm-ffi plus a copied libtvm_runtime.so."""
+    from edgec_runtime.host import tvm_runtime_library
+    library = tvm_runtime_library()
+    if library is None:
+        pytest.skip("no libtvm_runtime.so here")
+    copy = tmp_path / "lib" / "libtvm_runtime.so"
+    copy.parent.mkdir()
+    copy.write_bytes(Path(library).read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EDGEC_TVM_RUNTIME_LIB": str(copy),
+           "EDGEC_TVM_RUNTIME_VERSION": "0.27.0"}
+    script = ("import sys, edgec_runtime.tvm_runner as t, edgec_runtime.host as h\n"
+              "print(h.tvm_runtime_library(), h.tvm_version())\n"
+              "from edgec_runtime.cli import main\n"
+              "sys.exit(main(['run', sys.argv[1], '--inputs', sys.argv[2]]))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(built("tvm")), str(DIGITS_DATA)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{copy} 0.27.0") and "logits: float32[359, 10]" in done.stdout
+    env["EDGEC_TVM_RUNTIME_LIB"] = str(tmp_path / "missing.so")
+    done = subprocess.run([sys.executable, "-m", "edgec_runtime", "run", str(built("tvm")),
+                           "--inputs", str(DIGITS_DATA)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 2 and "TVM's runtime is not installed" in done.stderr

@@ -1,6 +1,6 @@
 """A deterministic CI sample of campaign (a) (issue 12): mutated npz files against `edgec
 run`, `edgec bench` and `edgec compile --data` — no traceback, every refusal one line,
-exit 2. The full campaign: ``python3 -m edgec.testing.campaigns.npz_files --count 10000``."""
+exit 2. The full campaign: ``python3 -m edgec.testing.campaigns npz --count 10000``."""
 
 import pytest
 

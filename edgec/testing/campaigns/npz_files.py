@@ -1,8 +1,10 @@
-"""Campaign (a) of issue 12: mutated `.npz` files against `edgec run`, `edgec bench` and
-`edgec compile --data` — 0 tracebacks, every refusal one line with exit 2.
+"""Mutated .npz files against `edgec run`, `edgec bench` and `edgec compile --data`.
 
-    python3 -m edgec.testing.campaigns.npz_files --count 10000 [--seed 0] [--json]
+Campaign (a) of issue 12: 0 tracebacks, every refusal one line with exit 2.
+
+    python3 -m edgec.testing.campaigns npz --count 10000 [--seed 0] [--json]
             [--targets run,bench,compile] [--keep DIR]
+    (or python3 -m edgec.testing.campaigns.npz_files ...)
 
 Each case is one file built from a valid digits data file by one or more mutations
 (dtypes, ranks, shapes, names, layouts, truncation, bit flips, lying `.npy` headers, lying
@@ -302,19 +304,24 @@ def run_campaign(count: int, seed: int = 0, targets: tuple[str, ...] = TARGETS,
             "mutations": dict(kinds), "peak_rss_mib": peak}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m edgec.testing.campaigns.npz_files",
-                                     description=__doc__.split("\n\n")[0])
+NAME = "npz"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--targets", default=",".join(TARGETS),
-                        help="comma-separated: run, bench, compile")
+                        help="comma-separated: run, bench, compile (case i goes to target "
+                             "i mod their number)")
     parser.add_argument("--keep", metavar="DIR", help="copy failing files here")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> int:
     targets = tuple(t for t in args.targets.split(",") if t)
     if not targets or any(t not in TARGETS for t in targets):
-        parser.error(f"--targets takes {', '.join(TARGETS)}")
+        print(f"error: --targets takes {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
 
     def progress(done, total, failed):
         print(f"{done}/{total} cases, {failed} failures", file=sys.stderr, flush=True)
@@ -332,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  case {failure['case']} ({failure['target']}, {failure['mutations']}): "
                   f"{failure['why']}: {' | '.join(failure['stderr'])[:300]}")
     return 0 if summary["failures"] == 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m edgec.testing.campaigns npz",
+                                     description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
