@@ -162,6 +162,8 @@ def required_features(target: dict, arch: str) -> list[str]:
     mattr = target.get("mattr") or []
     if isinstance(mattr, str):
         mattr = mattr.split(",")
+    if not isinstance(mattr, list):
+        mattr = []
     removed = set()
     for attr in mattr:
         attr = str(attr).strip()
@@ -287,6 +289,7 @@ def problems(backend: str, details: dict, facts: HostFacts) -> list[str]:
     """Why this machine cannot run an artifact of ``backend`` with these manifest
     ``details`` (an empty list: it can). Each reason names what is missing."""
     out: list[str] = []
+    details = details if isinstance(details, dict) else {}
     have = facts.runtimes.get(backend)
     if backend == "ort":
         if have is None:
@@ -295,7 +298,9 @@ def problems(backend: str, details: dict, facts: HostFacts) -> list[str]:
         if built and _version_tuple(built)[:1] != _version_tuple(have)[:1]:
             out.append(f"onnxruntime {have} is installed here; the artifact was built and "
                        f"checked with onnxruntime {built} (a different major version)")
-        providers = (details.get("settings") or {}).get("providers") or []
+        settings = details.get("settings")
+        providers = settings.get("providers") if isinstance(settings, dict) else None
+        providers = providers if isinstance(providers, list) else []
         available = facts.extra.get("ort.providers")
         if available is None:
             available = ort_providers()
@@ -308,10 +313,14 @@ def problems(backend: str, details: dict, facts: HostFacts) -> list[str]:
                        "install the onnxruntime build for this device (onnxruntime-gpu)")
         return out
     if backend == "tvm":
-        triple = details.get("triple") or (details.get("target") or {}).get("mtriple") or ""
+        target = details.get("target")
+        target = target if isinstance(target, dict) else {}
+        triple = details.get("triple") or target.get("mtriple") or ""
+        triple = triple if isinstance(triple, str) else ""
         arch = details.get("arch") or arch_of_triple(triple)
-        if isinstance((details.get("target") or {}).get("host"), dict) and not details.get("arch"):
-            arch = arch_of_triple(details["target"]["host"].get("mtriple", triple))
+        if isinstance(target.get("host"), dict) and not details.get("arch"):
+            arch = arch_of_triple(str(target["host"].get("mtriple", triple)))
+        arch = arch if isinstance(arch, str) else ""
         if arch and normalize_arch(arch) != facts.arch:
             name = details.get("target_name") or "another machine"
             out.append(f"the TVM module is built for {name} ({normalize_arch(arch)}"
@@ -327,8 +336,7 @@ def problems(backend: str, details: dict, facts: HostFacts) -> list[str]:
             out.append(f"TVM runtime {have} is installed here; the module was built with TVM "
                        f"{built}, and TVM modules load only in the same release line "
                        f"({'.'.join(map(str, _version_tuple(built)[:2]))}.x)")
-        target = details.get("target") or {}
-        if isinstance(target, dict):
+        if target:
             host_target = target.get("host") if isinstance(target.get("host"), dict) else target
             required = required_features(host_target, facts.arch)
             lacking = missing_features(required, facts.arch, facts.cpu_features)

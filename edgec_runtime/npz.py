@@ -27,6 +27,8 @@ from edgec_runtime.errors import InputError
 
 NUMERIC_KINDS = "biuf"
 _HEADER_LIMIT = 1 << 16
+# Deflate expands at most ~1032:1; a member claiming more than this is lying.
+_DEFLATE_RATIO = 1100
 # Errors zipfile, zlib and struct raise on a damaged archive.
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, struct.error,
                NotImplementedError, RuntimeError, KeyError, OverflowError, UnicodeError,
@@ -35,12 +37,12 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, st
 
 def max_input_bytes() -> int:
     """How many bytes of arrays one file may hold: $EDGEC_MAX_INPUT_BYTES, else half this
-    machine's memory."""
+    machine's memory, at most 8 GiB."""
     text = os.environ.get("EDGEC_MAX_INPUT_BYTES")
     if text and text.isdigit():
         return int(text)
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        return min(8 << 30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
     except (ValueError, OSError, AttributeError):
         return 4 << 30
 
@@ -144,6 +146,7 @@ class NpzFile:
                              "model's input names (numpy.savez(path, input=array))", path)
         if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise InputError(f"{what} file is not an .npz (not a zip archive)", path)
+        self._size = st.st_size
         try:
             self._zip = zipfile.ZipFile(path)
             infos = self._zip.infolist()
@@ -177,6 +180,18 @@ class NpzFile:
                              f"(it has: {', '.join(sorted(self._infos)) or 'nothing'})", self.path)
         if info.flag_bits & 0x1:
             raise InputError(f"array '{name}' is encrypted", self.path)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise InputError(f"array '{name}' is compressed with zip method "
+                             f"{info.compress_type}; numpy writes stored or deflated members",
+                             self.path)
+        # What the zip says of the member, checked against the archive itself: the
+        # uncompressed size is what gets allocated, so it must be believable.
+        if info.header_offset + info.compress_size > self._size or (
+                info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size) \
+                or info.file_size > info.compress_size * _DEFLATE_RATIO + 1024:
+            raise InputError(f"array '{name}': the zip's sizes for it ({info.compress_size} "
+                             f"bytes stored, {info.file_size} bytes claimed) do not fit the "
+                             "file: it is truncated or its directory lies", self.path)
         try:
             with self._zip.open(info) as member:
                 raw = member.read(_HEADER_LIMIT)
@@ -278,12 +293,22 @@ def read_npz(path: str, wanted: Mapping[str, tuple], *, what: str = "inputs",
         return out
 
 
+def castable(have: np.dtype, want: np.dtype) -> bool:
+    """Whether an array of ``have`` is taken for an input of ``want``: the same dtype, or
+    the same kind at another width (float64 data for a float32 input, int32 for int64).
+    Across kinds (int data for a float input, floats for an int input) it is refused."""
+    if have == want:
+        return True
+    kind = {"i": "int", "u": "int", "f": "float", "b": "bool"}
+    return kind.get(have.kind) == kind.get(want.kind) and have.kind in "iuf"
+
+
 def check_header(name: str, have_dtype: np.dtype, have_shape: tuple, want_dtype: np.dtype,
                  want_shape: list, path: str | None, layouts: tuple[str, ...]) -> str:
     """Which layout the array is in ("batch" or "sample"); raises InputError naming the
     first mismatch."""
     rank = len(want_shape)
-    if have_dtype != want_dtype and not np.can_cast(have_dtype, want_dtype, casting="same_kind"):
+    if not castable(have_dtype, want_dtype):
         raise InputError(f"array '{name}' is {have_dtype}; the model's input is {want_dtype}",
                          path)
     allowed = []
@@ -296,7 +321,7 @@ def check_header(name: str, have_dtype: np.dtype, have_shape: tuple, want_dtype:
             (f"rank {rank} (batch-leading)" if r == rank else f"rank {r} ([samples, *input "
              "shape], one feed per sample)") for r in allowed)
         raise InputError(f"array '{name}' has shape {list(have_shape)} (rank {len(have_shape)});"
-                         f" the model's input {name} is {_show_shape(want_shape)}, so give "
+                         f" the model's input '{name}' is {_show_shape(want_shape)}, so give "
                          f"{ways}", path)
     layout = "batch" if len(have_shape) == rank else "sample"
     per_feed = have_shape[1:] if layout == "sample" else have_shape
@@ -329,6 +354,11 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray], *, what: str = "outpu
     (disk full, no such folder, /proc) the old file is untouched and nothing is left."""
     if path.endswith(os.sep) or os.path.isdir(path):
         raise InputError(f"the {what} path is a folder; give a file name (OUT.npz)", path)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise InputError(f"the {what} path exists and is not a regular file; refusing to "
+                         "replace it", path)
+    if os.path.islink(path):
+        path = os.path.realpath(path)  # replace the file the link names, keep the link
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:

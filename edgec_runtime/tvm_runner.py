@@ -19,6 +19,9 @@ from edgec_runtime.feeds import InputInfo
 from edgec_runtime.host import tvm_runtime_library
 
 _KDL = {"cpu": 1, "cuda": 2}
+# TVM's kernels assume 64-byte aligned buffers (its allocator's kAllocAlignment): an
+# input numpy happened to place at a 16-byte boundary crashes an AVX-512 aligned load.
+_ALIGNMENT = 64
 _POOLED_ALLOCATOR = 2
 
 
@@ -125,7 +128,8 @@ class TVMRunner:
                     isinstance(w, int) and w != h for h, w in zip(array.shape, info.shape)):
                 raise InputError(f"input '{info.name}' has shape {list(array.shape)}; the module "
                                  f"takes {list(info.shape)}", self.where)
-            tensor = tvm_ffi.from_dlpack(array)
+            tensor = tvm_ffi.from_dlpack(_aligned(array), require_alignment=_ALIGNMENT,
+                                         require_contiguous=True)
             if self._device is not None:
                 tensor = _to_device(tensor, self._device)
             args.append(tensor)
@@ -142,10 +146,45 @@ class TVMRunner:
         values = [result] if hasattr(result, "__dlpack__") else list(result)
         return {name: _to_numpy(value) for name, value in zip(self.output_names, values)}
 
+    def bench_times(self, feed: Mapping[str, np.ndarray]) -> list[float] | None:
+        """Seconds per call of ``main`` timed by the VM's own evaluator (as the compiler
+        and `edgec bench --rpc-tracker` time it), or None if this runtime lacks it."""
+        import struct
+
+        tvm_ffi = _runtime()
+        evaluator = tvm_ffi.get_global_func("runtime.RPCTimeEvaluator", allow_missing=True)
+        if evaluator is None:
+            return None
+        self.vm["set_input"]("main", *self._arguments(feed))
+        device = _KDL[self.kind]
+
+        def timed(repeat: int) -> list[float]:
+            feval = evaluator(self.vm, "invoke_stateful", device, 0, 1, repeat, 0, 100, 0, 1,
+                              0, "")
+            blob = bytes(feval("main"))
+            return list(struct.unpack("@" + "d" * repeat, blob))
+
+        timed(5)  # warm-up
+        times = timed(50)
+        if sum(times) < 0.5:  # fast models: more samples
+            times += timed(200)
+        return times
+
     def timed_call(self, feed: Mapping[str, np.ndarray]):
         args = self._arguments(feed)
         main = self._main
         return lambda: main(*args)
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """``array`` itself if its data is 64-byte aligned and C-contiguous, else a copy that is."""
+    if array.flags.c_contiguous and array.ctypes.data % _ALIGNMENT == 0:
+        return array
+    raw = np.empty(array.nbytes + _ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGNMENT
+    out = raw[offset:offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
 
 
 def _to_numpy(value) -> np.ndarray:

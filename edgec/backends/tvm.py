@@ -238,15 +238,20 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
+# Running a module is the device runtime's job (one implementation for both sides).
+from edgec_runtime.tvm_runner import TVMRunner  # noqa: E402
+
+
 @dataclass
-class TVMRunner:
-    """A module loaded into a relax VM, on this host or on an RPC device."""
+class RemoteTVMRunner:
+    """A module loaded into a relax VM on a device behind a TVM RPC tracker; inputs go
+    there and outputs come back to this host."""
 
     input_names: list[str]
     output_names: list[str]
     vm: Any
     device: Any
-    session: Any = None  # the RPC session, for a module on a remote device
+    session: Any  # the RPC session: it lives as long as the runner
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -602,28 +607,31 @@ class TVMBackend:
                 f"{host_arch()} host; copy the artifact to the device, or measure it over "
                 "TVM RPC", exit_code=2)
 
-    def load(self, artifact_dir: str, details: dict[str, Any]) -> TVMRunner:
+    def load(self, artifact_dir: str, details: dict[str, Any]):
+        """The device runtime's runner (`edgec_runtime.tvm_runner.TVMRunner`): one way
+        of loading and running a module, on the device and here alike."""
         self._check_runnable_here(details)
-        import tvm
-        from tvm import relax
+        from edgec_runtime.errors import RuntimeFailure
+        from edgec_runtime.tvm_runner import TVMRunner as RuntimeRunner
 
-        library = tvm.runtime.load_module(str(Path(artifact_dir) / details["module"]))
-        device = tvm.cpu()
-        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
-                         output_names=[value["name"] for value in details["outputs"]],
-                         vm=relax.VirtualMachine(library, device), device=device)
+        try:
+            return RuntimeRunner(str(Path(artifact_dir) / details["module"]), details)
+        except RuntimeFailure as error:
+            raise BackendError(error.message, exit_code=error.exit_code) from None
 
     def measure(self, artifact_dir: str, details: dict[str, Any],
                 inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
         if options.rpc is not None:
             return self._measure_rpc(artifact_dir, details, inputs, options)
-        import tvm
-
         set_threads(options.threads)
         runner = self.load(artifact_dir, details)
         # Timed like the RPC path (the VM's own evaluator), so that a local and a remote
         # bench of the same module measure the same thing.
-        return _time_vm(runner.vm, tvm.cpu(), runner._arguments(inputs), where="host")
+        times = runner.bench_times({name: inputs[name] for name in runner.input_names})
+        if not times:
+            from edgec.backends.base import time_calls
+            times = time_calls(runner.timed_call(inputs))
+        return LatencyStats.from_times(times, where="host")
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
@@ -633,7 +641,7 @@ class TVMBackend:
 
     @staticmethod
     def remote_runner(artifact_dir: str, details: dict[str, Any], config,
-                      threads: int | None = None) -> TVMRunner:
+                      threads: int | None = None) -> RemoteTVMRunner:
         """The module uploaded to, loaded on and run by a device behind the RPC tracker:
         outputs come back to this host (how accuracy is scored on the module itself)."""
         from tvm import relax, rpc
@@ -650,10 +658,10 @@ class TVMBackend:
         remote.upload(str(Path(artifact_dir) / details["module"]))
         library = remote.load_module(details["module"])
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
-        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
-                         output_names=[value["name"] for value in details["outputs"]],
-                         vm=relax.VirtualMachine(library, device), device=device,
-                         session=remote)
+        return RemoteTVMRunner(input_names=[value["name"] for value in details["inputs"]],
+                               output_names=[value["name"] for value in details["outputs"]],
+                               vm=relax.VirtualMachine(library, device), device=device,
+                               session=remote)
 
 
 def _time_vm(vm, device, arguments, *, where: str) -> LatencyStats:
@@ -715,5 +723,5 @@ def _has_xgboost() -> bool:
     return True
 
 
-__all__ = ["TVMBackend", "TVMRunner", "host_arch", "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "host_arch", "target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]
