@@ -163,11 +163,13 @@ def cache_base() -> Path:
     return Path("~/.cache/edgec/device-roots").expanduser()
 
 
-def missing_tools(arch: Arch) -> list[str]:
-    """What this host lacks to build and run the root, one phrase each."""
+def missing_tools(arch: Arch, building: bool = True) -> list[str]:
+    """What this host lacks to build (``building``) or only run the root, one phrase each."""
     missing = []
-    for tool, package in (("debootstrap", "debootstrap"), (arch.qemu, "qemu-user-static"),
-                          ("dpkg-deb", "dpkg"), ("chroot", "coreutils"), ("tar", "tar")):
+    tools = [(arch.qemu, "qemu-user-static"), ("chroot", "coreutils")]
+    if building:
+        tools += [("debootstrap", "debootstrap"), ("dpkg-deb", "dpkg"), ("tar", "tar")]
+    for tool, package in tools:
         if shutil.which(tool) is None:
             missing.append(f"{tool} (apt-get install {package})")
     if os.geteuid() != 0:
@@ -346,7 +348,7 @@ def build(arch_name: str = "arm64", *, base: Path | None = None, force: bool = F
         raise Unavailable(f"no {arch.machine} wheels of numpy, onnxruntime or apache-tvm "
                           f"exist on PyPI: an emulated {arch.debian} device cannot run "
                           "artifacts")
-    missing = missing_tools(arch)
+    missing = missing_tools(arch, building=False)
     if missing:
         raise Unavailable("the emulated device needs " + ", ".join(missing))
     mirror = debian_mirror()
@@ -360,6 +362,9 @@ def build(arch_name: str = "arm64", *, base: Path | None = None, force: bool = F
         stamp = final / STAMP
         if stamp.exists() and not force:
             return DeviceRoot(final, arch, json.loads(stamp.read_text()))
+        missing = missing_tools(arch)
+        if missing:
+            raise Unavailable("building the emulated device needs " + ", ".join(missing))
         if final.exists():
             shutil.rmtree(final)
         for stale in base.glob(f".{name}.building-*"):
