@@ -204,6 +204,11 @@ class Artifact:
         return bool(self.manifest["backend"].get("runnable_here", False))
 
     def check_runnable(self) -> None:
+        if self.backend_name == "ort":
+            # An onnxruntime artifact runs wherever onnxruntime has the execution providers
+            # its session names: the backend's loader checks that where it runs (and
+            # says what is missing), not a flag written on the compile host.
+            return
         if not self.runnable_here:
             target = self.manifest.get("target", {})
             raise UsageError(Diagnostic.error(

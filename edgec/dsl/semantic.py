@@ -725,7 +725,11 @@ class Resolver:
             budget=Budget(get("budget.latency"), get("budget.memory"), get("budget.size")),
             accuracy=Accuracy(metric, tolerance, get("accuracy.data"), labels),
             optimize=Optimize(
-                precisions=get("optimize.precision", ("fp32",)),
+                # A GPU's fast path is fp16 (TensorRT, tensor cores): without a
+                # 'precision' line, a CUDA target tries it after fp32.
+                precisions=get("optimize.precision", ("fp32", "fp16")
+                               if target.accelerator is not None
+                               and target.accelerator.kind == "cuda" else ("fp32",)),
                 per_layer_fallback=get("optimize.fallback", True),
                 pruning=get("optimize.prune", Pruning()),
                 tuning=get("optimize.tuning", Tuning()),
