@@ -172,6 +172,12 @@ def _prepare_case(name, what, proto, target_json, out_dir, cost_target):
     reference = session.run(None, {"x": x})[0]
     out_shape = buffers[output_names[0]][0]
     arrays["__reference__"] = reference.reshape(out_shape)
+    # The same fused function built for this CPU, fed the same arrays: checks that the
+    # parameters and the reference belong together before a GPU ever sees them.
+    cpu = tvm.compile(tvm.IRModule({"main": prim}), target="llvm")
+    out = tvm.runtime.tensor(np.zeros(out_shape, np.float32))
+    cpu["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs_in_order], out)
+    record["cpu_build_max_abs_error"] = float(np.max(np.abs(out.numpy() - arrays["__reference__"])))
     case_dir = os.path.join(out_dir, name)
     os.makedirs(case_dir, exist_ok=True)
     np.savez(os.path.join(case_dir, "arrays.npz"), **arrays)
