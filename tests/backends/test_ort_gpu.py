@@ -55,6 +55,7 @@ def test_jetson_session_names_tensorrt_then_cuda_then_cpu(jetson_fp16):
     assert details["precision"] == "fp16" and "onnxruntime-gpu" in details["requires"]
     assert manifest["backend"]["runnable_here"] is False      # no GPU provider here
     assert manifest["latency"]["where"] == "estimated"
+    assert "GPU kernels, 5 us launch each" in (jetson_fp16 / "report.txt").read_text()
 
 
 def test_missing_gpu_providers_is_one_line_unless_cpu_fallback(jetson_fp16, tmp_path):
