@@ -179,7 +179,12 @@ def test_cuda_module_needs_a_cuda_tvm_runtime():
     no_cuda = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes, {"tvm.cuda": False})
     [reason] = host.problems("tvm", details, no_cuda)
     assert "CUDA" in reason
-    cuda = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes, {"tvm.cuda": True})
+    no_gpu = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes,
+                       {"tvm.cuda": True, "cuda.device": False})
+    [reason] = host.problems("tvm", details, no_gpu)
+    assert "shows none" in reason
+    cuda = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes,
+                     {"tvm.cuda": True, "cuda.device": True})
     assert host.problems("tvm", details, cuda) == []
 
 
@@ -191,10 +196,13 @@ def test_ort_runtime_missing_other_major_or_providers_missing():
     [reason] = host.problems("ort", details, HostFacts("aarch64", frozenset(), {"ort": "2.0.0"},
                                                        {"ort.providers": []}))
     assert "2.0.0" in reason and "1.32.0" in reason
-    gpu = {**details, "settings": {"providers": ["TensorrtExecutionProvider",
+    gpu = {**details, "settings": {"providers": [["TensorrtExecutionProvider", {}],
                                                  "CUDAExecutionProvider", "CPUExecutionProvider"]}}
     [reason] = host.problems("ort", gpu, PI4)
     assert "TensorrtExecutionProvider" in reason and "CUDAExecutionProvider" in reason
+    jetson = HostFacts("aarch64", frozenset(), {"ort": "1.20.0"},
+                       {"ort.providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert host.problems("ort", gpu, jetson) == []
 
 
 def test_feature_names_from_this_machine():
