@@ -262,3 +262,24 @@ def test_tvm_runtime_library_named_by_environment(built, tmp_path):
                            "--inputs", str(DIGITS_DATA)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 2 and "TVM's runtime is not installed" in done.stderr
+
+
+# The features Linux reports (AT_HWCAP) on each board's CPU.
+A72 = {"fp", "asimd", "evtstrm", "crc32", "cpuid"}
+A76 = A72 | {"aes", "pmull", "sha1", "sha2", "atomics", "fphp", "asimdhp", "asimdrdm", "lrcpc",
+             "dcpop", "asimddp", "ssbs"}
+A78 = A76 | {"uscat", "ilrcpc", "flagm", "paca", "pacg"}
+
+
+@pytest.mark.parametrize("target,cpu,ok", [
+    ("raspberry-pi-4", A72, True), ("raspberry-pi-5", A76, True), ("generic-aarch64", A72, True),
+    ("jetson-orin-nano", A78, True), ("raspberry-pi-5", A72, False)])
+def test_builtin_targets_run_on_their_boards(target, cpu, ok):
+    from edgec.dsl import check_text
+    spec, diagnostics = check_text(f"target {target}\n", "<t>")
+    assert spec is not None, [d.render() for d in diagnostics]
+    t = spec.target
+    details = _tvm_details(target=t.tvm_target(), target_name=t.name, arch=t.arch,
+                           triple=t.triple, accelerator=None)
+    facts = HostFacts("aarch64", frozenset(cpu), {"tvm": "0.27.0"})
+    assert (host.problems("tvm", details, facts) == []) is ok, host.problems("tvm", details, facts)
