@@ -170,6 +170,11 @@ def runtime_error(error) -> EdgecError:
     """An `edgec_runtime` error as edgec's own (same message, path and exit code)."""
     location = Location(path=error.path) if error.path else None
     diagnostic = Diagnostic.error(error.message, location, notes=error.notes)
+    from edgec_runtime.errors import NotRunnableHere
+
+    if isinstance(error, NotRunnableHere):
+        from edgec.backends.base import BackendError
+        return BackendError(diagnostic, exit_code=ExitCode(error.exit_code))
     if error.exit_code == ExitCode.MODEL:
         return ModelError(diagnostic)
     if error.exit_code == ExitCode.USAGE:

@@ -25,6 +25,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="OUT.npz",
                         help="where to write the outputs (exactly this path, replaced "
                              "atomically)")
+    _add_cpu_fallback(parser)
+
+
+def _add_cpu_fallback(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-cpu-fallback", action="store_true",
+                        help="run an artifact made for a GPU on the CPU where onnxruntime has "
+                             "no GPU provider (also: EDGEC_ALLOW_CPU_FALLBACK=1)")
+
+
+def _allow_cpu_fallback(args: argparse.Namespace) -> None:
+    """--allow-cpu-fallback: the loaders read it from the environment, so that the Python
+    API takes the same switch."""
+    if getattr(args, "allow_cpu_fallback", False):
+        from edgec_runtime.ort_runner import CPU_FALLBACK_ENV
+        os.environ[CPU_FALLBACK_ENV] = "1"
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +48,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inputs (default: synthetic, at the spec's batch)")
     parser.add_argument("--threads", type=int, metavar="N")
     parser.add_argument("--json", action="store_true")
+    _add_cpu_fallback(parser)
 
 
 def cmd_run(args: argparse.Namespace, load=None) -> int:
@@ -40,6 +56,7 @@ def cmd_run(args: argparse.Namespace, load=None) -> int:
     from edgec_runtime.errors import InputError
     from edgec_runtime.npz import write_npz
 
+    _allow_cpu_fallback(args)
     if args.output and (args.output.endswith(os.sep) or os.path.isdir(args.output)):
         raise InputError("the outputs path is a folder; give a file name (OUT.npz)", args.output)
     artifact = (load or Artifact)(args.artifact)
@@ -56,6 +73,7 @@ def cmd_bench(args: argparse.Namespace, load=None) -> int:
     from edgec_runtime.artifact import Artifact
     from edgec_runtime.errors import InputError
 
+    _allow_cpu_fallback(args)
     if args.threads is not None and not 1 <= args.threads <= 4096:
         raise InputError(f"--threads {args.threads} is not a thread count")
     artifact = (load or Artifact)(args.artifact)

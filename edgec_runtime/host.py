@@ -299,18 +299,19 @@ def problems(backend: str, details: dict, facts: HostFacts) -> list[str]:
             out.append(f"onnxruntime {have} is installed here; the artifact was built and "
                        f"checked with onnxruntime {built} (a different major version)")
         settings = details.get("settings")
-        providers = settings.get("providers") if isinstance(settings, dict) else None
-        providers = providers if isinstance(providers, list) else []
-        available = facts.extra.get("ort.providers")
-        if available is None:
-            available = ort_providers()
-        lacking = [p for p in providers if isinstance(p, str) and p != "CPUExecutionProvider"
-                   and p not in available]
-        wanted_gpu = [p for p in providers if isinstance(p, str) and p != "CPUExecutionProvider"]
-        if wanted_gpu and len(lacking) == len(wanted_gpu):
-            out.append(f"this onnxruntime lacks the execution provider(s) the artifact names: "
-                       f"{', '.join(lacking)} (it has {', '.join(available) or 'none'}); "
-                       "install the onnxruntime build for this device (onnxruntime-gpu)")
+        settings = settings if isinstance(settings, dict) else {}
+        providers = settings.get("providers")
+        if isinstance(providers, list) and all(
+                isinstance(p, str) or (isinstance(p, list) and p and isinstance(p[0], str))
+                for p in providers):
+            from edgec_runtime.ort_runner import missing_gpu_providers
+
+            available = facts.extra.get("ort.providers")
+            if available is None:
+                available = ort_providers()
+            why = missing_gpu_providers(settings, list(available))
+            if why:
+                out.append(why)
         return out
     if backend == "tvm":
         target = details.get("target")
@@ -350,10 +351,26 @@ def problems(backend: str, details: dict, facts: HostFacts) -> list[str]:
             if cuda is None:
                 cuda = _tvm_cuda_enabled()
             if not cuda:
-                out.append("the TVM module runs on CUDA, and this TVM runtime is built without "
-                           "CUDA (a TVM built with USE_CUDA=ON is needed on the device)")
+                out.append(f"the TVM module for {details.get('target_name') or 'a CUDA GPU'} "
+                           "runs its kernels on a CUDA GPU, but this TVM runtime was built "
+                           "without CUDA (the apache-tvm wheels are): install a TVM built with "
+                           "USE_CUDA=ON on the device")
+            else:
+                gpu = facts.extra.get("cuda.device")
+                if gpu is None:
+                    gpu = _cuda_device()
+                if not gpu:
+                    out.append("the TVM module needs a CUDA GPU and this machine shows none")
         return out
     return [f"this runtime cannot run a '{backend}' artifact (it runs ort and tvm)"]
+
+
+def _cuda_device() -> bool:
+    try:
+        from edgec_runtime import tvm_runner
+        return tvm_runner.cuda_device_exists()
+    except Exception:
+        return False
 
 
 def _tvm_cuda_enabled() -> bool:

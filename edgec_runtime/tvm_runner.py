@@ -101,19 +101,27 @@ class TVMRunner:
         self.kind = "cuda" if isinstance(accelerator, dict) and \
             accelerator.get("kind") == "cuda" else "cpu"
         tvm_ffi = _runtime()
+        self._tvm = None
         try:
-            library = tvm_ffi.load_module(module_path)
-            self.vm = library["vm_load_executable"]()
-            init = [_KDL[self.kind], 0, _POOLED_ALLOCATOR]
-            if self.kind != "cpu":
-                init += [_KDL["cpu"], 0, _POOLED_ALLOCATOR]
-            self.vm["vm_initialization"](*init)
+            if self.kind == "cuda":
+                # A CUDA module needs a TVM built with CUDA on the device (the pip wheels
+                # have none), so its Python runtime is there: use its VM and device copies.
+                import tvm
+
+                self._tvm = tvm
+                self._device = tvm.cuda(0)
+                self.vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(module_path),
+                                                        self._device)
+            else:
+                library = tvm_ffi.load_module(module_path)
+                self.vm = library["vm_load_executable"]()
+                self.vm["vm_initialization"](_KDL["cpu"], 0, _POOLED_ALLOCATOR)
+                self._device = None
             self._main = self.vm["main"]
         except Exception as e:  # tvm_ffi raises its own error types from C++
             text = " ".join(str(e).split())[:300] or type(e).__name__
             raise ModelLoadError(f"{module_path.rsplit('/', 1)[-1]} is not a TVM module this "
                                  f"runtime can load: {text}", where) from None
-        self._device = tvm_ffi.device(self.kind, 0) if self.kind != "cpu" else None
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm_ffi
@@ -128,11 +136,11 @@ class TVMRunner:
                     isinstance(w, int) and w != h for h, w in zip(array.shape, info.shape)):
                 raise InputError(f"input '{info.name}' has shape {list(array.shape)}; the module "
                                  f"takes {list(info.shape)}", self.where)
-            tensor = tvm_ffi.from_dlpack(_aligned(array), require_alignment=_ALIGNMENT,
-                                         require_contiguous=True)
-            if self._device is not None:
-                tensor = _to_device(tensor, self._device)
-            args.append(tensor)
+            if self._tvm is not None:  # CUDA: copied to the GPU by TVM's runtime
+                args.append(self._tvm.runtime.tensor(array, self._device))
+                continue
+            args.append(tvm_ffi.from_dlpack(_aligned(array), require_alignment=_ALIGNMENT,
+                                            require_contiguous=True))
         return args
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -151,6 +159,13 @@ class TVMRunner:
         and `edgec bench --rpc-tracker` time it), or None if this runtime lacks it."""
         import struct
 
+        if self._tvm is not None:
+            vm = self.vm
+            vm.set_input("main", *self._arguments(feed))
+            vm.time_evaluator("invoke_stateful", self._device, number=1, repeat=5)("main")
+            times = list(vm.time_evaluator("invoke_stateful", self._device, number=1,
+                                           repeat=50, min_repeat_ms=0)("main").results)
+            return times
         tvm_ffi = _runtime()
         evaluator = tvm_ffi.get_global_func("runtime.RPCTimeEvaluator", allow_missing=True)
         if evaluator is None:
@@ -188,16 +203,18 @@ def _aligned(array: np.ndarray) -> np.ndarray:
 
 
 def _to_numpy(value) -> np.ndarray:
+    if hasattr(value, "numpy"):  # tvm.runtime.Tensor (CUDA): copied to the host by TVM
+        return value.numpy()
     try:
         return np.from_dlpack(value).copy()
     except (TypeError, RuntimeError, BufferError) as e:
-        if hasattr(value, "numpy"):  # a GPU tensor, where the runtime offers a copy
-            return value.numpy()
         raise RuntimeFailure(f"cannot copy a TVM output to the host: {e}") from None
 
 
-def _to_device(tensor, device):
-    copy = getattr(tensor, "copyto", None)
-    if copy is not None:
-        return copy(device)
-    raise RuntimeFailure("this TVM runtime cannot copy inputs to the GPU")
+def cuda_device_exists() -> bool:
+    """Whether the TVM runtime sees a CUDA GPU (device attribute 0: exists)."""
+    get = _runtime().get_global_func("runtime.GetDeviceAttr", allow_missing=True)
+    try:
+        return bool(get(_KDL["cuda"], 0, 0)) if get is not None else False
+    except Exception:
+        return False

@@ -53,6 +53,9 @@ class Target:
     peak: tuple[tuple[str, Quantity], ...] = ()
     fast_precisions: tuple[str, ...] = ("fp32",)
     summary: str = ""
+    # Fixed cost per kernel (accelerator) or per node (CPU runtime) in latency
+    # estimates; None: the cost model's default for the accelerator kind.
+    launch: Quantity | None = None
 
     def peak_for(self, precision: str) -> Quantity | None:
         return dict(self.peak).get(precision)
@@ -104,6 +107,8 @@ class Target:
         for precision, value in self.peak:
             lines.append(f"{inner}peak {precision} {value}")
         lines.append(f"{inner}fast-precisions " + ", ".join(self.fast_precisions))
+        if self.launch is not None:
+            lines.append(f"{inner}launch {self.launch}")
         lines.append(f"{indent}}}")
         return "\n".join(lines)
 

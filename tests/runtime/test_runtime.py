@@ -179,7 +179,12 @@ def test_cuda_module_needs_a_cuda_tvm_runtime():
     no_cuda = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes, {"tvm.cuda": False})
     [reason] = host.problems("tvm", details, no_cuda)
     assert "CUDA" in reason
-    cuda = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes, {"tvm.cuda": True})
+    no_gpu = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes,
+                       {"tvm.cuda": True, "cuda.device": False})
+    [reason] = host.problems("tvm", details, no_gpu)
+    assert "shows none" in reason
+    cuda = HostFacts("aarch64", PI4.cpu_features, PI4.runtimes,
+                     {"tvm.cuda": True, "cuda.device": True})
     assert host.problems("tvm", details, cuda) == []
 
 
@@ -191,10 +196,13 @@ def test_ort_runtime_missing_other_major_or_providers_missing():
     [reason] = host.problems("ort", details, HostFacts("aarch64", frozenset(), {"ort": "2.0.0"},
                                                        {"ort.providers": []}))
     assert "2.0.0" in reason and "1.32.0" in reason
-    gpu = {**details, "settings": {"providers": ["TensorrtExecutionProvider",
+    gpu = {**details, "settings": {"providers": [["TensorrtExecutionProvider", {}],
                                                  "CUDAExecutionProvider", "CPUExecutionProvider"]}}
     [reason] = host.problems("ort", gpu, PI4)
     assert "TensorrtExecutionProvider" in reason and "CUDAExecutionProvider" in reason
+    jetson = HostFacts("aarch64", frozenset(), {"ort": "1.20.0"},
+                       {"ort.providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]})
+    assert host.problems("ort", gpu, jetson) == []
 
 
 def test_feature_names_from_this_machine():
@@ -254,3 +262,24 @@ def test_tvm_runtime_library_named_by_environment(built, tmp_path):
                            "--inputs", str(DIGITS_DATA)], capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 2 and "TVM's runtime is not installed" in done.stderr
+
+
+# The features Linux reports (AT_HWCAP) on each board's CPU.
+A72 = {"fp", "asimd", "evtstrm", "crc32", "cpuid"}
+A76 = A72 | {"aes", "pmull", "sha1", "sha2", "atomics", "fphp", "asimdhp", "asimdrdm", "lrcpc",
+             "dcpop", "asimddp", "ssbs"}
+A78 = A76 | {"uscat", "ilrcpc", "flagm", "paca", "pacg"}
+
+
+@pytest.mark.parametrize("target,cpu,ok", [
+    ("raspberry-pi-4", A72, True), ("raspberry-pi-5", A76, True), ("generic-aarch64", A72, True),
+    ("jetson-orin-nano", A78, True), ("raspberry-pi-5", A72, False)])
+def test_builtin_targets_run_on_their_boards(target, cpu, ok):
+    from edgec.dsl import check_text
+    spec, diagnostics = check_text(f"target {target}\n", "<t>")
+    assert spec is not None, [d.render() for d in diagnostics]
+    t = spec.target
+    details = _tvm_details(target=t.tvm_target(), target_name=t.name, arch=t.arch,
+                           triple=t.triple, accelerator=None)
+    facts = HostFacts("aarch64", frozenset(cpu), {"tvm": "0.27.0"})
+    assert (host.problems("tvm", details, facts) == []) is ok, host.problems("tvm", details, facts)
