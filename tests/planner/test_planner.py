@@ -35,7 +35,7 @@ def test_configurations_cheapest_first_with_reasons_for_skips():
     assert labels[-1] == "int8 with per-layer fp32 fallback, 30% pruned on ort"
     assert [c.sparsity for c in configs].count(0.3) == 5
     assert any("does not run fp16 fast" in s.reason for s in skipped)
-    assert "prune-channels{sparsity=0.15},quantize-int8{ops=all},dce" in [c.passes for c in configs]
+    assert "prune-channels{sparsity=0.15},quantize-int8{ops=all reduce-range=false},dce" in [c.passes for c in configs]
 
 
 def test_int8_on_tvm_is_skipped_with_the_reason():
