@@ -85,9 +85,9 @@ class Scoring:
     representative: bool = True
 
 
-def scoring(proto: onnx.ModelProto, target, host_saturates: bool | None) -> Scoring:
+def scoring(proto: onnx.ModelProto, target, host_saturates=None) -> Scoring:
     """Whether onnxruntime here computes what ``target`` will, and if not, which path
-    does: where this host saturates and the target does not, the exact path; where
+    does (``host_saturates``: this host's onnxruntime, measured when not given): where this host saturates and the target does not, the exact path; where
     the target saturates and this host does not, the host is only representative
     when the weights keep to 7 bits (then nothing saturates anywhere)."""
     largest = largest_int8_weight(proto)
@@ -97,6 +97,9 @@ def scoring(proto: onnx.ModelProto, target, host_saturates: bool | None) -> Scor
         return Scoring("host", "7-bit weights: no int8 kernel saturates, so this host's "
                                "onnxruntime computes what the target will")
     target_saturates = target.int8_saturates
+    if host_saturates is None:
+        from edgec.dsl.host import onnxruntime_saturates
+        host_saturates = onnxruntime_saturates()
     if host_saturates is None:
         host_saturates = False
         unknown = " (this host's int8 arithmetic could not be measured)"
