@@ -28,7 +28,7 @@ import numpy as np
 from edgec.ir.core import Model
 from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
 from edgec.passes.infer_shapes import InferShapes
-from edgec.quantization.arithmetic import weight_range
+from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
 from edgec.quantization.samples import calibration_samples
 from edgec.quantization.sensitivity import mixed_precision
@@ -86,7 +86,8 @@ class QuantizeInt8(Pass):
                         if count > self.samples else None)
             config, report = mixed_precision(model, samples, self.metric, self.tolerance,
                                              config=config, eval_samples=held_out,
-                                             progress=ctx.progress)
+                                             progress=ctx.progress,
+                                             exact=needs_exact_path(ctx.target, weights.reduce_range))
             stats["fallback-fp32-layers"] = len(report.kept_fp32)
             stats["fallback-held"] = int(report.held)
             for name in report.kept_fp32:

@@ -198,3 +198,28 @@ def exact_session(proto: onnx.ModelProto):
 
     return ort.InferenceSession(exact_model(proto).SerializeToString(), exact_session_options(),
                                 providers=["CPUExecutionProvider"])
+
+
+def run_exact(proto: onnx.ModelProto, samples: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``observe.run`` on the exact path: the outputs on every sample, concatenated."""
+    from edgec.quantization.observe import feed_batches
+
+    session = exact_session(proto)
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    parts: list[list[np.ndarray]] = [[] for _ in names]
+    for feed in feed_batches(list(proto.graph.input),
+                             {k: v for k, v in samples.items() if k in wanted}):
+        for i, out in enumerate(session.run(names, feed)):
+            parts[i].append(out)
+    return [np.concatenate(p, axis=0) if p and np.ndim(p[0]) else np.asarray(p) for p in parts]
+
+
+def needs_exact_path(target, reduce_range: bool) -> bool:
+    """Whether a quantizer's own trials (per-layer fallback) must run on the exact path:
+    8-bit weights for a target that accumulates in int32, on a host whose onnxruntime
+    saturates them."""
+    if reduce_range or target is None or target.int8_saturates:
+        return False
+    from edgec.dsl.host import onnxruntime_saturates
+    return bool(onnxruntime_saturates())

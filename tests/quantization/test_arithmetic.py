@@ -320,3 +320,25 @@ def test_target_saturating_host_not_keeps_7_bits_or_says_the_score_is_optimistic
     assert any("NOT the target's arithmetic" in d.message for d in result.diagnostics)
     assert "NOT the target's arithmetic" in (tmp_path / "forced" / "report.txt").read_text()
     json.dumps(result.manifest)
+
+
+def test_per_layer_fallback_trials_use_the_targets_arithmetic(fake_host, monkeypatch):
+    """quantize-int8{fallback=per-layer} scores its trials on the exact path when the
+    host's onnxruntime saturates 8-bit weights and the target does not."""
+    from edgec.quantization import sensitivity
+    calls = []
+
+    def counting(proto, samples):
+        calls.append(1)
+        return arithmetic.run_exact(proto, samples)
+    monkeypatch.setattr(sensitivity, "run_exact", counting)
+    fake_host(AVX2_FLAGS, measured=True)
+    proto = onnx.load(DIGITS)
+    for name, exact in (("raspberry-pi-4", True), ("x86-64-v3", False)):
+        calls.clear()
+        model = import_model(proto)
+        context = PassContext(target=spec_of(f"target {name}\n").target,
+                              calibration_data=digits_samples())
+        result = QuantizeInt8(fallback="per-layer", metric="sqnr", tolerance="30dB").run(model, context)
+        assert result.stats["fallback-held"] == 1
+        assert bool(calls) == exact, name
