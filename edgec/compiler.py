@@ -522,7 +522,7 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     # Accuracy against the fp32 model, on samples the calibration did not see, with the
     # target's int8 arithmetic where this host's onnxruntime would differ from it.
     from edgec.quantization.arithmetic import exact_session, scoring
-    score = scoring(optimized, spec.target)
+    score = scoring(optimized, spec.target, base_dir=folder)
     attempt.int8 = _int8_record(run.records, spec, score)
     if score.path == "exact":
         session = exact_session(onnx.load(os.path.join(folder, "model.onnx")))

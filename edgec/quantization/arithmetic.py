@@ -57,21 +57,36 @@ _WEIGHT_READERS = {"DequantizeLinear": 0, "DynamicQuantizeMatMul": 1, "MatMulInt
                    "ConvInteger": 1}
 
 
-def largest_int8_weight(proto: onnx.ModelProto) -> int | None:
-    """max |q| over the int8 weights the model's int8 ops read (None: none)."""
-    initializers = {t.name: t for t in proto.graph.initializer}
+def _graphs(graph: onnx.GraphProto):
+    """The graph and every subgraph (If branches, Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    yield from _graphs(sub)
+
+
+def largest_int8_weight(proto: onnx.ModelProto, base_dir: str = "") -> int | None:
+    """max |q| over the int8 weights the model's int8 ops read, in every graph (None:
+    none). ``base_dir``: where external data lies, for a model loaded without it."""
     largest = None
-    for node in proto.graph.node:
-        index = _WEIGHT_READERS.get(node.op_type)
-        if index is None or len(node.input) <= index or node.input[index] not in initializers:
-            continue
-        tensor = initializers[node.input[index]]
-        if tensor.data_type != onnx.TensorProto.INT8:
-            continue
-        array = numpy_helper.to_array(tensor)
-        if array.size:
-            value = int(np.abs(array.astype(np.int32)).max())
-            largest = value if largest is None else max(largest, value)
+    # A subgraph's node may read an initializer of an enclosing graph.
+    initializers = {t.name: t for g in _graphs(proto.graph) for t in g.initializer}
+    for graph in _graphs(proto.graph):
+        for node in graph.node:
+            index = _WEIGHT_READERS.get(node.op_type)
+            if index is None or len(node.input) <= index or node.input[index] not in initializers:
+                continue
+            tensor = initializers[node.input[index]]
+            if tensor.data_type != onnx.TensorProto.INT8:
+                continue
+            array = numpy_helper.to_array(tensor, base_dir)
+            if array.size:
+                value = int(np.abs(array.astype(np.int32)).max())
+                largest = value if largest is None else max(largest, value)
     return largest
 
 
@@ -85,12 +100,12 @@ class Scoring:
     representative: bool = True
 
 
-def scoring(proto: onnx.ModelProto, target, host_saturates=None) -> Scoring:
+def scoring(proto: onnx.ModelProto, target, host_saturates=None, base_dir: str = "") -> Scoring:
     """Whether onnxruntime here computes what ``target`` will, and if not, which path
     does (``host_saturates``: this host's onnxruntime, measured when not given): where this host saturates and the target does not, the exact path; where
     the target saturates and this host does not, the host is only representative
     when the weights keep to 7 bits (then nothing saturates anywhere)."""
-    largest = largest_int8_weight(proto)
+    largest = largest_int8_weight(proto, base_dir)
     if largest is None:
         return Scoring("host", "")
     if largest <= SEVEN_BIT_MAX:
@@ -124,20 +139,26 @@ def exact_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     """The model with its integer ops written in float arithmetic that gives their exact
     (int32-accumulator) result: ``DynamicQuantizeMatMul`` -> DynamicQuantizeLinear, DQ,
     MatMul with the dequantized weight; ``MatMulInteger`` -> float64 MatMul of the
-    zero-point-corrected operands, cast to int32. Run it with `exact_session_options`
-    so that Q/DQ pairs stay unfused. Main graph only."""
+    zero-point-corrected operands, cast to int32. In every graph. Run it with
+    `exact_session_options` so that Q/DQ pairs stay unfused."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    graph = out.graph
-    nodes = []
-    counter = 0
+    ranks = {t.name: len(t.dims) for g in _graphs(out.graph) for t in g.initializer}
+    counter = [0]
+    # Subgraphs before the graphs holding them: rewriting a graph copies its nodes,
+    # subgraph attributes included.
+    for graph in reversed(list(_graphs(out.graph))):
+        _rewrite_integer_ops(graph, ranks, counter)
+    return out
 
+
+def _rewrite_integer_ops(graph: onnx.GraphProto, ranks: dict[str, int], counter: list[int]) -> None:
     def fresh(stem: str) -> str:
-        nonlocal counter
-        counter += 1
-        return f"{stem}__exact{counter}"
+        counter[0] += 1
+        return f"{stem}__exact{counter[0]}"
 
     double = onnx.TensorProto.DOUBLE
+    nodes = []
     for node in graph.node:
         if node.op_type == "DynamicQuantizeMatMul" and node.domain == "com.microsoft":
             x, w, scale, zero = (list(node.input) + ["", "", "", "", ""])[:4]
@@ -147,16 +168,15 @@ def exact_model(proto: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(helper.make_node("DequantizeLinear", [xq, xs, xz], [xd]))
             dq_inputs = [w, scale] + ([zero] if zero else [])
             nodes.append(helper.make_node("DequantizeLinear", dq_inputs, [wd],
-                                          **({"axis": 1} if _rank(graph, scale) == 1 else {})))
+                                          **({"axis": 1} if ranks.get(scale) == 1 else {})))
             y = node.output[0] if not bias else fresh("y")
             nodes.append(helper.make_node("MatMul", [xd, wd], [y]))
             if bias:
                 nodes.append(helper.make_node("Add", [y, bias], [node.output[0]]))
         elif node.op_type == "MatMulInteger" and node.domain in ("", "ai.onnx"):
-            a, b = node.input[0], node.input[1]
             zeros = list(node.input[2:4]) + ["", ""]
             operands = []
-            for value, zero in ((a, zeros[0]), (b, zeros[1])):
+            for value, zero in ((node.input[0], zeros[0]), (node.input[1], zeros[1])):
                 cast = fresh("cast")
                 nodes.append(helper.make_node("Cast", [value], [cast], to=double))
                 if zero:
@@ -173,14 +193,6 @@ def exact_model(proto: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    return out
-
-
-def _rank(graph: onnx.GraphProto, name: str) -> int | None:
-    for tensor in graph.initializer:
-        if tensor.name == name:
-            return len(tensor.dims)
-    return None
 
 
 def exact_session_options():
