@@ -105,14 +105,14 @@ def test_host_detects_accumulation_from_flags_and_measurement(fake_host):
     assert spec_of("target host\n").target.int8_accumulation == "int32"
 
 
-def test_the_probe_on_this_machine_matches_its_flags():
-    """This machine's onnxruntime: the probe (cached) agrees with a fresh measurement,
-    and with what the CPU flags predict."""
+def test_the_probe_on_this_machine_agrees_with_a_fresh_measurement():
+    """The probe's (cached) answer is a fresh measurement's: exact int32 sums leave
+    fp32 rounding (~1e-7 relative here, an AVX-512 VNNI EPYC); saturated pair sums
+    are off by far more than 1e-3. Where flags and measurement disagree (onnxruntime
+    not using VNNI), the measurement is what `host` reports."""
     error = host._int8_matmul_error()
+    assert error < 1e-5 or error > 1e-3  # nothing in between: exact or saturated
     assert host.onnxruntime_saturates() == (error > 1e-3)
-    flags = host._flags()
-    if host.architecture() == "x86_64" and {"avx512_vnni", "avx_vnni"} & flags:
-        assert error < 1e-5  # exact int32 sums, up to fp32 rounding
 
 
 # --------------------------------------------------------------------------- weight range per target
