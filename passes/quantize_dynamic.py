@@ -7,7 +7,8 @@
 (onnxruntime's optimizer fuses that back into DynamicQuantizeMatMul; other runtimes
 can run it as written). No calibration data is needed. Weights are symmetric int8,
 per output column by default, in 7 bits where the target's u8 x s8 kernels saturate
-full-range pairs (x86 without VNNI) and 8 elsewhere, unless ``reduce-range`` says. A following ``Add`` of a 1-D constant bias is folded in.
+full-range pairs (x86 without VNNI) and 8 elsewhere, unless ``reduce-range`` says
+(stat ``weight-bits``). A following ``Add`` of a 1-D constant bias is folded in.
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ sensitive ones fp32 until ``metric`` holds ``tolerance`` on the calibration data
 (samples beyond ``samples`` are the evaluation set when there are any).
 Weights take 7 bits where the target's u8 x s8 kernels saturate full-range pairs (x86
 without VNNI), 8 where they accumulate in int32, unless ``reduce-range`` says (stat
-``weight-bits``). A model below opset 13 (per-channel Q/DQ) is first converted to opset 13 with onnx's
-version converter (stat ``opset-converted-from``); if that fails the pass says why.
+``weight-bits``); with 8-bit weights on a host whose onnxruntime saturates them, the
+fallback's trials run on the exact int8 path. A model below opset 13 (per-channel
+Q/DQ) is first converted to opset 13 with onnx's version converter (stat
+``opset-converted-from``); if that fails the pass says why.
 """
 
 from __future__ import annotations
