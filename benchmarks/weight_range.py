@@ -17,6 +17,22 @@ models and data are those of ``benchmarks/quantization.py``: the digits example 
 its labels; ResNet-18 and MobileNetV2 fitted to the synthetic texture task
 (``edgec.testing.tasks``), calibrated on seed 1 and scored on seed 2 with the task's
 labels; the transformer on standard-normal inputs.
+
+Measured here (2-vCPU AMD EPYC with AVX-512 VNNI, onnxruntime 1.32.0, defaults:
+32 calibration and 500 evaluation samples; SQNR of the outputs against fp32 in dB,
+on this host / on the exact path):
+
+    model          weights   weight SQNR   output SQNR     top-1 agreement   task accuracy (fp32)
+    digits         7 -> 8 bit  38.5 -> 44.5  37.5 -> 43.3    100 -> 100 %     97.49 -> 97.49 % (97.49)
+    resnet18       7 -> 8 bit  35.6 -> 41.7  16.5 -> 19.6    100 -> 99.8 %    99.6 -> 99.8 % (99.6)
+    mobilenet_v2   7 -> 8 bit  39.3 -> 45.4  12.8 -> 18.6    99.8 -> 99.4 %   99.4 -> 99.8 % (99.6)
+    transformer    7 -> 8 bit  42.1 -> 48.1  42.0 -> 43.3    98.8 -> 98.6 %   -
+    (dynamic)      7 -> 8 bit  -             43.0 -> 44.7    99.0 -> 99.2 %   -
+
+The eighth bit buys 6 dB of weight SQNR everywhere; at the outputs, 3-6 dB on the
+CNNs and the digits model, 1.3-1.7 dB on the transformer (whose noise is dominated by
+its activations). Host and exact path agree within 0.1 dB (the host does not
+saturate); top-1 agreement moves by a sample or two of 500 either way.
 """
 
 from __future__ import annotations
@@ -146,11 +162,11 @@ def main() -> None:
         for label, q in variants.items():
             h = scores(reference, run(q, ev), labels)
             e = scores(reference, run_exact(q, ev), labels)
-            wq = weight_sqnr(proto, q) if label.startswith("static") else float("nan")
+            wq = f"{weight_sqnr(proto, q):7.2f}" if label.startswith("static") else f"{'-':>7s}"
 
             def acc(s):
                 return f"{100 * s['acc']:6.2f}%" if "acc" in s else f"{'-':>7s}"
-            print(f"{name:20s} {label:24s} {wq:7.2f} | {h['sqnr']:9.2f} {100 * h['agree']:6.2f}% "
+            print(f"{name:20s} {label:24s} {wq} | {h['sqnr']:9.2f} {100 * h['agree']:6.2f}% "
                   f"{h['maxerr']:9.4g} {acc(h)} | {e['sqnr']:10.2f} {100 * e['agree']:6.2f}% "
                   f"{e['maxerr']:9.4g} {acc(e)}", flush=True)
         if labels is not None:
