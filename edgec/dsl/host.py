@@ -53,6 +53,11 @@ def triple() -> str:
     return TRIPLES.get(architecture(), f"{architecture()}-linux-gnu")
 
 
+def _cache_file(name: str) -> Path:
+    return Path(os.environ.get("EDGEC_CACHE_DIR") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgec") / name
+
+
 @functools.cache
 def llvm_cpu() -> str:
     """LLVM's name for this CPU (``znver5``), or ``generic`` when TVM cannot say.
@@ -72,8 +77,7 @@ def llvm_cpu() -> str:
     model = re.search(r"^model name\s*:\s*(.*)$", _cpuinfo(), re.MULTILINE)
     key = hashlib.sha256("|".join([model.group(1) if model else "", " ".join(sorted(_flags())),
                                    platform.machine(), tvm_version]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("EDGEC_CACHE_DIR") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgec") / "host-cpu.json"
+    cache = _cache_file("host-cpu.json")
     try:
         known = json.loads(cache.read_text())
         if known.get("key") == key:
@@ -168,11 +172,6 @@ def fast_precisions() -> tuple[str, ...]:
     if {"avx512_vnni", "avx_vnni", "asimddp"} & flags:
         fast.append("int8")
     return tuple(fast)
-
-
-def _cache_file(name: str) -> Path:
-    return Path(os.environ.get("EDGEC_CACHE_DIR") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgec") / name
 
 
 def int8_accumulation() -> str:
