@@ -52,9 +52,10 @@ def weight_range(target, explicit: bool | None) -> WeightRange:
                               "(int8-accumulation int32): full 8-bit weights")
 
 
-# Integer ops whose weight is input 1 (an int8 initializer) in edgec's output.
-_WEIGHT_READERS = {"DequantizeLinear": 0, "DynamicQuantizeMatMul": 1, "MatMulInteger": 1,
-                   "ConvInteger": 1}
+# The ops of edgec's int8 output that read an int8 weight, and which input it is. The
+# QOperator ops other tools write (QLinearConv, QLinearMatMul, ConvInteger) are not
+# looked at: `exact_model` has no exact form for them.
+_WEIGHT_READERS = {"DequantizeLinear": 0, "DynamicQuantizeMatMul": 1, "MatMulInteger": 1}
 
 
 def _graphs(graph: onnx.GraphProto):
@@ -102,9 +103,10 @@ class Scoring:
 
 def scoring(proto: onnx.ModelProto, target, host_saturates=None, base_dir: str = "") -> Scoring:
     """Whether onnxruntime here computes what ``target`` will, and if not, which path
-    does (``host_saturates``: this host's onnxruntime, measured when not given): where this host saturates and the target does not, the exact path; where
-    the target saturates and this host does not, the host is only representative
-    when the weights keep to 7 bits (then nothing saturates anywhere)."""
+    does: where this host saturates and the target does not, the exact path; where the
+    target saturates and this host does not, the host is only representative when the
+    weights keep to 7 bits (then nothing saturates anywhere). ``host_saturates``: this
+    host's onnxruntime, measured (`edgec.dsl.host.onnxruntime_saturates`) when None."""
     largest = largest_int8_weight(proto, base_dir)
     if largest is None:
         return Scoring("host", "")
@@ -152,7 +154,8 @@ def exact_model(proto: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _rewrite_integer_ops(graph: onnx.GraphProto, ranks: dict[str, int], counter: list[int]) -> None:
+def _rewrite_integer_ops(graph: onnx.GraphProto, ranks: dict[str, int],
+                         counter: list[int]) -> None:
     def fresh(stem: str) -> str:
         counter[0] += 1
         return f"{stem}__exact{counter[0]}"
