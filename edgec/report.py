@@ -53,6 +53,9 @@ def text_report(manifest: dict, measurements: dict) -> str:
     lat = measurements.get("latency")
     if lat:
         where = lat.get("where", "estimated")
+        if lat.get("kernels") is not None and lat.get("launch_us") is not None:
+            where += (f": {lat['kernels']} GPU kernels, {lat['launch_us']:g} us launch each, "
+                      "pointwise ops fused")
         lines.append(f"latency: p50 {lat.get('p50_ms', lat.get('ms', 0)):.3f} ms ({where})")
     lines += ["", "budgets:"]
     for b in m["budgets"]:

@@ -602,6 +602,12 @@ class Resolver:
         if key == "bandwidth":
             return self._quantity(value, source, "a bandwidth", (Dimension.BANDWIDTH,),
                                   positive=True)
+        if key == "launch":
+            quantity = self._quantity(value, source, "a launch cost", (Dimension.TIME,))
+            if quantity is not _INVALID and quantity.value < 0:
+                self.error(source, value.span, "a launch cost cannot be negative", "spec.range")
+                return _INVALID
+            return quantity
         if key == "peak":
             precision = value
             if precision.text not in PRECISIONS:
@@ -675,6 +681,7 @@ class Resolver:
             cores=get("cores"), clock=get("clock"), memory=get("memory"),
             bandwidth=get("bandwidth"), accelerator=get("accelerator"), peak=peak,
             fast_precisions=get("fast-precisions", ("fp32",)), summary=get("summary", ""),
+            launch=get("launch"),
             int8_accumulation=get("int8-accumulation",
                                   default_int8_accumulation(arch, get("features", ()))))
 
@@ -722,7 +729,11 @@ class Resolver:
             budget=Budget(get("budget.latency"), get("budget.memory"), get("budget.size")),
             accuracy=Accuracy(metric, tolerance, get("accuracy.data"), labels),
             optimize=Optimize(
-                precisions=get("optimize.precision", ("fp32",)),
+                # A GPU's fast path is fp16 (TensorRT, tensor cores): without a
+                # 'precision' line, a CUDA target tries it after fp32.
+                precisions=get("optimize.precision", ("fp32", "fp16")
+                               if target.accelerator is not None
+                               and target.accelerator.kind == "cuda" else ("fp32",)),
                 per_layer_fallback=get("optimize.fallback", True),
                 pruning=get("optimize.prune", Pruning()),
                 tuning=get("optimize.tuning", Tuning()),

@@ -65,6 +65,9 @@ class Target:
     peak: tuple[tuple[str, Quantity], ...] = ()
     fast_precisions: tuple[str, ...] = ("fp32",)
     summary: str = ""
+    # Fixed cost per kernel (accelerator) or per node (CPU runtime) in latency
+    # estimates; None: the cost model's default for the accelerator kind.
+    launch: Quantity | None = None
     # One of INT8_ACCUMULATIONS; None: the architecture's default (int8_saturates).
     int8_accumulation: str | None = None
 
@@ -125,6 +128,8 @@ class Target:
         for precision, value in self.peak:
             lines.append(f"{inner}peak {precision} {value}")
         lines.append(f"{inner}fast-precisions " + ", ".join(self.fast_precisions))
+        if self.launch is not None:
+            lines.append(f"{inner}launch {self.launch}")
         if self.int8_accumulation is not None:
             lines.append(f"{inner}int8-accumulation {self.int8_accumulation}")
         lines.append(f"{indent}}}")
