@@ -41,12 +41,19 @@ def text_report(manifest: dict, measurements: dict) -> str:
         lines.append(f"  {c['label']:<{width}}  {c['status']:<8} {shown:<24} {acc:<12} "
                      f"{c.get('reason', '')}".rstrip())
     lines.append("")
+    int8 = m.get("int8")
+    if int8:
+        lines.append(f"int8: {int8['weight_bits']}-bit weights ({int8['weight_range']}); "
+                     f"accuracy scored with {int8['scored_with']}"
+                     + (f": {int8['scoring']}" if int8["scoring"] else ""))
     acc = m["accuracy"]
     lines.append(f"accuracy: {acc['detail']}")
     if acc.get("scored_on"):
-        lines.append("  scored on " + ("the module's own outputs" if acc["scored_on"] == "module"
-                                       else "the optimized ONNX with onnxruntime (a proxy)")
-                     + f", {acc.get('scored_where') or 'host'}")
+        what = {"module": "the module's own outputs",
+                "exact-int8": "the target's int8 arithmetic, emulated exactly",
+                "onnx-proxy": "the optimized ONNX with onnxruntime (a proxy)"}
+        lines.append(f"  scored on {what.get(acc['scored_on'], acc['scored_on'])}, "
+                     f"{acc.get('scored_where') or 'host'}")
     lines.append(f"  on {acc['data']}")
     lines.append(f"size: {m['size_bytes'] / 2**20:.2f} MiB")
     lat = measurements.get("latency")
@@ -101,6 +108,11 @@ def html_report(manifest: dict, measurements: dict) -> str:
     parts.append("</table>")
     if m.get("summary"):
         parts.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in m["summary"]) + "</ul>")
+    int8 = m.get("int8")
+    if int8:
+        parts.append(f"<p>int8: {int8['weight_bits']}-bit weights ({esc(int8['weight_range'])}); "
+                     f"accuracy scored with {esc(int8['scored_with'])}"
+                     + (f": {esc(int8['scoring'])}" if int8["scoring"] else "") + "</p>")
     parts.append("<h2>Candidates: latency against accuracy</h2>")
     parts.append(_tradeoff_chart(m, measurements))
     parts.append("<table><tr><th>configuration</th><th>status</th><th>latency</th>"
