@@ -7,7 +7,7 @@ apache-tvm installed from the foreign platform's wheels, and runs Python in it u
 run as the Pi would run it (the emulated CPU model traps instructions the real CPU
 lacks). Tests use it through the ``device_root`` fixture; by hand::
 
-    python3 -m edgec.testing.device_root build --arch arm64      # ~5 min, then cached
+    python3 -m edgec.testing.device_root build --arch arm64      # 1.5-2 min here, then cached
     python3 -m edgec.testing.device_root python --cpu cortex-a76 -- -c 'import tvm'
     python3 -m edgec.testing.device_root sizes --arch arm64      # device install sizes
 
