@@ -1,8 +1,8 @@
 """Fixtures for the emulated-device tests: an arm64 Debian root run under qemu-user.
 
-The root is built once (1.5-2 minutes on a loaded 2-core host) and cached (edgec.testing.device_root). Where
-this host cannot build it (no debootstrap, qemu-user-static or root), the tests are
-skipped, unless ``EDGEC_REQUIRE`` lists ``emulator`` (CI sets it): then a missing tool
+The root is built once (1.5-2 minutes on a loaded 2-core host) and cached
+(edgec.testing.device_root). Where this host cannot build it (no debootstrap,
+qemu-user-static or root), the tests are skipped, unless ``EDGEC_REQUIRE`` lists ``emulator`` (CI sets it): then a missing tool
 is a failure, not a silent skip.
 """
 
