@@ -2,8 +2,8 @@
 
 The root is built once (1.5-2 minutes on a loaded 2-core host) and cached
 (edgec.testing.device_root). Where this host cannot build it (no debootstrap,
-qemu-user-static or root), the tests are skipped, unless ``EDGEC_REQUIRE`` lists ``emulator`` (CI sets it): then a missing tool
-is a failure, not a silent skip.
+qemu-user-static or root), the tests are skipped, unless ``EDGEC_REQUIRE`` lists
+``emulator`` (CI sets it): then a missing tool is a failure, not a silent skip.
 """
 
 from __future__ import annotations

@@ -153,7 +153,8 @@ def test_tvm_artifact_runs_with_the_runtime_alone(device_root, tmp_path):
     with np.load(device_root.host_path(f"{device_root.work}/slim/outputs.npz")) as npz:
         got = {key: npz[key] for key in npz.files}
     assert_matches_host(got, host_reference(DIGITS, _digits_inputs()), manifest)
-    print(f"slim TVM device install: {sum(f.stat().st_size for f in slim.rglob('*') if f.is_file()) / 1e6:.1f} MB")
+    size = sum(f.stat().st_size for f in slim.rglob("*") if f.is_file())
+    print(f"slim TVM device install: {size / 1e6:.1f} MB")
 
 
 def test_rpi4_tvm_accuracy_scored_on_the_module_over_emulated_rpc(emulated_rpc, tmp_path):
