@@ -82,8 +82,14 @@ def _stop(process: subprocess.Popen) -> None:
 def emulated_rpc(device_root, tmp_path_factory):
     """An `RpcConfig` (emulated=True) for a tracker on this host with one TVM RPC server
     running inside the arm64 root under ``qemu -cpu cortex-a72``, key "rpi4-emulated"."""
-    pytest.importorskip("tvm")
-    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install tornado)")
+    for module in ("tvm", "tornado"):
+        try:
+            __import__(module)
+        except ImportError as error:
+            why = f"the emulated RPC device needs {module} on this host: {error}"
+            if required("emulator"):
+                pytest.fail(f"EDGEC_REQUIRE lists 'emulator', but {why}")
+            pytest.skip(why)
     key = "rpi4-emulated"
     port, server_port = _free_port(), _free_port()
     logs = tmp_path_factory.mktemp("emulated-rpc")
