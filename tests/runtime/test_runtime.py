@@ -229,7 +229,7 @@ def test_tvm_runner_copes_with_unaligned_inputs(built):
     x = np.load(DIGITS_DATA)["input"][:16]
     art = edgec_runtime.load(built("tvm"))
     want = _reference(x)
-    raw = np.zeros(x.nbytes + 64, np.uint8)
+    raw = np.zeros(x.nbytes + 128, np.uint8)
     for shift in (4, 16, 20, 32, 48):
         base = (-raw.ctypes.data) % 64 + shift
         unaligned = raw[base:base + x.nbytes].view(np.float32).reshape(x.shape)
