@@ -78,6 +78,14 @@ def _is_cuda(target) -> bool:
     return target.accelerator is not None and target.accelerator.kind == "cuda"
 
 
+# What a CUDA module needs where it runs; the manifest and README say it.
+CUDA_RUNTIME_REQUIREMENT = (
+    "a TVM runtime built with CUDA (USE_CUDA=ON, so tvm.runtime.enabled('cuda') is True) "
+    "and the NVIDIA driver; the apache-tvm pip wheels have no CUDA runtime. The module "
+    "holds its kernels as CUDA C, compiled when it loads (NVRTC, or nvcc with "
+    "TVM_CUDA_COMPILE_MODE=nvcc)")
+
+
 def _machine_description(target) -> str:
     text = f"{target.name} ({target.triple}"
     if target.accelerator is not None:
@@ -270,14 +278,20 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
+# Running a module is the device runtime's job (one implementation for both sides).
+from edgec_runtime.tvm_runner import TVMRunner  # noqa: E402
+
+
 @dataclass
-class TVMRunner:
-    """A module loaded into a relax VM on this host."""
+class RemoteTVMRunner:
+    """A module loaded into a relax VM on a device behind a TVM RPC tracker; inputs go
+    there and outputs come back to this host."""
 
     input_names: list[str]
     output_names: list[str]
     vm: Any
     device: Any
+    session: Any  # the RPC session: it lives as long as the runner
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -404,6 +418,10 @@ class TVMBackend:
                 notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
                              "device, reached over TVM RPC (an RPC tracker and key); "
                              "the module uses TVM's default schedules")
+            elif options.rpc is not None and options.rpc.emulated:
+                notes.append(f"not tuned: the RPC device {options.rpc.where} is an emulator, "
+                             "whose timings say nothing of the board's; the module uses "
+                             "TVM's default schedules")
             else:
                 mod, tuning, tuning_notes = self._tune(mod, target, tvm_target, options)
                 notes += tuning_notes
@@ -439,6 +457,7 @@ class TVMBackend:
             "tvm_version": tvm.__version__,
         }
         if _is_cuda(target):
+            details["requires"] = CUDA_RUNTIME_REQUIREMENT
             details["cuda"] = self._precompile_cuda(executable, target, out, progress)
             if details["cuda"]["cubin"]:
                 files.append(details["cuda"]["cubin"])
@@ -543,8 +562,7 @@ class TVMBackend:
             notes.append(f"{len(untuned)} of {len(tasks)} kernels keep TVM's naive default "
                          f"schedule ({why}): {', '.join(untuned)}")
         if options.rpc is not None:
-            notes.append(f"tuned on rpc://{options.rpc.host}:{options.rpc.port}/"
-                         f"{options.rpc.key}")
+            notes.append(f"tuned on {options.rpc.where}")
         details = {
             "database": f"{TUNING_DIR}/{db_dir.name}",
             "cost_model": cost_model,
@@ -622,6 +640,9 @@ class TVMBackend:
     def _check_runnable_here(details: Mapping[str, Any]) -> None:
         arch = details.get("arch")
         accelerator = details.get("accelerator")
+        if arch == host_arch() and accelerator is not None and accelerator.get("kind") == "cuda":
+            _check_cuda_runtime(details)
+            return
         if arch != host_arch() or accelerator is not None:
             machine = details.get("target_name", "another machine")
             what = f"{arch}" + (f" + {accelerator['kind']} {accelerator.get('arch') or ''}"
@@ -631,53 +652,77 @@ class TVMBackend:
                 f"{host_arch()} host; copy the artifact to the device, or measure it over "
                 "TVM RPC", exit_code=2)
 
-    def load(self, artifact_dir: str, details: dict[str, Any]) -> TVMRunner:
+    def load(self, artifact_dir: str, details: dict[str, Any]):
+        """The device runtime's runner (`edgec_runtime.tvm_runner.TVMRunner`): one way
+        of loading and running a module, on the device and here alike."""
         self._check_runnable_here(details)
-        import tvm
-        from tvm import relax
+        from edgec_runtime.errors import RuntimeFailure
+        from edgec_runtime.tvm_runner import TVMRunner as RuntimeRunner
 
-        library = tvm.runtime.load_module(str(Path(artifact_dir) / details["module"]))
-        device = tvm.cpu()
-        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
-                         output_names=[value["name"] for value in details["outputs"]],
-                         vm=relax.VirtualMachine(library, device), device=device)
+        try:
+            return RuntimeRunner(str(Path(artifact_dir) / details["module"]), details)
+        except RuntimeFailure as error:
+            raise BackendError(error.message, exit_code=error.exit_code) from None
 
     def measure(self, artifact_dir: str, details: dict[str, Any],
                 inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
         if options.rpc is not None:
             return self._measure_rpc(artifact_dir, details, inputs, options)
-        import tvm
-
         set_threads(options.threads)
         runner = self.load(artifact_dir, details)
         # Timed like the RPC path (the VM's own evaluator), so that a local and a remote
         # bench of the same module measure the same thing.
-        return _time_vm(runner.vm, tvm.cpu(), runner._arguments(inputs), where="host")
+        times = runner.bench_times({name: inputs[name] for name in runner.input_names})
+        if not times:
+            from edgec.backends.base import time_calls
+            times = time_calls(runner.timed_call(inputs))
+        return LatencyStats.from_times(times, where="host")
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
-        import tvm
+        runner = self.remote_runner(artifact_dir, details, options.rpc, threads=options.threads)
+        return _time_vm(runner.vm, runner.device, runner._arguments(inputs),
+                        where=options.rpc.where)
+
+    @staticmethod
+    def remote_runner(artifact_dir: str, details: dict[str, Any], config,
+                      threads: int | None = None) -> RemoteTVMRunner:
+        """The module uploaded to, loaded on and run by a device behind the RPC tracker:
+        outputs come back to this host (how accuracy is scored on the module itself)."""
         from tvm import relax, rpc
 
-        config = options.rpc
-        where = f"rpc://{config.host}:{config.port}/{config.key}"
         try:
             tracker = rpc.connect_tracker(config.host, config.port)
             remote = tracker.request(config.key, session_timeout=600)
         except Exception as error:
             raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
                                f"tracker {config.host}:{config.port}: {error}") from error
-        if options.threads:
+        if threads:
             configure = remote.get_function("runtime.config_threadpool")
-            configure(1, options.threads)
+            configure(1, threads)
         remote.upload(str(Path(artifact_dir) / details["module"]))
         library = remote.load_module(details["module"])
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
-        vm = relax.VirtualMachine(library, device)
-        names = [value["name"] for value in details["inputs"]]
-        arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
-                     for name in names]
-        return _time_vm(vm, device, arguments, where=where)
+        return RemoteTVMRunner(input_names=[value["name"] for value in details["inputs"]],
+                               output_names=[value["name"] for value in details["outputs"]],
+                               vm=relax.VirtualMachine(library, device), device=device,
+                               session=remote)
+
+
+def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
+    """A CUDA module runs only on a TVM runtime built with CUDA, with a GPU present."""
+    import tvm
+
+    machine = details.get("target_name", "a CUDA GPU")
+    if not tvm.runtime.enabled("cuda"):
+        raise BackendError(
+            f"the TVM module for {machine} runs its kernels on a CUDA GPU, but this TVM "
+            f"runtime ({tvm.__version__}) was built without CUDA (tvm.runtime.enabled('cuda') "
+            "is False; the apache-tvm wheels are): install a TVM built with USE_CUDA=ON",
+            exit_code=2)
+    if not tvm.cuda(0).exist:
+        raise BackendError(f"the TVM module for {machine} needs a CUDA GPU and this machine "
+                           "shows none (tvm.cuda(0) does not exist)", exit_code=2)
 
 
 def _time_vm(vm, device, arguments, *, where: str) -> LatencyStats:
@@ -739,5 +784,5 @@ def _has_xgboost() -> bool:
     return True
 
 
-__all__ = ["TVMBackend", "TVMRunner", "host_arch", "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "host_arch", "target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]

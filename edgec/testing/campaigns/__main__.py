@@ -15,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="campaign", metavar="CAMPAIGN", required=True)
     modules = {}
     for name, module_name in CAMPAIGNS.items():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0],
                                             description=module.__doc__))
