@@ -10,6 +10,7 @@ is at hand, judge every budget, and publish the folder atomically.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -23,6 +24,7 @@ import numpy as np
 import onnx
 
 from edgec import artifact as art
+from edgec import publish
 from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
@@ -120,8 +122,18 @@ def _all_tensor_protos(proto: onnx.ModelProto):
 
 
 def _spec_record(spec) -> dict:
+    """The resolved spec for the manifest and the cache key. Data and labels paths are
+    given relative to the spec's folder: the same project compiled from two checkouts
+    has the same key and the same manifest bytes (their contents are hashed apart)."""
     record = spec.to_dict()
     record.pop("sources", None)
+    base = os.path.dirname(spec.sources[0]) if getattr(spec, "sources", None) else os.getcwd()
+    accuracy = record.get("accuracy")
+    if isinstance(accuracy, dict):
+        for name in ("data", "labels"):
+            value = accuracy.get(name)
+            if isinstance(value, str) and os.path.isabs(value):
+                accuracy[name] = os.path.relpath(value, base).replace(os.sep, "/")
     return record
 
 
@@ -171,59 +183,76 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
     inputs = _read_inputs(model_path, spec, options)
     key, digests = _cache_key(inputs, options)
     cache_dir = options.cache_dir or default_cache_dir()
+    _check_output_paths(out, inputs, cache_dir, options.depfile)
+    publish.recover(out)  # an OUT a crash left aside is put back first
     if options.depfile:
         # The depfile's target is the manifest: build tools want a file, not a folder.
-        art.write_depfile(options.depfile, os.path.join(out, art.MANIFEST), _dependencies(inputs))
+        try:
+            art.write_depfile(options.depfile, os.path.join(out, art.MANIFEST),
+                              _dependencies(inputs))
+        except OSError as e:
+            raise UsageError(Diagnostic.error(f"cannot write the depfile: {e.strerror}",
+                                              Location(path=options.depfile))) from None
 
     existing = _manifest_if_current(out, key)
     if existing is not None:
         _check_outcome(existing, options, out)
         return CompileResult(art.Artifact(out), existing, cached="output")
+    publish.check_replaceable(out)  # refuse before any work, not after it
 
     cached_dir = os.path.join(cache_dir, "artifacts", key)
-    cached = _manifest_if_current(cached_dir, key)
-    if cached is not None:
-        _check_outcome(cached, options, out)
-        art.copy_tree_atomically(cached_dir, out)
-        return CompileResult(art.Artifact(out), cached, cached="cache")
-
     sink = DiagnosticSink()
-    with art.staging_dir(out) as staging:
-        manifest = _build(inputs, staging, key, digests, cache_dir, options, sink)
-        _store_in_cache(staging, cached_dir)
-        _check_outcome(manifest, options, out)  # raising here removes the staging folder
-    return CompileResult(art.Artifact(out), manifest, sink.diagnostics)
+    try:
+        with publish.staging_dir(out) as staging:
+            manifest = publish.cache_fetch(cached_dir, key, staging)
+            cached = "no" if manifest is None else "cache"
+            if manifest is None:
+                manifest = _build(inputs, staging, key, digests, cache_dir, options, sink)
+                publish.cache_store(staging, cached_dir)
+            _check_outcome(manifest, options, out)  # raising here removes the staging folder
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise UsageError(Diagnostic.error(f"cannot write the artifact: {e.strerror}{where}",
+                                          Location(path=out))) from None
+    return CompileResult(art.Artifact(out), manifest, sink.diagnostics, cached=cached)
+
+
+# The file system saying no (full, read-only, not allowed): the user's to fix, not a bug.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EFBIG, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EMLINK}
+
+
+def _check_output_paths(out: str, inputs: _Inputs, cache_dir: str, depfile: str | None) -> None:
+    """OUT is replaced on every compile: it must not be, or hold, anything the compile
+    reads or keeps (exit 2, before any work)."""
+    publish.check_output_folder(out, {
+        "the model": [inputs.model_path, *inputs.external_files],
+        "the spec": list(inputs.spec_files),
+        "the data": [*inputs.data_files, *inputs.labels_files],
+        "the cache folder": [cache_dir],
+        "the depfile": [depfile] if depfile else [],
+        "the working folder": [os.getcwd()],
+    })
 
 
 def _manifest_if_current(folder: str, key: str) -> dict | None:
+    """OUT's manifest when OUT is the artifact for ``key``, every file matching its
+    recorded sha256; read through one descriptor of the folder, so a concurrent swap
+    cannot mix two artifacts' files."""
     try:
-        with open(os.path.join(folder, art.MANIFEST)) as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    if manifest.get("cache_key") != key or manifest.get("format_version") != art.FORMAT_VERSION:
-        return None
-    files = manifest.get("files", {})
-    for name, digest in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != digest.get("bytes"):
-            return None
-    return manifest
-
-
-def _store_in_cache(staging: str, cached_dir: str) -> None:
-    try:
-        os.makedirs(os.path.dirname(cached_dir), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(cached_dir)}.edgec-tmp-{os.getpid()}-",
-                               dir=os.path.dirname(cached_dir))
-        for name in os.listdir(staging):
-            src = os.path.join(staging, name)
-            (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(tmp, name))
-        if os.path.exists(cached_dir):
-            shutil.rmtree(cached_dir, ignore_errors=True)
-        os.rename(tmp, cached_dir)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
-        pass  # a cache that cannot be written only costs time next run
+        return None
+    try:
+        manifest = art.read_manifest(folder, dir_fd=fd)
+        if (manifest is None or manifest.get("cache_key") != key
+                or manifest.get("format_version") != art.FORMAT_VERSION):
+            return None
+        return None if art.verify_files(folder, manifest, dir_fd=fd) else manifest
+    finally:
+        os.close(fd)
 
 
 def _check_outcome(manifest: dict, options: CompileOptions, out: str) -> None:
