@@ -10,6 +10,7 @@ is at hand, judge every budget, and publish the folder atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import importlib.metadata
@@ -210,6 +211,13 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
                 manifest = _build(inputs, staging, key, digests, cache_dir, options, sink)
                 publish.cache_store(staging, cached_dir)
             _check_outcome(manifest, options, out)  # raising here removes the staging folder
+    except EdgecError as e:
+        # A file in the staging folder is no path the user knows: point at OUT instead.
+        e.diagnostics[:] = [
+            dataclasses.replace(d, location=Location(path=out))
+            if d.location is not None and ".edgec-tmp-" in (d.location.path or "") else d
+            for d in e.diagnostics]
+        raise
     except OSError as e:
         if e.errno not in _USER_ERRNOS:
             raise

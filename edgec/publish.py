@@ -105,12 +105,20 @@ def ordinary_mode(path: str, executable: bool = False) -> int:
     return (0o777 if executable else 0o666) & ~_umask()
 
 
+def ensure_folder(directory: str) -> None:
+    """os.makedirs, saying "Not a directory" when a file is in the way."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), directory) from None
+
+
 def write_atomically(path: str, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file beside it and one rename:
     a reader sees the old bytes or the new ones, never a part. On any failure the
     temporary file is removed and the OSError raised."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    ensure_folder(directory)
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     fd, tmp = tempfile.mkstemp(prefix=".edgec-", dir=directory)
@@ -421,7 +429,7 @@ def staging_dir(out: str) -> Iterator[str]:
     out = os.path.abspath(out)
     parent = os.path.dirname(out)
     try:
-        os.makedirs(parent, exist_ok=True)
+        ensure_folder(parent)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.edgec-tmp-{os.getpid()}-",
                                dir=parent)
     except OSError as e:

@@ -74,7 +74,7 @@ def save_model(model: Model, path: str) -> None:
             raise UsageError(Diagnostic.error(
                 f"cannot write the model to standard output: {e.strerror}")) from None
         return
-    from edgec.publish import fault_point, ordinary_mode
+    from edgec.publish import ensure_folder, fault_point, ordinary_mode
 
     path = os.path.abspath(path)
     out_dir = os.path.dirname(path)
@@ -83,7 +83,7 @@ def save_model(model: Model, path: str) -> None:
                                           Location(path=path)))
     to_move: list[tuple[str, str]] = []
     try:
-        os.makedirs(out_dir, exist_ok=True)
+        ensure_folder(out_dir)
         if external or inline_bytes > _PROTOBUF_LIMIT:
             data_name = os.path.basename(path) + ".data"
             fd, data_tmp = tempfile.mkstemp(prefix=".edgec-", suffix=".data", dir=out_dir)
