@@ -21,8 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil  # noqa: F401 - kept for merges; publishing moved to edgec.publish
 import stat
-from typing import Any, Mapping
+import tempfile  # noqa: F401
+from contextlib import contextmanager  # noqa: F401
+from typing import Any, Iterator, Mapping  # noqa: F401
 
 import numpy as np
 
