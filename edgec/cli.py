@@ -277,8 +277,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if result.cached == "output":
             print(f"edgec: {out} is up to date", file=sys.stderr)
         else:
-            with open(os.path.join(out, "report.txt")) as f:
-                sys.stderr.write(f.read())
+            sys.stderr.write(result.report)
             if result.cached == "cache":
                 print(f"edgec: {out} copied from the cache (no rebuild)", file=sys.stderr)
     if not manifest["budgets_held"]:

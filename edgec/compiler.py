@@ -54,10 +54,17 @@ class CompileOptions:
 
 @dataclass
 class CompileResult:
-    artifact: art.Artifact | None
+    out: str
     manifest: dict
     diagnostics: list[Diagnostic] = field(default_factory=list)
     cached: str = "no"   # "no" | "output" (OUT already up to date) | "cache" (copied)
+    report: str = ""     # report.txt as published (OUT may be another compile's by now)
+
+    @property
+    def artifact(self) -> art.Artifact:
+        """OUT, opened when asked for: the CLI never needs it, and another compile may
+        have swapped OUT since this one published it."""
+        return art.Artifact(self.out)
 
     @property
     def budgets_held(self) -> bool:
@@ -198,7 +205,7 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
     existing = _manifest_if_current(out, key)
     if existing is not None:
         _check_outcome(existing, options, out)
-        return CompileResult(art.Artifact(out), existing, cached="output")
+        return CompileResult(out, existing, cached="output")
     publish.check_replaceable(out)  # refuse before any work, not after it
 
     cached_dir = os.path.join(cache_dir, "artifacts", key)
@@ -211,6 +218,8 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
                 manifest = _build(inputs, staging, key, digests, cache_dir, options, sink)
                 publish.cache_store(staging, cached_dir)
             _check_outcome(manifest, options, out)  # raising here removes the staging folder
+            with open(os.path.join(staging, art.REPORT), errors="replace") as f:
+                report = f.read()
     except EdgecError as e:
         # A file in the staging folder is no path the user knows: point at OUT instead.
         e.diagnostics[:] = [
@@ -224,7 +233,7 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
         where = f" ({e.filename})" if e.filename else ""
         raise UsageError(Diagnostic.error(f"cannot write the artifact: {e.strerror}{where}",
                                           Location(path=out))) from None
-    return CompileResult(art.Artifact(out), manifest, sink.diagnostics, cached=cached)
+    return CompileResult(out, manifest, sink.diagnostics, cached=cached, report=report)
 
 
 # The file system saying no (full, read-only, not allowed): the user's to fix, not a bug.
