@@ -296,6 +296,9 @@ def remove_tree(path: str, kind: str | None = None) -> None:
         with suppress(OSError):
             os.unlink(path)
         return
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return
     for name in names:
         p = os.path.join(path, name)
         if os.path.isdir(p) and not os.path.islink(p):
