@@ -341,7 +341,8 @@ class _FaultLab:
 
 def faults(work: Path, *, situations=("build", "copy", "corrupt"),
            kinds=("publish", "cache", "write"), protocols=(False, True),
-           limit: int | None = None, only: tuple[str, ...] = ()) -> FaultFigures:
+           limit: int | None = None, only: tuple[str, ...] = (),
+           progress=None) -> FaultFigures:
     """Kill at every step (the first ``limit`` of each kind; or only the steps whose
     description contains one of ``only``)."""
     fig = FaultFigures()
@@ -357,6 +358,8 @@ def faults(work: Path, *, situations=("build", "copy", "corrupt"),
                     name = (f"{'fallback' if fallback else 'exchange'}/{situation}/"
                             f"{kind}:{n} ({step.split(' ', 1)[1] if ' ' in step else ''})")
                     fig.points[name] = _fault_trial(lab, fig, situation, kind, n, fallback)
+                    if progress:
+                        progress(f"{name}: {fig.points[name]}")
     fig.seconds = round(time.perf_counter() - start, 1)
     return fig
 
@@ -428,24 +431,21 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--workdir", help="where to work (default: a temporary folder)")
         p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="edgec-campaign-")).resolve()
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="edgec-publish-campaign-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if args.campaign == "concurrency":
         figures = []
-        if args.mode in ("same-out", "both"):
-            (work / "same").mkdir(exist_ok=True)
-            figures.append(concurrency_same_out(work / "same", args.processes, args.rounds,
-                                                args.fallback))
-        if args.mode in ("shared-cache", "both"):
-            (work / "shared").mkdir(exist_ok=True)
-            figures.append(concurrency_shared_cache(work / "shared", args.processes,
-                                                    args.rounds, args.fallback))
-        ok = all(f.ok for f in figures)
-        if args.json:
-            print(json.dumps([asdict(f) for f in figures], indent=2))
-        else:
-            for f in figures:
-                print(f"{f.mode}{' (fallback protocol)' if f.fallback else ''}: {f.processes} processes x {f.rounds} rounds = {f.compiles} "
+        for mode, run in (("same-out", concurrency_same_out),
+                          ("shared-cache", concurrency_shared_cache)):
+            if args.mode not in (mode, "both"):
+                continue
+            (work / mode).mkdir(exist_ok=True)
+            f = run(work / mode, args.processes, args.rounds, args.fallback)
+            figures.append(f)
+            if not args.json:
+                protocol = " (fallback protocol)" if f.fallback else ""
+                print(f"{f.mode}{protocol}: {f.processes} processes x {f.rounds} rounds = "
+                      f"{f.compiles} "
                       f"compiles in {f.seconds} s; exit codes {f.exit_codes}; "
                       f"{f.internal_errors} internal errors, {f.other_failures} other failures; "
                       f"OUT checked {f.observations} times: {f.out_missing} missing, "
@@ -453,8 +453,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"end; {f.leftovers} leftovers")
                 for e in f.examples[:10]:
                     print(f"  {e}")
+                sys.stdout.flush()
+        ok = all(f.ok for f in figures)
+        if args.json:
+            print(json.dumps([asdict(f) for f in figures], indent=2))
     else:
-        fig = faults(work, limit=args.limit)
+        fig = faults(work, limit=args.limit,
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
         ok = fig.ok
         if args.json:
             print(json.dumps(asdict(fig), indent=2))
