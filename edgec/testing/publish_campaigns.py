@@ -87,9 +87,15 @@ def compile_cmd(spec: Path, out: Path, cache: Path) -> list[str]:
             "-o", str(out), "--cache-dir", str(cache), "-q"]
 
 
+SWAPPED = "swapped out while being read"
+
+
 def whole(out: Path) -> str | None:
     """None when ``out`` is a whole artifact, else what is wrong. Read through one
-    descriptor of the folder, as a consumer opening it at that instant would."""
+    descriptor of the folder, as a consumer opening it at that instant would. When the
+    folder read is no longer the one at ``out`` by the end (another compile swapped a
+    new artifact in and is removing the old one), the answer is `SWAPPED`: what was
+    read is not OUT any more, and says nothing about OUT."""
     try:
         fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
@@ -99,9 +105,19 @@ def whole(out: Path) -> str | None:
     try:
         manifest = art.read_manifest(str(out), dir_fd=fd)
         if manifest is None:
-            return "no edgec manifest"
-        problems = art.verify_files(str(out), manifest, dir_fd=fd)
-        return "; ".join(problems) if problems else None
+            problem = "no edgec manifest"
+        else:
+            problems = art.verify_files(str(out), manifest, dir_fd=fd)
+            problem = "; ".join(problems) if problems else None
+        if problem:
+            read, now = os.fstat(fd), None
+            try:
+                now = os.stat(out)
+            except OSError:
+                pass
+            if now is None or (read.st_dev, read.st_ino) != (now.st_dev, now.st_ino):
+                return SWAPPED
+        return problem
     finally:
         os.close(fd)
 
@@ -139,6 +155,7 @@ class ConcurrencyFigures:
     observations: int = 0
     out_missing: int = 0
     out_not_whole: int = 0
+    swapped_while_read: int = 0  # the folder read was swapped out meanwhile: not counted
     ends_not_whole: int = 0
     leftovers: int = 0
     seconds: float = 0.0
@@ -181,7 +198,9 @@ class _Watcher(threading.Thread):
         while not self.stop.is_set():
             problem = whole(self.out)
             self.fig.observations += 1
-            if problem == "missing":
+            if problem == SWAPPED:
+                self.fig.swapped_while_read += 1
+            elif problem == "missing":
                 self.fig.out_missing += 1
             elif problem:
                 self.fig.out_not_whole += 1
@@ -449,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"compiles in {f.seconds} s; exit codes {f.exit_codes}; "
                       f"{f.internal_errors} internal errors, {f.other_failures} other failures; "
                       f"OUT checked {f.observations} times: {f.out_missing} missing, "
-                      f"{f.out_not_whole} not whole; {f.ends_not_whole} not whole at a round's "
+                      f"{f.out_not_whole} not whole ({f.swapped_while_read} reads of a folder "
+                      f"swapped out meanwhile); {f.ends_not_whole} not whole at a round's "
                       f"end; {f.leftovers} leftovers")
                 for e in f.examples[:10]:
                     print(f"  {e}")
