@@ -334,7 +334,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             tuning_seconds=(spec.optimize.tuning.wall_time.to("s")
                             if spec.optimize.tuning.wall_time is not None else None),
             seed=spec.optimize.seed, threads=options.threads, rpc=options.rpc,
-            progress=options.progress))
+            batch=batch, progress=options.progress))
 
     choice = options.backend or spec.optimize.backend
     configs, skipped = configurations(spec, target, choice, set(default_registry().names()))
@@ -525,6 +525,8 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
         runner = OrtRunner(os.path.join(folder, "model.onnx"), {})
         run_fn = lambda feed: runner.session.run(None, feed)  # noqa: E731
         names = runner.input_names
+    if result.runnable_here and result.batch is not None:
+        run_fn = _in_batches_of(run_fn, result.batch)  # a module bound to one batch
     candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
@@ -571,6 +573,24 @@ def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int |
         feed = {n: samples[n][start:start + step] for n in names}
         outs.append([np.asarray(r) for r in run(feed)])
     return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+
+
+def _in_batches_of(run, batch: int):
+    """``run`` for a module that takes exactly ``batch`` samples: each feed is cut into
+    batches of that size, the last one padded with copies of its last sample."""
+    def run_batched(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        total = len(next(iter(feed.values())))
+        outs: list[list[np.ndarray]] = []
+        for start in range(0, total, batch):
+            chunk = {}
+            for name, value in feed.items():
+                part = value[start:start + batch]
+                if len(part) < batch:
+                    part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
+                chunk[name] = part
+            outs.append([np.asarray(r)[:min(batch, total - start)] for r in run(chunk)])
+        return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+    return run_batched
 
 
 def _batch_inputs(samples: dict[str, np.ndarray], in_specs: list[InputSpec],

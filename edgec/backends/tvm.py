@@ -206,6 +206,54 @@ def _value_info(value: onnx.ValueInfoProto) -> dict:
     return {"name": value.name, "dtype": dtype, "shape": shape}
 
 
+def _bind_symbolic_batch(mod, batch: int):
+    """``mod`` with every input's symbolic leading (batch) dimension bound to ``batch``,
+    and the names of the dimensions bound (empty: the batch is fixed already)."""
+    from tvm import relax
+
+    main = mod["main"]
+    symbolic = list(relax.analysis.defined_symbolic_vars(main))
+    leading = []
+    for param in main.params:
+        values = getattr(getattr(param.ty, "shape", None), "values", None)
+        if not values:
+            continue
+        var = next((v for v in symbolic if values[0].same_as(v)), None)
+        if var is not None and not any(var.same_as(other) for other in leading):
+            leading.append(var)
+    if not leading:
+        return mod, {}
+    mod = relax.transform.BindSymbolicVars({var: batch for var in leading}, "main")(mod)
+    return mod, {str(var.name): batch for var in leading}
+
+
+def _bind_value_info(info: dict, bound: Mapping[str, int], leading: bool = False) -> dict:
+    """A `_value_info` with the dimensions tuning bound replaced by their value (an
+    unnamed leading input dimension is the batch too)."""
+    if not bound or not info["shape"]:
+        return info
+    batch = next(iter(bound.values()))
+    shape = [bound.get(dim, dim) if isinstance(dim, str) else dim for dim in info["shape"]]
+    if leading and shape[0] is None:
+        shape[0] = batch
+    return {**info, "shape": shape}
+
+
+def _is_dynamic(task_mod) -> bool:
+    """Whether a tuning task's kernel has a symbolic (non-constant) buffer dimension."""
+    import tvm
+
+    for func in task_mod.functions.values():
+        for param in getattr(func, "params", []):
+            try:
+                shape = param.shape
+            except AttributeError:
+                return True  # a scalar parameter: a shape variable passed in
+            if any(not isinstance(dim, tvm.tirx.IntImm) for dim in shape):
+                return True
+    return False
+
+
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
@@ -238,6 +286,23 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
+def _check_batch(names: list[str], inputs: Mapping[str, Any], batch: int | None) -> None:
+    """A module tuned on a symbolic batch takes that one batch: anything else is a usage
+    error (exit 2), not TVM's match_cast failure."""
+    if batch is None:
+        return
+    for name in names:
+        shape = np.shape(inputs[name])
+        if not shape or shape[0] != batch:
+            got = f"batch {shape[0]}" if shape else "a scalar"
+            raise BackendError(
+                f"input '{name}' has {got}, but this TVM module was tuned for batch {batch} "
+                f"and takes batch {batch} only (its symbolic batch dimension was bound for "
+                f"tuning); feed batches of {batch}, or compile with the spec's `at batch` "
+                "set to the batch you run, or without tuning for a module that takes any "
+                "batch", exit_code=2)
+
+
 @dataclass
 class TVMRunner:
     """A module loaded into a relax VM on this host."""
@@ -246,6 +311,7 @@ class TVMRunner:
     output_names: list[str]
     vm: Any
     device: Any
+    batch: int | None = None  # the one batch a module tuned on a symbolic batch takes
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -254,6 +320,7 @@ class TVMRunner:
         if missing:
             raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
                                f"{', '.join(self.input_names)}")
+        _check_batch(self.input_names, inputs, self.batch)
         return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device)
                 for name in self.input_names]
 
@@ -361,13 +428,26 @@ class TVMBackend:
 
         progress("import", 0, 1, "importing the model into relax")
         mod = self._import(model)
+        will_tune = bool(options.tuning_trials or options.tuning_seconds) and (
+            self._runnable_here(target) or options.rpc is not None)
+        bound: dict[str, int] = {}
+        if will_tune:
+            # MetaSchedule tunes static shapes only (a symbolic batch crashes it in
+            # parallel_for_dynamic): bind the batch to the one the spec is judged at.
+            mod, bound = _bind_symbolic_batch(mod, options.batch)
+            if bound:
+                notes.append(
+                    f"tuned for batch {options.batch}: the model's symbolic batch dimension "
+                    f"({', '.join(bound)}) is bound to the spec's latency batch, so the module "
+                    f"takes batch {options.batch} only (compile without tuning for a module "
+                    "that takes any batch)")
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.get_pipeline("zero")(mod)
         progress("import", 1, 1, "imported and fused")
 
         tuning = None
         if options.tuning_trials or options.tuning_seconds:
-            if not self._runnable_here(target) and options.rpc is None:
+            if not will_tune:
                 notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
                              "device, reached over TVM RPC (an RPC tracker and key); "
                              "the module uses TVM's default schedules")
@@ -399,8 +479,12 @@ class TVMBackend:
             "triple": target.triple,
             "accelerator": None if target.accelerator is None else {
                 "kind": target.accelerator.kind, "arch": target.accelerator.arch},
-            "inputs": [_value_info(value) for value in _graph_inputs(model)],
-            "outputs": [_value_info(value) for value in model.graph.output],
+            "inputs": [_bind_value_info(_value_info(value), bound, leading=True)
+                       for value in _graph_inputs(model)],
+            "outputs": [_bind_value_info(_value_info(value), bound)
+                        for value in model.graph.output],
+            # The one batch the module takes, when tuning bound a symbolic batch to it.
+            "batch": options.batch if bound else None,
             "tuned": bool(tuning and tuning["tasks_tuned"] > 0),
             "tuning": tuning,
             "tvm_version": tvm.__version__,
@@ -415,7 +499,8 @@ class TVMBackend:
                              + details["cuda"]["cubin_error"])
         return BuildResult(backend=self.name, files=files,
                            runnable_here=self._runnable_here(target),
-                           details=details, tuned=details["tuned"], notes=notes)
+                           details=details, tuned=details["tuned"], notes=notes,
+                           batch=details["batch"])
 
     # -- tuning -----------------------------------------------------------------------
 
@@ -434,6 +519,13 @@ class TVMBackend:
                                                        sort_keys=True) + "\n")
         _load_tensor_intrinsics(target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+        # MetaSchedule cannot tune a kernel with a symbolic dimension (one the batch
+        # binding left, a sequence length say): those keep TVM's default schedule.
+        dynamic = [task.task_name for task in tasks if _is_dynamic(task.dispatched[0])]
+        tasks = [task for task in tasks if task.task_name not in dynamic]
+        if dynamic:
+            notes.append(f"{len(dynamic)} kernels have symbolic shapes, which MetaSchedule "
+                         f"cannot tune, and keep TVM's default schedule: {', '.join(dynamic)}")
         cost_model = "xgb" if _has_xgboost() else "random"
 
         # One process tunes a target's database at a time; others wait for it.
@@ -519,6 +611,7 @@ class TVMBackend:
             "seconds_requested": options.tuning_seconds,
             "trials_run": sum(entry["trials"] for entry in per_task.values()),
             "tasks_total": len(tasks),
+            "tasks_dynamic": len(dynamic),
             "tasks_tuned": len(tuned_names),
             "tasks_untuned": len(untuned),
             "tasks_from_database": sum(1 for entry in per_task.values()
@@ -607,7 +700,8 @@ class TVMBackend:
         device = tvm.cpu()
         return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
                          output_names=[value["name"] for value in details["outputs"]],
-                         vm=relax.VirtualMachine(library, device), device=device)
+                         vm=relax.VirtualMachine(library, device), device=device,
+                         batch=details.get("batch"))
 
     def measure(self, artifact_dir: str, details: dict[str, Any],
                 inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
@@ -642,6 +736,7 @@ class TVMBackend:
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
         vm = relax.VirtualMachine(library, device)
         names = [value["name"] for value in details["inputs"]]
+        _check_batch(names, inputs, details.get("batch"))
         arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
                      for name in names]
         return _time_vm(vm, device, arguments, where=where)

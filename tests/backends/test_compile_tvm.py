@@ -120,3 +120,33 @@ def test_bench_over_rpc_agrees_with_local_bench(tmp_path, rpc_tracker):
     remote = json.loads(remote_run.stdout)
     assert remote["where"].startswith("rpc://")
     assert abs(remote["p50_ms"] - local["p50_ms"]) / local["p50_ms"] <= 0.20, (local, remote)
+
+
+def test_compile_tunes_symbolic_batch_model_bound_to_spec_batch(tmp_path, tuning_cache):
+    """`backend tvm` + `tuning 2 trials` on digits (batch N): exit 0, the module is bound to
+    the spec's batch (1), `run` at batch 1 matches onnxruntime, another batch is exit 2."""
+    data = REPO / "spec_examples" / "data" / "digits.npz"
+    spec = tmp_path / "s.edge"
+    spec.write_text('target host\naccuracy {\n  metric top1-agreement\n  tolerance 1 %\n'
+                    f'  data "{data}"\n}}\noptimize {{\n  backend tvm\n  tuning 2 trials\n}}\n')
+    built = edgec_cli("compile", DIGITS, "--spec", spec, "-o", "out", "--cache-dir",
+                      tuning_cache, "-q", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    backend = manifest["backend"]
+    assert backend["name"] == "tvm" and backend["tuned"] and backend["details"]["batch"] == 1
+    assert any("takes batch 1 only" in note for note in backend["notes"])
+    assert "takes batch 1 only" in (tmp_path / "out" / "report.txt").read_text()
+    assert manifest["accuracy"]["held"]
+
+    x = np.load(data)["input"][:1]
+    np.savez(tmp_path / "one.npz", input=x)
+    ran = edgec_cli("run", "out", "--inputs", "one.npz", "-o", "y.npz", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    want = ort.InferenceSession(str(DIGITS)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], want, rtol=1e-4, atol=1e-4)
+
+    other = edgec_cli("run", "out", "--inputs", data, cwd=tmp_path)
+    assert other.returncode == 2, other.stderr
+    assert "takes batch 1 only" in other.stderr and "Traceback" not in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1, other.stderr
