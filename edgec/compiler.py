@@ -10,6 +10,7 @@ is at hand, judge every budget, and publish the folder atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -284,6 +285,7 @@ class _Tried:
     nodes_after: int = 0
     seconds: float = 0.0
     pipeline: str = ""
+    latency_note: str | None = None  # how the latency was judged when RPC could not be used
 
 
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
@@ -337,6 +339,8 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             batch=batch, progress=options.progress))
 
     choice = options.backend or spec.optimize.backend
+    if options.rpc is not None:
+        _check_rpc(options.rpc, choice)
     configs, skipped = configurations(spec, target, choice, set(default_registry().names()))
     if not configs:
         raise UsageError(Diagnostic.error(
@@ -383,6 +387,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         candidates.append({**e.config.to_json(), "status": status, "reason": reason,
                            "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
                            "size_bytes": e.size_bytes, "latency_where": e.latency_where,
+                           **({"latency_note": t.latency_note} if t.latency_note else {}),
                            "tuned": t.result.tuned if t.result else None,
                            "budgets": [{k: b[k] for k in ("name", "status")} for b in e.budgets]})
     candidates += [{"label": s.label, "status": "skipped", "reason": s.reason} for s in skipped]
@@ -493,13 +498,24 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     attempt.result = result
     ev.tuned = result.tuned
 
-    # Latency: measured on this host or over RPC, else estimated from the target.
+    # Latency: measured on this host or over RPC, else estimated from the target. A
+    # backend that cannot be measured over RPC (ort) is measured here when the target is
+    # at hand, else estimated, and the candidate says so.
     lat = spec.budget.latency
     percentile = lat.percentile if lat else 50
-    if ctx.at_hand or ctx.options.rpc is not None:
+    rpc = ctx.options.rpc
+    over_rpc = rpc is not None and getattr(backend, "measures_over_rpc", False)
+    if rpc is not None and not over_rpc:
+        attempt.latency_note = (
+            f"the {config.backend} backend cannot be measured over TVM RPC: its latency was "
+            + ("measured on this host" if ctx.at_hand else
+               "estimated from the target description (edgec.planner.costmodel)"))
+    if ctx.at_hand or over_rpc:
         ctx.options.progress("measure", 0, None, f"measuring {config.label}")
+        measure_options = ctx.build_options if over_rpc else \
+            dataclasses.replace(ctx.build_options, rpc=None)
         attempt.latency = backend.measure(folder, result.details, ctx.bench_inputs,
-                                          ctx.build_options)
+                                          measure_options)
         ev.latency_s = attempt.latency.percentile(percentile)
         ev.latency_where = attempt.latency.where
     else:
@@ -610,11 +626,32 @@ def _batch_inputs(samples: dict[str, np.ndarray], in_specs: list[InputSpec],
 
 def _latency_record(chosen: _Tried) -> dict:
     # The figures themselves are in measurements.json: they differ between runs.
+    note = {"note": chosen.latency_note} if chosen.latency_note else {}
     if chosen.latency is not None:
-        return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS}
+        return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS,
+                **note}
     return {"measured": False, "where": "estimated", "figures": art.MEASUREMENTS,
-            "why": "the target is not at hand and no RPC tracker was given: estimated from "
-                   "the target description (edgec.planner.costmodel)"}
+            "why": chosen.latency_note or
+            "the target is not at hand and no RPC tracker was given: estimated from "
+            "the target description (edgec.planner.costmodel)"}
+
+
+def _check_rpc(rpc: RpcConfig, choice: str) -> None:
+    """Before any work: an RPC tracker only serves backends measured over TVM RPC, and
+    it must answer with a device under the key (exit 2 otherwise)."""
+    if choice != "auto":
+        try:
+            backend = get_backend(choice)
+        except EdgecError:
+            return  # the configuration step reports an unknown backend
+        if not getattr(backend, "measures_over_rpc", False):
+            raise UsageError(Diagnostic.error(
+                f"the {choice} backend cannot be measured (or tuned) over TVM RPC: drop "
+                "--rpc-tracker/--rpc-key and measure the artifact on the device with "
+                "`edgec bench` there, or use --backend tvm or auto"))
+    from edgec.backends.tvm import check_rpc_tracker
+
+    check_rpc_tracker(rpc)
 
 
 def _judge(spec, ev, model) -> list[dict]:

@@ -39,6 +39,7 @@ from edgec.diagnostics import Diagnostic, Location, ModelError
 
 MODULE_FILE = "model.so"
 TUNING_DIR = "tvm-tuning"
+LEDGER_FILE = "edgec-trials.json"  # trials granted per workload (see TVMBackend._tune)
 
 # Debian cross compilers by target architecture: (executable, package).
 CROSS_COMPILERS = {
@@ -146,15 +147,67 @@ def _open_database(db_dir, target, notes: list[str]):
     try:
         return load()
     except Exception as error:
-        aside = db_dir / f"damaged-{int(time.time())}"
-        aside.mkdir()
-        for name in ("database_workload.json", "database_tuning_record.json",
-                     "edgec-trials.json"):
-            if (db_dir / name).exists():
-                (db_dir / name).rename(aside / name)
+        aside = _move_aside(db_dir, ("database_workload.json", "database_tuning_record.json",
+                                     LEDGER_FILE))
         notes.append(f"the tuning database could not be read ({str(error).splitlines()[0]}); "
                      f"it was moved to {aside.name} and tuning started afresh")
         return load()
+
+
+def _move_aside(db_dir: Path, names) -> Path:
+    """Moves the damaged files ``names`` of a tuning database into ``damaged-<time>/``."""
+    aside = db_dir / f"damaged-{int(time.time())}"
+    aside.mkdir(exist_ok=True)
+    for name in names:
+        if (db_dir / name).exists():
+            (db_dir / name).replace(aside / name)
+    return aside
+
+
+def _read_ledger(db_dir: Path, notes: list[str]) -> dict[str, int]:
+    """The trials granted per workload so far (``edgec-trials.json``). One that does not
+    read as such (a kill while an older edgec wrote it, an edit) is moved aside with a
+    note: the database's own record counts then stand in for it."""
+    path = db_dir / LEDGER_FILE
+    try:
+        ledger = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        if isinstance(ledger, dict) and all(
+                isinstance(key, str) and type(value) is int and value >= 0
+                for key, value in ledger.items()):
+            return ledger
+        problem = "not a map of workload hashes to trial counts"
+    aside = _move_aside(db_dir, (LEDGER_FILE,))
+    notes.append(f"the tuning ledger {LEDGER_FILE} could not be read ({problem}); it was "
+                 f"moved to {aside.name}, and the database's records count the trials so far")
+    return {}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder and a
+    rename: readers see the old or the new content, never a partial one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _tune_contexts(task, target, work_dir: str, seed: int):
@@ -330,10 +383,55 @@ class TVMRunner:
         return {name: value.numpy() for name, value in zip(self.output_names, values)}
 
 
+def check_rpc_tracker(config, timeout: float = 10.0) -> None:
+    """Raises a one-line `BackendError` (exit 2) unless ``config`` names a reachable TVM
+    RPC tracker with a device server registered under its key.
+
+    TVM's own client retries a refused connection for 60 s, logging a warning every 5 s,
+    and then fails deep inside tuning or measurement; this answers in ``timeout`` s.
+    """
+    import socket
+
+    where = f"{config.host}:{config.port}"
+    try:
+        with socket.create_connection((config.host, config.port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise BackendError(f"cannot reach the RPC tracker {where}: {reason}",
+                           exit_code=2) from None
+    try:
+        from tvm import rpc
+    except ImportError as error:
+        raise BackendError(f"TVM RPC needs apache-tvm (pip install apache-tvm): {error}",
+                           exit_code=2) from None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # TVM's tracker client blocks on a silent peer
+    try:
+        tracker = rpc.connect_tracker(config.host, config.port)
+        try:
+            summary = tracker.summary()
+        finally:
+            tracker.close()
+    except Exception as error:  # RuntimeError "not RPC Tracker", timeouts, bad JSON
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise BackendError(f"{where} does not answer as a TVM RPC tracker: {reason}",
+                           exit_code=2) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    keys = sorted({str(entry.get("key", "")).split(":")[-1]
+                   for entry in summary.get("server_info", [])} - {""})
+    if config.key not in keys:
+        raise BackendError(f"no device server is registered under key '{config.key}' at the "
+                           f"RPC tracker {where} (keys there: {', '.join(keys) or 'none'})",
+                           exit_code=2)
+
+
 class TVMBackend:
     """Builds, loads and measures TVM modules (see the module docstring)."""
 
     name = "tvm"
+    measures_over_rpc = True  # latency and tuning reach devices through TVM RPC
 
     def __init__(self) -> None:
         # The last imported model: check_model then build imports once.
@@ -515,8 +613,8 @@ class TVMBackend:
         notes: list[str] = []
         db_dir = tuning_database_dir(options.cache_dir, target)
         db_dir.mkdir(parents=True, exist_ok=True)
-        (db_dir / "target.json").write_text(json.dumps(target.tvm_target(), indent=2,
-                                                       sort_keys=True) + "\n")
+        _write_atomically(db_dir / "target.json",
+                          json.dumps(target.tvm_target(), indent=2, sort_keys=True) + "\n")
         _load_tensor_intrinsics(target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
         # MetaSchedule cannot tune a kernel with a symbolic dimension (one the batch
@@ -544,8 +642,8 @@ class TVMBackend:
             recorded = _records_per_workload(database)
             # Trials granted per workload so far: a task whose search space ran dry
             # records fewer trials than it was granted, and must not be retried.
-            ledger_path = db_dir / "edgec-trials.json"
-            ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+            ledger_path = db_dir / LEDGER_FILE
+            ledger = _read_ledger(db_dir, notes)
             per_task: dict[str, dict] = {}
             todo = []
             keys = {}
@@ -584,7 +682,9 @@ class TVMBackend:
                 per_task[task.task_name]["trials"] = len(database) - before
                 key = keys[task.task_name]
                 ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
-                ledger_path.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+                # Atomically: a kill mid-write must not leave a ledger that fails every
+                # later tuned compile for this target.
+                _write_atomically(ledger_path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
             if todo:
                 progress("tune", len(todo) if not stopped_early else index, len(todo),
                          "tuning done" if not stopped_early else "wall time spent")
@@ -637,6 +737,7 @@ class TVMBackend:
 
         if options.rpc is None:
             return ms.runner.LocalRunner(timeout_sec=60)
+        check_rpc_tracker(options.rpc)
         config = ms.runner.RPCConfig(tracker_host=options.rpc.host,
                                      tracker_port=options.rpc.port,
                                      tracker_key=options.rpc.key, session_timeout_sec=60)
@@ -722,12 +823,17 @@ class TVMBackend:
 
         config = options.rpc
         where = f"rpc://{config.host}:{config.port}/{config.key}"
+        names = [value["name"] for value in details["inputs"]]
+        _check_batch(names, inputs, details.get("batch"))
+        check_rpc_tracker(config)
         try:
             tracker = rpc.connect_tracker(config.host, config.port)
             remote = tracker.request(config.key, session_timeout=600)
         except Exception as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
             raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
-                               f"tracker {config.host}:{config.port}: {error}") from error
+                               f"tracker {config.host}:{config.port}: {reason}",
+                               exit_code=2) from None
         if options.threads:
             configure = remote.get_function("runtime.config_threadpool")
             configure(1, options.threads)
@@ -735,8 +841,6 @@ class TVMBackend:
         library = remote.load_module(details["module"])
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
         vm = relax.VirtualMachine(library, device)
-        names = [value["name"] for value in details["inputs"]]
-        _check_batch(names, inputs, details.get("batch"))
         arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
                      for name in names]
         return _time_vm(vm, device, arguments, where=where)
@@ -801,5 +905,5 @@ def _has_xgboost() -> bool:
     return True
 
 
-__all__ = ["TVMBackend", "TVMRunner", "host_arch", "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "check_rpc_tracker", "host_arch", "target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]
