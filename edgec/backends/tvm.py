@@ -210,6 +210,37 @@ def _umask() -> int:
     return mask
 
 
+META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+@contextlib.contextmanager
+def _meta_schedule_logging():
+    """Lets MetaSchedule configure its loggers, and keeps its console lines to itself.
+
+    Each tuning call runs MetaSchedule's ``create_loggers``, which lists every handler of
+    the ``tvm.s_tir.meta_schedule`` logger by name in a ``logging.config.dictConfig``: a
+    handler it did not create itself breaks it — ``None.format`` (AttributeError) for an
+    unnamed one, "Unable to add handler" for a named one. pytest >= 9.1 attaches its
+    unnamed capture handler to every non-propagating logger, which that one is after the
+    first tuning in a process (so the second tuning test failed in a fresh venv). Such
+    handlers are detached while MetaSchedule runs and put back afterwards. MetaSchedule's
+    console handler writes to ``sys.stdout`` as it is when the handler is made: a buffer
+    here, so that "[INFO] Logging directory: ..." does not leak into edgec's output.
+    """
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    foreign = [handler for handler in logger.handlers
+               if not (handler.get_name() or "").startswith(META_SCHEDULE_LOGGER)]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for handler in foreign:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
 def _tune_contexts(task, target, work_dir: str, seed: int):
     """MetaSchedule's tune context for one task, loading intrinsics its rules ask for."""
     from tvm.s_tir import meta_schedule as ms
@@ -627,7 +658,8 @@ class TVMBackend:
         cost_model = "xgb" if _has_xgboost() else "random"
 
         # One process tunes a target's database at a time; others wait for it.
-        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir:
+        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir, \
+                _meta_schedule_logging():
             fcntl.flock(lock, fcntl.LOCK_EX)
             database = _open_database(db_dir, target, notes)
 

@@ -389,3 +389,34 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_meta_schedule_logging_survives_foreign_handlers(tmp_path):
+    # pytest >= 9.1 attaches its unnamed capture handler to every non-propagating logger,
+    # MetaSchedule's among them after the first tuning: its create_loggers then raised
+    # AttributeError: 'NoneType' object has no attribute 'format' (test_tuning_through_rpc
+    # failed in a fresh venv).
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    from edgec.backends.tvm import META_SCHEDULE_LOGGER, _meta_schedule_logging
+
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    unnamed, named = logging.Handler(), logging.Handler()
+    named.set_name("someone-else")
+    for handler in (unnamed, named):
+        logger.addHandler(handler)
+    try:
+        with pytest.raises((AttributeError, ValueError)):
+            get_loggers_from_work_dir(str(tmp_path / "bare"), ["task"])
+        for handler in (unnamed, named):  # dictConfig dropped them on the way
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        with _meta_schedule_logging():
+            for _ in range(2):  # once per task
+                get_loggers_from_work_dir(str(tmp_path / "work"), ["task"])
+        assert unnamed in logger.handlers and named in logger.handlers
+    finally:
+        for handler in (unnamed, named):
+            logger.removeHandler(handler)
