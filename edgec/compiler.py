@@ -633,7 +633,7 @@ def _latency_record(chosen: _Tried) -> dict:
     return {"measured": False, "where": "estimated", "figures": art.MEASUREMENTS,
             "why": chosen.latency_note or
             "the target is not at hand and no RPC tracker was given: estimated from "
-            "the target description (edgec.planner.costmodel)"}
+            "the target description (edgec.planner.costmodel)", **note}
 
 
 def _check_rpc(rpc: RpcConfig, choice: str) -> None:
