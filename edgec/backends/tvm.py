@@ -50,6 +50,8 @@ CROSS_COMPILERS = {
 
 # When only a wall-time budget is given, each task is offered this many trials.
 TRIALS_PER_TASK_WITHOUT_BUDGET = 64
+# Candidates measured per search round of a task (MetaSchedule's num_trials_per_iter).
+TRIALS_PER_ROUND = 64
 
 
 def host_arch() -> str:
@@ -241,19 +243,33 @@ def _meta_schedule_logging():
                 logger.addHandler(handler)
 
 
-def _tune_contexts(task, target, work_dir: str, seed: int):
+def _search_strategy(trials_in_database: int, trials: int) -> str:
+    """MetaSchedule's search strategy for a task.
+
+    Evolutionary search ranks its population with the cost model, which answers with
+    random scores until it has seen 100 measurements (XGBModel's warm-up), and seeds
+    the population from the database's records of the task. A task with no record,
+    tuned in one round, gains nothing from it over sampling random schedules
+    ("replay-trace"), which costs a fraction: 27-33 s against 117-168 s for a 2-trial
+    conv task on this loaded 2-core machine.
+    """
+    return "replay-trace" if trials_in_database == 0 and trials <= TRIALS_PER_ROUND \
+        else "evolutionary"
+
+
+def _tune_contexts(task, target, work_dir: str, seed: int, strategy: str = "evolutionary"):
     """MetaSchedule's tune context for one task, loading intrinsics its rules ask for."""
     from tvm.s_tir import meta_schedule as ms
 
     try:
         contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], work_dir=work_dir, seed=seed)
+            [task], work_dir=work_dir, seed=seed, strategy=strategy)
     except ValueError as error:
         if "TensorIntrin" not in str(error):
             raise
         _load_tensor_intrinsics(target, everything=True)
         contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], work_dir=work_dir, seed=seed)
+            [task], work_dir=work_dir, seed=seed, strategy=strategy)
     # MetaSchedule logs every round to the console; edgec reports through progress
     # instead (MetaSchedule's log files go to the temporary work dir).
     for name in list(logging.root.manager.loggerDict):
@@ -705,12 +721,17 @@ class TVMBackend:
                         stopped_early = True
                         break
                 progress("tune", index, len(todo), f"{task.task_name}: {trials} trials")
-                contexts, weights = _tune_contexts(task, target, work_dir, options.seed)
+                strategy = _search_strategy(per_task[task.task_name]["trials_in_database"],
+                                            trials)
+                per_task[task.task_name]["strategy"] = strategy
+                contexts, weights = _tune_contexts(task, target, work_dir, options.seed,
+                                                   strategy)
                 before = len(database)
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
                               max_trials_global=trials, max_trials_per_task=trials,
-                              num_trials_per_iter=min(64, trials), builder=builder,
-                              runner=runner, database=database, cost_model=cost_model)
+                              num_trials_per_iter=min(TRIALS_PER_ROUND, trials),
+                              builder=builder, runner=runner, database=database,
+                              cost_model=cost_model)
                 per_task[task.task_name]["trials"] = len(database) - before
                 key = keys[task.task_name]
                 ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
@@ -878,12 +899,17 @@ class TVMBackend:
         return _time_vm(vm, device, arguments, where=where)
 
 
-def _time_vm(vm, device, arguments, *, where: str) -> LatencyStats:
+def _time_vm(vm, device, arguments, *, where: str, max_seconds: float = 10.0) -> LatencyStats:
     """Latency of ``main`` with the VM's time evaluator (on the device, for RPC)."""
     # The stateful form times the call without shipping outputs (tuples) back.
     vm.set_input("main", *arguments)
-    vm.time_evaluator("invoke_stateful", device, number=1, repeat=5)("main")  # warm-up
-    evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=50,
+    # Warm-up, and at most about max_seconds of timed runs (at least 5), as time_calls
+    # takes: 50 runs of an untuned ResNet-18 (1.5 s each) took over a minute per candidate.
+    [first] = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)("main").results
+    if first * 4 < max_seconds / 10:
+        vm.time_evaluator("invoke_stateful", device, number=1, repeat=4)("main")
+    repeat = max(5, min(50, int(max_seconds / max(first, 1e-9))))
+    evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat,
                                   min_repeat_ms=0)
     times = list(evaluator("main").results)
     if sum(times) < 0.5:  # fast models: more samples, as time_calls takes

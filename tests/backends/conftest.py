@@ -46,14 +46,6 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def tuning_cache(tmp_path_factory):
-    """A cache folder shared by the session's tuning tests: each target's MetaSchedule
-    database fills once, and a test that tunes what another already tuned runs no trial
-    (tests that count trials use caches of their own)."""
-    return tmp_path_factory.mktemp("tuning-cache")
-
-
-@pytest.fixture(scope="session")
 def rpc_tracker(tmp_path_factory):
     """An `RpcConfig` for a tracker on 127.0.0.1 with one CPU server registered under
     the key "local"; both are stopped at the end of the session."""

@@ -18,6 +18,7 @@ from edgec.testing import models
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
+DIGITS_DATA = REPO / "spec_examples" / "data" / "digits.npz"
 
 pytest.importorskip("tvm")
 
@@ -122,31 +123,43 @@ def test_bench_over_rpc_agrees_with_local_bench(tmp_path, rpc_tracker):
     assert abs(remote["p50_ms"] - local["p50_ms"]) / local["p50_ms"] <= 0.20, (local, remote)
 
 
-def test_compile_tunes_symbolic_batch_model_bound_to_spec_batch(tmp_path, tuning_cache):
-    """`backend tvm` + `tuning 2 trials` on digits (batch N): exit 0, the module is bound to
-    the spec's batch (1), `run` at batch 1 matches onnxruntime, another batch is exit 2."""
-    data = REPO / "spec_examples" / "data" / "digits.npz"
-    spec = tmp_path / "s.edge"
+@pytest.fixture(scope="module")
+def tuned_digits(tmp_path_factory):
+    """digits.onnx (input ``N``x1x8x8, N symbolic) compiled with `backend tvm` and `tuning 2
+    trials` (MetaSchedule crashed on the symbolic batch: exit 1 in task 0). The folder."""
+    tmp = tmp_path_factory.mktemp("tuned-digits")
+    spec = tmp / "s.edge"
     spec.write_text('target host\naccuracy {\n  metric top1-agreement\n  tolerance 1 %\n'
-                    f'  data "{data}"\n}}\noptimize {{\n  backend tvm\n  tuning 2 trials\n}}\n')
-    built = edgec_cli("compile", DIGITS, "--spec", spec, "-o", "out", "--cache-dir",
-                      tuning_cache, "-q", cwd=tmp_path)
+                    f'  data "{DIGITS_DATA}"\n}}\noptimize {{\n  backend tvm\n'
+                    '  tuning 2 trials\n}\n')
+    built = edgec_cli("compile", DIGITS, "--spec", spec, "-o", "out", "--cache-dir", "cache",
+                      "-q", cwd=tmp)
     assert built.returncode == 0, built.stderr
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    backend = manifest["backend"]
-    assert backend["name"] == "tvm" and backend["tuned"] and backend["details"]["batch"] == 1
-    assert any("takes batch 1 only" in note for note in backend["notes"])
-    assert "takes batch 1 only" in (tmp_path / "out" / "report.txt").read_text()
-    assert manifest["accuracy"]["held"]
+    return tmp / "out"
 
-    x = np.load(data)["input"][:1]
+
+def test_tuning_binds_symbolic_batch_to_spec_batch(tuned_digits, tmp_path):
+    manifest = json.loads((tuned_digits / "manifest.json").read_text())
+    backend = manifest["backend"]
+    details = backend["details"]
+    assert backend["name"] == "tvm" and backend["tuned"]
+    assert details["tuning"]["tasks_untuned"] == 0 and details["tuning"]["tasks_dynamic"] == 0
+    assert details["batch"] == 1
+    assert details["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 1, 8, 8]}]
+    assert any("takes batch 1 only" in note and "(N)" in note for note in backend["notes"])
+    assert "takes batch 1 only" in (tuned_digits / "report.txt").read_text()
+    assert manifest["accuracy"]["held"]  # scored batch by batch on every evaluation sample
+
+    x = np.load(DIGITS_DATA)["input"][:1]
     np.savez(tmp_path / "one.npz", input=x)
-    ran = edgec_cli("run", "out", "--inputs", "one.npz", "-o", "y.npz", cwd=tmp_path)
+    ran = edgec_cli("run", tuned_digits, "--inputs", "one.npz", "-o", "y.npz", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     want = ort.InferenceSession(str(DIGITS)).run(None, {"input": x})[0]
     np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], want, rtol=1e-4, atol=1e-4)
 
-    other = edgec_cli("run", "out", "--inputs", data, cwd=tmp_path)
+
+def test_module_bound_to_a_batch_refuses_another_batch(tuned_digits, tmp_path):
+    other = edgec_cli("run", tuned_digits, "--inputs", DIGITS_DATA, cwd=tmp_path)
     assert other.returncode == 2, other.stderr
     assert "takes batch 1 only" in other.stderr and "Traceback" not in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1, other.stderr

@@ -293,40 +293,6 @@ def test_a_damaged_tuning_database_is_moved_aside(tmp_path, host):
     assert (aside / "database_tuning_record.json").exists()
 
 
-@pytest.fixture(scope="module")
-def tuned_digits(tmp_path_factory, host, tuning_cache):
-    """digits.onnx (input ``N``x1x8x8, N symbolic) built with 2 trials: the folder and result."""
-    out = tmp_path_factory.mktemp("tuned-digits")
-    result = TVMBackend().build(onnx.load(DIGITS), host, str(out),
-                                BuildOptions(str(tuning_cache), tuning_trials=2))
-    return out, result
-
-
-def test_tuning_binds_symbolic_batch_to_spec_batch(tuned_digits):
-    out, result = tuned_digits
-    # Tuned (MetaSchedule crashed on the symbolic batch before), bound to batch 1.
-    assert result.tuned and result.details["tuning"]["tasks_untuned"] == 0
-    assert result.details["tuning"]["tasks_dynamic"] == 0
-    assert result.batch == 1 and result.details["batch"] == 1
-    assert result.details["inputs"] == [{"name": "input", "dtype": "float32",
-                                         "shape": [1, 1, 8, 8]}]
-    assert any("batch 1" in note and "(N)" in note for note in result.notes)
-    x = np.load(DIGITS_DATA)["input"][:1]
-    got = TVMBackend().load(str(out), result.details).run({"input": x})["logits"]
-    want = reference(onnx.load(DIGITS), {"input": x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_module_bound_to_a_batch_refuses_another_batch(tuned_digits):
-    out, result = tuned_digits
-    runner = TVMBackend().load(str(out), result.details)
-    with pytest.raises(BackendError) as caught:
-        runner.run({"input": np.load(DIGITS_DATA)["input"][:3]})
-    assert caught.value.exit_code == ExitCode.USAGE
-    message = str(caught.value)
-    assert "batch 3" in message and "takes batch 1 only" in message and "\n" not in message
-
-
 def test_untuned_build_keeps_the_symbolic_batch(tmp_path, host):
     result = TVMBackend().build(onnx.load(DIGITS), host, str(tmp_path),
                                 BuildOptions(str(tmp_path)))
