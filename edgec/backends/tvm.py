@@ -222,7 +222,7 @@ def _meta_schedule_logging():
     Each tuning call runs MetaSchedule's ``create_loggers``, which lists every handler of
     the ``tvm.s_tir.meta_schedule`` logger by name in a ``logging.config.dictConfig``: a
     handler it did not create itself breaks it — ``None.format`` (AttributeError) for an
-    unnamed one, "Unable to add handler" for a named one. pytest >= 9.1 attaches its
+    unnamed one, "Unable to add handler" for a named one. pytest 9.2 (not 9.0) attaches its
     unnamed capture handler to every non-propagating logger, which that one is after the
     first tuning in a process (so the second tuning test failed in a fresh venv). Such
     handlers are detached while MetaSchedule runs and put back afterwards. MetaSchedule's

@@ -358,7 +358,7 @@ def _umask() -> int:
 
 
 def test_meta_schedule_logging_survives_foreign_handlers(tmp_path):
-    # pytest >= 9.1 attaches its unnamed capture handler to every non-propagating logger,
+    # pytest 9.2 (not 9.0) attaches its unnamed capture handler to every non-propagating logger,
     # MetaSchedule's among them after the first tuning: its create_loggers then raised
     # AttributeError: 'NoneType' object has no attribute 'format' (test_tuning_through_rpc
     # failed in a fresh venv).
