@@ -33,7 +33,7 @@ from edgec.metrics import evaluate
 
 SYNTHETIC_SAMPLES = 64
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is
-# taken to be: the low end of the 10-200x measured here (TVM-NOTES).
+# taken to be: the low end of the 10-200x measured here (docs/tvm-notes.md).
 UNTUNED_PENALTY = 10.0
 
 
@@ -509,7 +509,7 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
         ev.latency_s = est.seconds
         if not result.tuned:
             # The cost model assumes tuned kernels; untuned TVM runs 10-200x slower than
-            # that here (TVM-NOTES), so an untuned module is never estimated as fast.
+            # that here (docs/tvm-notes.md), so an untuned module is never estimated as fast.
             ev.latency_s *= UNTUNED_PENALTY
             attempt.estimate["untuned_penalty"] = UNTUNED_PENALTY
             attempt.estimate["ms"] = ev.latency_s * 1e3

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # TVM 0.27 imports QDQ as fp32 compute around quantize/dequantize: no int8 speed-up
-# (TVM-NOTES), so int8 configurations go to onnxruntime.
+# (docs/tvm-notes.md), so int8 configurations go to onnxruntime.
 _INT8_BACKENDS = ("ort",)
 
 
