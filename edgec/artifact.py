@@ -175,8 +175,14 @@ class Artifact:
             with open(manifest_path) as f:
                 self.manifest: dict = json.load(f)
         except FileNotFoundError:
-            raise UsageError(Diagnostic.error("not an edgec artifact: manifest.json is missing",
+            why = ("no such folder" if not os.path.exists(self.path) else
+                   "a file, not an artifact folder" if not os.path.isdir(self.path) else
+                   "manifest.json is missing")
+            raise UsageError(Diagnostic.error(f"not an edgec artifact: {why}",
                                               Location(path=path))) from None
+        except NotADirectoryError:
+            raise UsageError(Diagnostic.error("not an edgec artifact: a file, not an artifact "
+                                              "folder", Location(path=path))) from None
         except (OSError, json.JSONDecodeError) as e:
             raise UsageError(Diagnostic.error(f"unreadable manifest.json: {e}",
                                               Location(path=path))) from None

@@ -229,18 +229,24 @@ def _store_in_cache(staging: str, cached_dir: str) -> None:
 def _check_outcome(manifest: dict, options: CompileOptions, out: str) -> None:
     if manifest.get("budgets_held", False) or options.allow_over_budget:
         return
-    raise BudgetError(_budget_diagnostics(manifest, out))
+    error = BudgetError(_budget_diagnostics(manifest, out))
+    error.manifest = manifest  # what `--json` reports: the budgets and every candidate
+    raise error
 
 
 def _budget_diagnostics(manifest: dict, out: str) -> list[Diagnostic]:
     missed = [b for b in manifest["budgets"] if b["status"] != "held"]
     head = ("the spec's budget cannot be met" if any(b["status"] == "missed" for b in missed)
             else "the spec's budget cannot be verified for this target")
-    tried = len([c for c in manifest.get("candidates", []) if c.get("status") != "skipped"])
+    candidates = manifest.get("candidates", [])
+    tried = [c for c in candidates if c.get("status") != "skipped"]
+    # No artifact is written, so the list is here rather than in report.txt.
     notes = [*manifest.get("summary", []),
-             f"{tried} configuration{'s' if tried != 1 else ''} tried; `edgec inspect` or "
-             "report.txt lists each and why it was rejected",
-             "--allow-over-budget writes the best one anyway, marked as such"]
+             f"{len(tried)} configuration{'s' if len(tried) != 1 else ''} tried (nothing was "
+             "written; --json lists each with its budgets):",
+             *[f"  {c['label']}: {c.get('reason') or c['status']}" for c in candidates],
+             "--allow-over-budget writes the best one anyway, marked as such, with its "
+             "report.txt"]
     return [Diagnostic.error(head, Location(path=out), notes=notes, code="budget")]
 
 
@@ -614,18 +620,29 @@ def _judge(spec, ev, model) -> list[dict]:
         held = ev.size_bytes <= spec.budget.size.to("B")
         budgets.append({"name": "size", "status": "held" if held else "missed",
                         "limit": str(spec.budget.size), "value_bytes": ev.size_bytes,
-                        "detail": f"{ev.size_bytes / 2**20:.2f} MiB against {spec.budget.size}"})
+                        "detail": f"{_in_unit(ev.size_bytes, spec.budget.size)} against "
+                                  f"{spec.budget.size}"})
     if spec.budget.memory is not None:
         estimate = _memory_estimate(model)
         held = estimate <= spec.budget.memory.to("B")
         budgets.append({"name": "memory", "status": "held" if held else "missed",
                         "limit": str(spec.budget.memory), "value_bytes": estimate,
                         "estimated": True,
-                        "detail": f"estimated peak {estimate / 2**20:.2f} MiB (weights + the two "
-                                  f"largest activations) against {spec.budget.memory}"})
+                        "detail": f"estimated peak {_in_unit(estimate, spec.budget.memory)} "
+                                  f"(weights + the two largest activations) against "
+                                  f"{spec.budget.memory}"})
     budgets.append({"name": "accuracy", "status": "held" if ev.accuracy_held else "missed",
                     "metric": spec.accuracy.metric, "detail": ev.accuracy_detail})
     return budgets
+
+
+def _in_unit(nbytes: int, limit) -> str:
+    """``nbytes`` in the unit the spec wrote its limit in ("12.3 KiB against 10 KiB")."""
+    from edgec.dsl.units import UNITS
+
+    unit = limit.unit or "B"
+    value = nbytes / UNITS[unit][1]
+    return f"{value:.4g} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
 
 
 def _memory_estimate(model) -> int:
