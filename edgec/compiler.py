@@ -35,6 +35,11 @@ SYNTHETIC_SAMPLES = 64
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is
 # taken to be: the low end of the 10-200x measured here (docs/tvm-notes.md).
 UNTUNED_PENALTY = 10.0
+# A TVM candidate is not built when its estimate (the cost model, times UNTUNED_PENALTY
+# when it would be untuned) is this many times a latency already measured for a
+# candidate it would have to beat: building and tuning it is minutes of compile time for
+# a configuration that cannot be chosen.
+FAR_SLOWER = 3.0
 
 
 @dataclass
@@ -290,6 +295,7 @@ class _Tried:
     nodes_after: int = 0
     seconds: float = 0.0
     pipeline: str = ""
+    skipped: str | None = None       # why it was not built: it could not have been chosen
 
 
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
@@ -356,13 +362,20 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             break  # the previous group holds; its backends were all measured
         options.progress("plan", index, len(configs), config.label)
         start = time.perf_counter()
-        attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto")
+        attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto",
+                            rivals=tried)
         attempt.seconds = time.perf_counter() - start
         tried.append(attempt)
-    options.progress("plan", len(configs), len(configs), "done")
-    evaluations = [t.evaluation for t in tried]
+    built = [t for t in tried if t.skipped is None]
+    rest = len(configs) - len(tried)
+    options.progress("plan", len(configs), len(configs),
+                     f"done: {len(built)} built" + (f", {len(tried) - len(built)} skipped"
+                                                    if len(built) < len(tried) else "")
+                     + (f", {rest} not needed (search first: an earlier one holds)"
+                        if rest else ""))
+    evaluations = [t.evaluation for t in built]
     winner, best = choose(evaluations, spec.optimize.search)
-    chosen = next(t for t in tried if t.evaluation is best)
+    chosen = next(t for t in built if t.evaluation is best)
     if chosen.result is None:
         raise ModelError(Diagnostic.error(
             "no configuration could be built: "
@@ -380,6 +393,9 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     candidates = []
     for t in tried:
         e = t.evaluation
+        if t.skipped is not None:
+            candidates.append({**e.config.to_json(), "status": "skipped", "reason": t.skipped})
+            continue
         status = ("chosen" if t is chosen else "error" if e.error else
                   "held" if e.held else "rejected")
         reason = "" if t is chosen and e.held else e.rejection()
@@ -436,8 +452,10 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     return manifest
 
 
-def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _Tried:
-    """Build, measure and score one configuration in its own folder."""
+def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
+              rivals: list[_Tried] = ()) -> _Tried:
+    """Build, measure and score one configuration in its own folder — unless, against
+    the ``rivals`` already measured, it cannot be chosen (`_cannot_win`)."""
     from edgec.frontend.onnx_export import save_model
     from edgec.frontend.onnx_import import import_model
     from edgec.passmgr import PassContext, PassManager
@@ -471,6 +489,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     model = run.model
     attempt.records = run.records
     attempt.nodes_after = model.node_count()
+    attempt.skipped = _cannot_win(config, model, ctx, rivals)
+    if attempt.skipped is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return attempt
     save_model(model, os.path.join(folder, "model.onnx"))
     optimized = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
 
@@ -540,6 +562,42 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     ev.size_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     ev.budgets = _judge(spec, ev, model)
     return attempt
+
+
+def _cannot_win(config, model, ctx: _Context, rivals) -> str | None:
+    """Why a TVM candidate need not be built, or None.
+
+    It would have to beat the measured candidates that hold every budget, or its own
+    group (the same model on another backend: the same accuracy, about the same size, so
+    the same fate on every budget but latency). An untuned TVM module does not: it runs
+    5-190x slower than onnxruntime on the same model here (docs/tvm-notes.md). A tuned
+    one is not built when even the cost model's estimate, which assumes tuned kernels,
+    is FAR_SLOWER times the fastest such rival. Only TVM is judged this way: its build
+    (and tuning) is where the minutes go; an onnxruntime candidate costs seconds."""
+    if config.backend != "tvm":
+        return None
+    measured = [t for t in rivals if t.skipped is None and t.evaluation.error is None
+                and t.latency is not None and t.evaluation.latency_s is not None
+                and (t.evaluation.held or t.evaluation.config.group == config.group)]
+    if not measured:
+        return None
+    best = min(measured, key=lambda t: t.evaluation.latency_s)
+    best_ms = best.evaluation.latency_s * 1e3
+    opts = ctx.build_options
+    tuned = bool(opts.tuning_trials or opts.tuning_seconds) and (
+        ctx.at_hand or ctx.options.rpc is not None)
+    if not tuned:
+        return (f"not built: untuned TVM runs 5-190x slower than onnxruntime here "
+                f"(docs/tvm-notes.md), and {best.evaluation.config.label} measured "
+                f"{best_ms:.3g} ms; give the spec a tuning budget to try TVM")
+    from edgec.planner.costmodel import estimate
+
+    lat = ctx.spec.budget.latency
+    estimate_s = estimate(model, ctx.spec.target, batch=lat.batch if lat else 1).seconds
+    if estimate_s > FAR_SLOWER * best.evaluation.latency_s:
+        return (f"not built: even tuned, estimated at {estimate_s * 1e3:.3g} ms, over "
+                f"{FAR_SLOWER:g}x the {best_ms:.3g} ms {best.evaluation.config.label} measured")
+    return None
 
 
 def _reference_outputs(model_path: str, original: onnx.ModelProto,

@@ -12,7 +12,7 @@ class ProgressPrinter:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_line = 0.0
+        self._last_line: dict[str, float] = {}   # per stage: another stage's line never hides a step
         self._open_bar = False
 
     def __call__(self, stage: str, done: int, total: int | None, message: str) -> None:
@@ -33,9 +33,9 @@ class ProgressPrinter:
             self._open_bar = False
         # Piped: one line per event, but not more than a few per second.
         now = time.monotonic()
-        if total and done not in (0, total) and now - self._last_line < 0.5:
+        if total and done not in (0, total) and now - self._last_line.get(stage, 0.0) < 0.5:
             return
-        self._last_line = now
+        self._last_line[stage] = now
         count = f" {done}/{total}" if total else ""
         self.stream.write(f"edgec: {stage}{count}: {message}\n")
         self.stream.flush()
