@@ -29,7 +29,7 @@ from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progres
 from edgec.data import (InputSpec, load_labels, load_samples, model_inputs, synthetic_samples)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
-from edgec.metrics import evaluate
+from edgec.metrics import cannot_discriminate, evaluate
 
 SYNTHETIC_SAMPLES = 64
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is
@@ -348,6 +348,10 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             seed=spec.optimize.seed, threads=options.threads, rpc=options.rpc,
             progress=options.progress))
 
+    caveat = cannot_discriminate(spec.accuracy.metric, ctx.reference)
+    if caveat:
+        sink.warning(caveat)
+
     choice = options.backend or spec.optimize.backend
     configs, skipped = configurations(spec, target, choice, set(default_registry().names()))
     if not configs:
@@ -426,7 +430,8 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         "search": spec.optimize.search,
         "candidates": candidates,
         "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
-                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note},
+                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note,
+                     **({"caveat": caveat} if caveat else {})},
         "latency": _latency_record(chosen),
         "size_bytes": sum(f["bytes"] for f in files.values()),
         "budgets": ev.budgets,
