@@ -26,6 +26,7 @@ from edgec import artifact as art
 from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
+from edgec.backends.logs import backend_output_to
 from edgec.data import (InputSpec, load_labels, load_samples, model_inputs, synthetic_samples)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
@@ -517,7 +518,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
         return attempt
     try:
         backend.check_model(optimized)
-        result = backend.build(optimized, spec.target, folder, ctx.build_options)
+        # The backend's own console output (TVM's C++ warnings, MetaSchedule's logging)
+        # goes to a log file under the cache; edgec's progress still reaches stderr.
+        with backend_output_to(os.path.join(ctx.cache_dir, "logs", f"{config.backend}.log")):
+            result = backend.build(optimized, spec.target, folder, ctx.build_options)
     except ModelError as e:
         if explicit_backend:
             raise
