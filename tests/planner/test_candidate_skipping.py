@@ -106,3 +106,40 @@ def test_a_tuned_tvm_candidate_estimated_far_slower_than_a_measured_one_is_skipp
                                     precision="int8")]) is None
     assert compiler._cannot_win(Configuration("x on ort", "fp32", "", "", "ort"), None,
                                 _ctx(0), rivals) is None
+
+
+def test_progress_shows_each_plan_step_and_why_the_plan_ended(monkeypatch):
+    """`plan 0/5` then `plan 5/5: done` with nothing between: another stage's line (the
+    measurement just before) no longer hides the next plan step, and the last line says
+    how many were built, skipped and not needed."""
+    import io
+
+    from edgec import progress as progress_module
+    from edgec.progress import ProgressPrinter
+
+    # plan 0 at 0 s, the measurement at 0.2 s, plan 1 at 0.6 s: 0.4 s after the
+    # measurement line, which used to hide it.
+    clock = iter([0.0, 0.2, 0.6])
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    progress = ProgressPrinter(stream)
+    progress("plan", 0, 5, "fp32 on ort")
+    progress("measure", 0, None, "measuring fp32 on ort")
+    progress("plan", 1, 5, "fp32 on tvm")
+    assert stream.getvalue().splitlines() == [
+        "edgec: plan 0/5: fp32 on ort", "edgec: measure: measuring fp32 on ort",
+        "edgec: plan 1/5: fp32 on tvm"]
+
+
+def test_compile_summary_shows_scores_in_the_metrics_unit_and_the_plans_end(tmp_path):
+    spec = tmp_path / "s.edge"
+    spec.write_text((REPO / "spec_examples" / "host.edge").read_text().replace(
+        '"data/digits.npz"', f'"{REPO / "spec_examples" / "data" / "digits.npz"}"'))
+    result = subprocess.run([sys.executable, "-m", "edgec", "compile", str(DIGITS), "--spec",
+                             str(spec), "-o", "out", "--cache-dir", "cache"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stderr.splitlines() if l.startswith("  fp32 on ort "))
+    assert "100.00 %" in line and "acc 1" not in line
+    assert "edgec: plan 5/5: done: 1 built, 1 skipped, 3 not needed (search first: an " \
+           "earlier one holds)" in result.stderr
