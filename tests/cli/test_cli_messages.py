@@ -108,3 +108,23 @@ def test_bench_of_an_artifact_for_another_machine_says_so(tmp_path):
            "this host" in bench.stderr
     as_json = json.loads(edgec("bench", "out", "--json", cwd=tmp_path).stdout)
     assert "not on the target" in as_json["caveat"]
+
+
+def test_budget_summary_suggests_relaxing_the_tolerance_only_when_that_would_ship():
+    from edgec.dsl import check_text
+    from edgec.planner.search import Configuration, Evaluation, summary
+
+    spec, _ = check_text("target host\nbudget {\n  latency < 1 s p50 at batch 1\n"
+                         "  size < 10 KiB\n}\n", "t.edge")
+
+    def int8(size_status):
+        return Evaluation(Configuration("int8 on ort", "int8", "", "", "ort"), latency_s=1e-5,
+                          latency_where="host", accuracy_held=False,
+                          accuracy_detail="96.88 % agreement",
+                          budgets=[{"name": "latency", "status": "held", "detail": ""},
+                                   {"name": "size", "status": size_status, "detail": ""},
+                                   {"name": "accuracy", "status": "missed", "detail": ""}])
+    lines = summary([int8("missed")], int8("missed"), spec)
+    assert not any("relax the tolerance" in line for line in lines)
+    lines = summary([int8("held")], int8("held"), spec)
+    assert any("relax the tolerance to ship it" in line for line in lines)
