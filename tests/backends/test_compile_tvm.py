@@ -87,8 +87,10 @@ def _loop_model(path: Path) -> None:
 def test_a_model_tvm_cannot_import(tmp_path):
     _loop_model(tmp_path / "m.onnx")
     spec = tmp_path / "s.edge"
+    # With a tuning budget, so that the TVM candidate is tried (an untuned one is not built
+    # once onnxruntime has measured the same configuration): its import fails first.
     spec.write_text('target host\naccuracy {\n  metric max-abs-error\n  tolerance 0.0001\n}\n'
-                    'optimize {\n  backend auto\n}\n')
+                    'optimize {\n  backend auto\n  tuning 8 trials\n}\n')
     auto = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "auto", "--cache-dir", "cache",
                      "-q", cwd=tmp_path)
     assert auto.returncode == 0, auto.stderr
