@@ -36,11 +36,12 @@ SYNTHETIC_SAMPLES = 64
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is
 # taken to be: the low end of the 10-200x measured here (docs/tvm-notes.md).
 UNTUNED_PENALTY = 10.0
-# A TVM candidate is not built when its estimate (the cost model, times UNTUNED_PENALTY
-# when it would be untuned) is this many times a latency already measured for a
-# candidate it would have to beat: building and tuning it is minutes of compile time for
-# a configuration that cannot be chosen.
-FAR_SLOWER = 3.0
+# A tuned TVM candidate is not built when the cost model's estimate for it is this many
+# times a latency already measured for a candidate it would have to beat: building and
+# tuning it is minutes of compile time for a configuration that cannot be chosen. The
+# margin is wide because the cost model is no TVM model (it is fitted to onnxruntime on
+# this kind of host, and was 2-5x off on MobileNetV2 here); 10x is past its error.
+FAR_SLOWER = 10.0
 
 
 @dataclass
@@ -581,7 +582,7 @@ def _cannot_win(config, model, ctx: _Context, rivals) -> str | None:
     the same fate on every budget but latency). An untuned TVM module does not: it runs
     5-190x slower than onnxruntime on the same model here (docs/tvm-notes.md). A tuned
     one is not built when even the cost model's estimate, which assumes tuned kernels,
-    is FAR_SLOWER times the fastest such rival. Only TVM is judged this way: its build
+    is over FAR_SLOWER times the fastest such rival. Only TVM is judged this way: its build
     (and tuning) is where the minutes go; an onnxruntime candidate costs seconds."""
     if config.backend != "tvm":
         return None
