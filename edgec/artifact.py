@@ -210,6 +210,19 @@ class Artifact:
         return bool(self.manifest["backend"].get("runnable_here", False))
 
     def check_runnable(self) -> None:
+        if self.backend_name == "ort":
+            # An onnxruntime artifact runs wherever onnxruntime has the execution providers
+            # its session names: the backend's loader checks that where it runs (and
+            # says what is missing), not a flag written on the compile host.
+            return
+        details = self.manifest["backend"].get("details") or {}
+        if self.backend_name == "tvm" and (details.get("accelerator") or {}).get("kind") == "cuda":
+            from edgec.backends.tvm import TVMBackend, host_arch
+            if details.get("arch") == host_arch():
+                # A CUDA module on a machine of its architecture: whether it runs depends
+                # on the TVM runtime and the GPU here, which the backend checks (one line).
+                TVMBackend._check_runnable_here(details)
+                return
         if not self.runnable_here:
             target = self.manifest.get("target", {})
             raise UsageError(Diagnostic.error(

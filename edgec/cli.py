@@ -161,6 +161,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inputs", required=True, metavar="FILE.npz",
                      help="inputs keyed by the model's input names")
     run.add_argument("-o", "--output", metavar="OUT.npz", help="where to write the outputs")
+    run.add_argument("--allow-cpu-fallback", action="store_true",
+                     help="run an artifact made for a GPU on the CPU where onnxruntime has no "
+                          "GPU provider (also: EDGEC_ALLOW_CPU_FALLBACK=1)")
     run.set_defaults(handler=_cmd_run)
 
     bench = sub.add_parser("bench", help="measure an artifact's latency (here or over RPC)")
@@ -177,6 +180,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="threads the runtime may use (default: the runtime's own choice)")
     bench.add_argument("--json", action="store_true",
                        help="print one JSON document: p50/p90/mean in ms, runs, where measured")
+    bench.add_argument("--allow-cpu-fallback", action="store_true",
+                       help="as for run: time a GPU artifact on the CPU")
     bench.set_defaults(handler=_cmd_bench)
 
     inspect = sub.add_parser("inspect", help="what an artifact holds and which budgets hold")
@@ -336,11 +341,20 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _allow_cpu_fallback(args: argparse.Namespace) -> None:
+    """--allow-cpu-fallback: the backends' loaders read it from the environment, so that
+    the Python API and a device runtime take the same switch."""
+    if getattr(args, "allow_cpu_fallback", False):
+        from edgec.backends.ort import CPU_FALLBACK_ENV
+        os.environ[CPU_FALLBACK_ENV] = "1"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edgec.artifact import load
 
+    _allow_cpu_fallback(args)
     artifact = load(args.artifact)
     artifact.check_runnable()
     try:
@@ -367,6 +381,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgec.compiler import default_cache_dir
     from edgec.data import InputSpec, example_inputs
 
+    _allow_cpu_fallback(args)
     artifact = load(args.artifact)
     rpc = _rpc(args)
     if rpc is None:

@@ -298,6 +298,7 @@ class _Tried:
     seconds: float = 0.0
     pipeline: str = ""
     skipped: str | None = None       # why it was not built: it could not have been chosen
+    int8: dict | None = None         # weight range and scoring path, when int8 was used
 
 
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
@@ -390,6 +391,8 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         os.replace(os.path.join(chosen.folder, name), os.path.join(staging, name))
     for t in tried:
         shutil.rmtree(t.folder, ignore_errors=True)
+    if chosen.int8 and not chosen.int8["representative"]:
+        sink.warning(f"int8 accuracy: {chosen.int8['scoring']}")
     if not chosen.result.tuned:
         sink.warning(f"the {chosen.result.backend} module is untuned: expect it to be far slower "
                      "than a tuned one; give the spec a tuning budget")
@@ -431,6 +434,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                     "notes": chosen.result.notes},
         "search": spec.optimize.search,
         "candidates": candidates,
+        **({"int8": chosen.int8} if chosen.int8 else {}),
         "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
                      "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note,
                      **({"caveat": caveat} if caveat else {})},
@@ -553,8 +557,16 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
             attempt.estimate["ms"] = ev.latency_s * 1e3
         ev.latency_where = "estimated"
 
-    # Accuracy against the fp32 model, on samples the calibration did not see.
-    if result.runnable_here:
+    # Accuracy against the fp32 model, on samples the calibration did not see, with the
+    # target's int8 arithmetic where this host's onnxruntime would differ from it.
+    from edgec.quantization.arithmetic import exact_session, scoring
+    score = scoring(optimized, spec.target, base_dir=folder)
+    attempt.int8 = _int8_record(run.records, spec, score)
+    if score.path == "exact":
+        session = exact_session(onnx.load(os.path.join(folder, "model.onnx")))
+        run_fn = lambda feed: session.run(None, feed)  # noqa: E731
+        names = [i.name for i in session.get_inputs()]
+    elif result.runnable_here:
         runner = backend.load(folder, result.details)
         run_fn = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
         names = runner.input_names
@@ -567,8 +579,12 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
     ev.accuracy_value, ev.accuracy_held, ev.accuracy_detail = metric.value, metric.held, metric.detail
-    if not result.runnable_here:
+    if score.path == "exact":
+        ev.accuracy_detail += f" ({score.note})"
+    elif not result.runnable_here:
         ev.accuracy_detail += " (scored on the optimized ONNX with onnxruntime)"
+    if score.path != "exact" and not score.representative:
+        ev.accuracy_detail += f" ({score.note})"
     ev.size_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     ev.budgets = _judge(spec, ev, model)
     return attempt
@@ -608,6 +624,24 @@ def _cannot_win(config, model, ctx: _Context, rivals) -> str | None:
         return (f"not built: even tuned, estimated at {estimate_s * 1e3:.3g} ms, over "
                 f"{FAR_SLOWER:g}x the {best_ms:.3g} ms {best.evaluation.config.label} measured")
     return None
+
+
+def _int8_record(records, spec, score) -> dict | None:
+    """Which weight range the quantizers used and why, and how accuracy was scored."""
+    from edgec.quantization.arithmetic import weight_range
+
+    bits = [r.stats["weight-bits"] for r in records if r.modified and "weight-bits" in r.stats]
+    if not bits:
+        return None
+    if "reduce-range" in (spec.optimize.pipeline or ""):
+        reason = "reduce-range set in the spec's pipeline"
+    else:
+        reason = weight_range(spec.target, None).reason
+    return {"weight_bits": bits[-1], "weight_range": reason, "accumulation":
+            "int16-saturating" if spec.target.int8_saturates else "int32",
+            "scored_with": "exact int32 arithmetic" if score.path == "exact"
+            else "onnxruntime on this host", "scoring": score.note,
+            "representative": score.representative}
 
 
 def _reference_outputs(model_path: str, original: onnx.ModelProto,

@@ -44,6 +44,11 @@ def text_report(manifest: dict, measurements: dict) -> str:
         lines.append(f"  {c['label']:<{width}}  {c['status']:<8} {shown:<24} {acc:<10} "
                      f"{c.get('reason', '')}".rstrip())
     lines.append("")
+    int8 = m.get("int8")
+    if int8:
+        lines.append(f"int8: {int8['weight_bits']}-bit weights ({int8['weight_range']}); "
+                     f"accuracy scored with {int8['scored_with']}"
+                     + (f": {int8['scoring']}" if int8["scoring"] else ""))
     acc = m["accuracy"]
     lines.append(f"accuracy: {acc['detail']}")
     lines.append(f"  on {acc['data']}")
@@ -53,6 +58,9 @@ def text_report(manifest: dict, measurements: dict) -> str:
     lat = measurements.get("latency")
     if lat:
         where = lat.get("where", "estimated")
+        if lat.get("kernels") is not None and lat.get("launch_us") is not None:
+            where += (f": {lat['kernels']} GPU kernels, {lat['launch_us']:g} us launch each, "
+                      "pointwise ops fused")
         lines.append(f"latency: p50 {lat.get('p50_ms', lat.get('ms', 0)):.3f} ms ({where})")
     lines += ["", "budgets:"]
     for b in m["budgets"]:
@@ -101,6 +109,11 @@ def html_report(manifest: dict, measurements: dict) -> str:
     parts.append("</table>")
     if m.get("summary"):
         parts.append("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in m["summary"]) + "</ul>")
+    int8 = m.get("int8")
+    if int8:
+        parts.append(f"<p>int8: {int8['weight_bits']}-bit weights ({esc(int8['weight_range'])}); "
+                     f"accuracy scored with {esc(int8['scored_with'])}"
+                     + (f": {esc(int8['scoring'])}" if int8["scoring"] else "") + "</p>")
     notes = _notes(m)
     if notes:
         parts.append("<h2>Notes</h2><ul id='notes'>"

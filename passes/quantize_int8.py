@@ -11,8 +11,12 @@ branches are quantized too; Loop and Scan bodies are left fp32. With
 ``fallback=per-layer`` the pass ranks layers by sensitivity and keeps the most
 sensitive ones fp32 until ``metric`` holds ``tolerance`` on the calibration data
 (samples beyond ``samples`` are the evaluation set when there are any).
-A model below opset 13 (per-channel Q/DQ) is first converted to opset 13 with onnx's
-version converter (stat ``opset-converted-from``); if that fails the pass says why.
+Weights take 7 bits where the target's u8 x s8 kernels saturate full-range pairs (x86
+without VNNI), 8 where they accumulate in int32, unless ``reduce-range`` says (stat
+``weight-bits``); with 8-bit weights on a host whose onnxruntime saturates them, the
+fallback's trials run on the exact int8 path. A model below opset 13 (per-channel
+Q/DQ) is first converted to opset 13 with onnx's version converter (stat
+``opset-converted-from``); if that fails the pass says why.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from edgec.ir.core import Model
 from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
 from edgec.passes.infer_shapes import InferShapes
+from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
 from edgec.quantization.samples import calibration_samples
 from edgec.quantization.sensitivity import mixed_precision
@@ -43,7 +48,7 @@ class QuantizeInt8(Pass):
     per_channel: bool = field(default=True, metadata={"help": "per-output-channel weight scales"})
     symmetric_activations: bool = field(default=False, metadata={"help": "s8 symmetric activations instead of u8 asymmetric"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names kept fp32"})
-    reduce_range: bool = field(default=True, metadata={"help": "7-bit weights (no u8 x s8 saturation on x86 without VNNI)"})
+    reduce_range: bool | None = field(default=None, metadata={"help": "true: 7-bit weights, false: 8-bit; unset: what the target's int8 kernels need (7-bit where u8 x s8 pairs saturate, x86 without VNNI; 7-bit without a target)"})
     samples: int = field(default=128, metadata={"help": "most calibration samples used"})
     calibration_data: str = field(default="", metadata={"help": ".npz file/folder/glob when not under `edgec compile`"})
     fallback: str = field(default="none", metadata={"help": "none, or per-layer: keep sensitive layers fp32 until the tolerance holds"})
@@ -60,11 +65,12 @@ class QuantizeInt8(Pass):
                             + ", ".join(ALL_OPS))
         if self.fallback not in ("none", "per-layer"):
             raise PassError(f"quantize-int8: fallback must be none or per-layer, got '{self.fallback}'")
+        weights = weight_range(ctx.target, self.reduce_range)
         config = QuantConfig(ops=self.ops, calibration=self.calibration,
                              percentile=self.percentile, per_channel=self.per_channel,
                              symmetric_activations=self.symmetric_activations,
                              exclude=self.exclude, samples=self.samples,
-                             reduce_range=self.reduce_range)
+                             reduce_range=weights.reduce_range)
         if candidate_nodes(model, config):
             # Which values are fp32 must be known: an untyped value may be fp16 or double.
             InferShapes().run(model, ctx)
@@ -75,14 +81,15 @@ class QuantizeInt8(Pass):
             _upgrade_opset(model, 13)
             InferShapes().run(model, ctx)
         samples = calibration_samples(model, ctx, self.calibration_data, self.name)
-        stats: dict[str, int | float] = {}
+        stats: dict[str, int | float] = {"weight-bits": weights.bits}
         if self.fallback == "per-layer":
             count = min(len(v) for v in samples.values())
             held_out = ({k: v[self.samples:] for k, v in samples.items()}
                         if count > self.samples else None)
             config, report = mixed_precision(model, samples, self.metric, self.tolerance,
                                              config=config, eval_samples=held_out,
-                                             progress=ctx.progress)
+                                             progress=ctx.progress,
+                                             exact=needs_exact_path(ctx.target, weights.reduce_range))
             stats["fallback-fp32-layers"] = len(report.kept_fp32)
             stats["fallback-held"] = int(report.held)
             for name in report.kept_fp32:

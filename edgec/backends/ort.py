@@ -1,5 +1,13 @@
 """The onnxruntime backend: the artifact is the optimized ONNX plus the session options it
 was measured with, and runs with onnxruntime alone (on any machine onnxruntime supports).
+
+For a target with a CUDA accelerator (a Jetson) the session names the execution
+providers of a Jetson's onnxruntime-gpu build, in order: TensorRT (fp16 kernels allowed
+when the model is fp16 or int8, int8 when it holds Q/DQ; engines cached on the device),
+then CUDA, then the CPU for any node neither takes. Loading such an artifact where
+onnxruntime has neither GPU provider is refused with one line (exit 2), unless CPU
+fallback is allowed: ``edgec run/bench --allow-cpu-fallback`` or the environment
+variable ``EDGEC_ALLOW_CPU_FALLBACK=1`` (it then runs, slowly, on the CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +24,94 @@ from edgec.diagnostics import Diagnostic, ModelError
 
 SESSION_FILE = "session.json"
 MODEL_FILE = "model.onnx"
+
+CPU_FALLBACK_ENV = "EDGEC_ALLOW_CPU_FALLBACK"
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# Where TensorRT engines built on the device are kept (a per-model folder below it).
+TRT_CACHE_ENV = "EDGEC_TRT_CACHE"
+
+
+def cpu_fallback_allowed() -> bool:
+    return os.environ.get(CPU_FALLBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_precision(model: onnx.ModelProto) -> str:
+    """int8 when the model holds Q/DQ or QLinear nodes, fp16 when it holds float16
+    tensors, else fp32: what the GPU providers should be allowed to run it in."""
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+              "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}:
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    if any(t.data_type == fp16 for t in model.graph.initializer) or any(
+            v.type.tensor_type.elem_type == fp16
+            for v in list(model.graph.value_info) + list(model.graph.input)
+            + list(model.graph.output)) or any(
+            n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute)
+            for n in model.graph.node):
+        return "fp16"
+    return "fp32"
+
+
+def gpu_providers(precision: str) -> list:
+    """The providers (with options) a Jetson's onnxruntime-gpu offers, fastest first.
+    Option names and values as onnxruntime's TensorRT and CUDA providers take them."""
+    tensorrt = {"device_id": "0",
+                "trt_fp16_enable": "True" if precision in ("fp16", "int8") else "False",
+                "trt_int8_enable": "True" if precision == "int8" else "False",
+                "trt_engine_cache_enable": "True"}   # the path is chosen on the device
+    cuda = {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE",
+            "do_copy_in_default_stream": "1"}
+    return [["TensorrtExecutionProvider", tensorrt], ["CUDAExecutionProvider", cuda],
+            "CPUExecutionProvider"]
+
+
+def _provider_name(entry) -> str:
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def _trt_cache_dir(model_path: str) -> str:
+    import hashlib
+
+    base = os.environ.get(TRT_CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "edgec", "trt-engines")
+    with open(model_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    return os.path.join(base, digest)
+
+
+def session_providers(model_path: str, settings: dict[str, Any]) -> list:
+    """The providers to open a session with here: as the artifact names them, or the
+    CPU alone where it names GPU providers this onnxruntime lacks and CPU fallback is
+    allowed. Raises BackendError (exit 2) where they are missing and it is not."""
+    import onnxruntime as ort
+
+    wanted = settings.get("providers", ["CPUExecutionProvider"])
+    gpu = [_provider_name(p) for p in wanted if _provider_name(p) in GPU_PROVIDERS]
+    if not gpu:
+        return [p if isinstance(p, str) else (p[0], dict(p[1])) for p in wanted]
+    available = set(ort.get_available_providers())
+    if not available & set(gpu):
+        if cpu_fallback_allowed():
+            return ["CPUExecutionProvider"]
+        raise BackendError(
+            f"this artifact runs on the GPU through onnxruntime's {' or '.join(gpu)}, which "
+            f"this onnxruntime {ort.__version__} lacks (it has {', '.join(sorted(available))}):"
+            " install onnxruntime-gpu (on a Jetson, NVIDIA's JetPack build), or allow CPU "
+            f"fallback with --allow-cpu-fallback or {CPU_FALLBACK_ENV}=1", exit_code=2)
+    providers = []
+    for entry in wanted:
+        name = _provider_name(entry)
+        if name not in available:
+            continue
+        options = {} if isinstance(entry, str) else dict(entry[1])
+        if name == "TensorrtExecutionProvider" and options.get("trt_engine_cache_enable") == "True":
+            path = _trt_cache_dir(model_path)
+            os.makedirs(path, exist_ok=True)
+            options["trt_engine_cache_path"] = path
+        providers.append((name, options) if options else name)
+    return providers
 
 
 def session_options(settings: dict[str, Any]):
@@ -35,19 +131,33 @@ class OrtRunner:
     def __init__(self, model_path: str, settings: dict[str, Any]):
         import onnxruntime as ort
 
+        providers = session_providers(model_path, settings)
         try:
             self.session = ort.InferenceSession(model_path, session_options(settings),
-                                                providers=settings.get("providers",
-                                                                       ["CPUExecutionProvider"]))
+                                                providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise BackendError(Diagnostic.error(
                 f"onnxruntime cannot load the model: {str(e).splitlines()[0]}")) from None
+        named_gpu = [_provider_name(p) for p in providers if _provider_name(p) in GPU_PROVIDERS]
+        if named_gpu and not set(self.session.get_providers()) & set(GPU_PROVIDERS) \
+                and not cpu_fallback_allowed():
+            # The provider is built in but its libraries (CUDA, cuDNN, TensorRT) did not load.
+            raise BackendError(
+                f"onnxruntime could not start {' or '.join(named_gpu)} here (its CUDA/TensorRT "
+                "libraries did not load; the session fell back to the CPU): check the CUDA "
+                f"install, or allow CPU fallback with --allow-cpu-fallback or "
+                f"{CPU_FALLBACK_ENV}=1", exit_code=2)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(None, {k: inputs[k] for k in self.input_names})
         return dict(zip(self.output_names, outputs))
+
+
+def _is_cuda(target) -> bool:
+    accelerator = getattr(target, "accelerator", None)
+    return accelerator is not None and accelerator.kind == "cuda"
 
 
 class OrtBackend:
@@ -69,26 +179,49 @@ class OrtBackend:
             raise ModelError(Diagnostic.error(
                 f"onnxruntime cannot run the model: {str(e).splitlines()[0]}")) from None
 
-    def settings(self, options: BuildOptions) -> dict[str, Any]:
+    def settings(self, options: BuildOptions, target=None,
+                 model: onnx.ModelProto | None = None) -> dict[str, Any]:
+        providers: list = ["CPUExecutionProvider"]
+        if _is_cuda(target):
+            providers = gpu_providers(model_precision(model) if model is not None else "fp32")
         return {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
                 "intra_op_num_threads": options.threads or 0, "inter_op_num_threads": 1,
-                "providers": ["CPUExecutionProvider"]}
+                "providers": providers}
 
     def build(self, model: onnx.ModelProto, target, out_dir: str,
               options: BuildOptions) -> BuildResult:
         # The compile driver has already written model.onnx; the backend adds how to run it.
-        settings = self.settings(options)
+        settings = self.settings(options, target, model)
         with open(os.path.join(out_dir, SESSION_FILE), "w") as f:
             json.dump(settings, f, indent=2, sort_keys=True)
             f.write("\n")
         import onnxruntime as ort
 
+        details = {"model": MODEL_FILE, "session": SESSION_FILE,
+                   "onnxruntime_version": ort.__version__, "settings": settings}
+        notes = ["onnxruntime CPU execution provider, all graph optimizations"]
+        runnable_here = True
+        if _is_cuda(target):
+            precision = model_precision(model)
+            trt = settings["providers"][0][1]
+            kinds = ", ".join(k for k, flag in (("fp16", "trt_fp16_enable"),
+                                                 ("int8", "trt_int8_enable"))
+                              if trt[flag] == "True") or "fp32 only"
+            details["precision"] = precision
+            details["requires"] = ("onnxruntime-gpu with TensorrtExecutionProvider or "
+                                   "CUDAExecutionProvider (on a Jetson: NVIDIA's JetPack "
+                                   "onnxruntime-gpu build)")
+            # Runs here only where this onnxruntime has a GPU provider.
+            runnable_here = bool(set(ort.get_available_providers()) & set(GPU_PROVIDERS))
+            notes = [f"onnxruntime on the {target.accelerator.kind} GPU: TensorRT ({kinds}), "
+                     "then CUDA, then CPU execution providers; needs onnxruntime-gpu on the "
+                     f"device (--allow-cpu-fallback or {CPU_FALLBACK_ENV}=1 runs it on a "
+                     "CPU)"]
         return BuildResult(
-            backend="ort", files=[SESSION_FILE], runnable_here=True,
-            details={"model": MODEL_FILE, "session": SESSION_FILE,
-                     "onnxruntime_version": ort.__version__, "settings": settings},
+            backend="ort", files=[SESSION_FILE], runnable_here=runnable_here,
+            details=details,
             tuned=True,  # onnxruntime's kernels need no tuning
-            notes=["onnxruntime CPU execution provider, all graph optimizations"])
+            notes=notes)
 
     def load(self, artifact_dir: str, details: dict[str, Any]) -> OrtRunner:
         return OrtRunner(os.path.join(artifact_dir, details.get("model", MODEL_FILE)),

@@ -77,6 +77,14 @@ def _is_cuda(target) -> bool:
     return target.accelerator is not None and target.accelerator.kind == "cuda"
 
 
+# What a CUDA module needs where it runs; the manifest and README say it.
+CUDA_RUNTIME_REQUIREMENT = (
+    "a TVM runtime built with CUDA (USE_CUDA=ON, so tvm.runtime.enabled('cuda') is True) "
+    "and the NVIDIA driver; the apache-tvm pip wheels have no CUDA runtime. The module "
+    "holds its kernels as CUDA C, compiled when it loads (NVRTC, or nvcc with "
+    "TVM_CUDA_COMPILE_MODE=nvcc)")
+
+
 def _machine_description(target) -> str:
     text = f"{target.name} ({target.triple}"
     if target.accelerator is not None:
@@ -406,6 +414,7 @@ class TVMBackend:
             "tvm_version": tvm.__version__,
         }
         if _is_cuda(target):
+            details["requires"] = CUDA_RUNTIME_REQUIREMENT
             details["cuda"] = self._precompile_cuda(executable, target, out, progress)
             if details["cuda"]["cubin"]:
                 files.append(details["cuda"]["cubin"])
@@ -589,6 +598,9 @@ class TVMBackend:
     def _check_runnable_here(details: Mapping[str, Any]) -> None:
         arch = details.get("arch")
         accelerator = details.get("accelerator")
+        if arch == host_arch() and accelerator is not None and accelerator.get("kind") == "cuda":
+            _check_cuda_runtime(details)
+            return
         if arch != host_arch() or accelerator is not None:
             machine = details.get("target_name", "another machine")
             what = f"{arch}" + (f" + {accelerator['kind']} {accelerator.get('arch') or ''}"
@@ -604,7 +616,8 @@ class TVMBackend:
         from tvm import relax
 
         library = tvm.runtime.load_module(str(Path(artifact_dir) / details["module"]))
-        device = tvm.cpu()
+        device = tvm.cuda(0) if (details.get("accelerator") or {}).get("kind") == "cuda" \
+            else tvm.cpu()
         return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
                          output_names=[value["name"] for value in details["outputs"]],
                          vm=relax.VirtualMachine(library, device), device=device)
@@ -619,7 +632,7 @@ class TVMBackend:
         runner = self.load(artifact_dir, details)
         # Timed like the RPC path (the VM's own evaluator), so that a local and a remote
         # bench of the same module measure the same thing.
-        return _time_vm(runner.vm, tvm.cpu(), runner._arguments(inputs), where="host")
+        return _time_vm(runner.vm, runner.device, runner._arguments(inputs), where="host")
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
@@ -645,6 +658,22 @@ class TVMBackend:
         arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
                      for name in names]
         return _time_vm(vm, device, arguments, where=where)
+
+
+def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
+    """A CUDA module runs only on a TVM runtime built with CUDA, with a GPU present."""
+    import tvm
+
+    machine = details.get("target_name", "a CUDA GPU")
+    if not tvm.runtime.enabled("cuda"):
+        raise BackendError(
+            f"the TVM module for {machine} runs its kernels on a CUDA GPU, but this TVM "
+            f"runtime ({tvm.__version__}) was built without CUDA (tvm.runtime.enabled('cuda') "
+            "is False; the apache-tvm wheels are): install a TVM built with USE_CUDA=ON",
+            exit_code=2)
+    if not tvm.cuda(0).exist:
+        raise BackendError(f"the TVM module for {machine} needs a CUDA GPU and this machine "
+                           "shows none (tvm.cuda(0) does not exist)", exit_code=2)
 
 
 def _time_vm(vm, device, arguments, *, where: str) -> LatencyStats:

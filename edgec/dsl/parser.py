@@ -155,6 +155,8 @@ _FIELD_KEYS = {
     "t_cores": "cores", "t_clock": "clock", "t_memory": "memory",
     "t_bandwidth": "bandwidth", "t_accelerator": "accelerator",
     "t_accelerator_none": "accelerator", "t_peak": "peak", "t_fast": "fast-precisions",
+    "t_launch": "launch",
+    "t_int8_accumulation": "int8-accumulation",
     "a_arch": "arch", "a_sm_count": "sm-count",
     "b_latency": "latency", "b_memory": "memory", "b_size": "size",
     "c_metric": "metric", "c_tolerance": "tolerance", "c_data": "data",

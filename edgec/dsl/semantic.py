@@ -23,9 +23,10 @@ from edgec.diagnostics import Diagnostic, Location
 from edgec.dsl import ast, host
 from edgec.dsl.catalogue import Catalogue, TargetLoadError, target_catalogue
 from edgec.dsl.parser import ParseResult, SourceText, parse_text
-from edgec.dsl.spec import (ARCHITECTURES, BACKENDS, PERCENTILES, PRECISIONS, SEARCH_MODES,
-                            Accelerator, Accuracy, Budget, Latency, Optimize, Pruning, Spec,
-                            Target, Tuning)
+from edgec.dsl.spec import (ARCHITECTURES, BACKENDS, INT8_ACCUMULATIONS, PERCENTILES,
+                            PRECISIONS, SEARCH_MODES, Accelerator, Accuracy, Budget, Latency,
+                            Optimize, Pruning, Spec, Target, Tuning,
+                            default_int8_accumulation)
 from edgec.dsl.units import UNITS, Dimension, Quantity, suggest_unit
 
 BUILTIN_METRICS = ("top1-agreement", "max-abs-error", "cosine-similarity", "sqnr", "accuracy")
@@ -584,8 +585,9 @@ class Resolver:
     def _target_value(self, item: ast.Field, source: SourceText):
         key = item.key
         value = item.values[0]
-        if key in ("name", "float-abi", "arch"):
-            allowed = {"arch": ARCHITECTURES, "float-abi": FLOAT_ABIS}.get(key)
+        if key in ("name", "float-abi", "arch", "int8-accumulation"):
+            allowed = {"arch": ARCHITECTURES, "float-abi": FLOAT_ABIS,
+                       "int8-accumulation": INT8_ACCUMULATIONS}.get(key)
             if allowed and value.text not in allowed:
                 self.error(source, value.span, f"unknown {key} '{value.text}'"
                            f"{did_you_mean(value.text, allowed)}", f"spec.unknown-{key}",
@@ -615,6 +617,12 @@ class Resolver:
         if key == "bandwidth":
             return self._quantity(value, source, "a bandwidth", (Dimension.BANDWIDTH,),
                                   positive=True)
+        if key == "launch":
+            quantity = self._quantity(value, source, "a launch cost", (Dimension.TIME,))
+            if quantity is not _INVALID and quantity.value < 0:
+                self.error(source, value.span, "a launch cost cannot be negative", "spec.range")
+                return _INVALID
+            return quantity
         if key == "peak":
             precision = value
             if precision.text not in PRECISIONS:
@@ -687,7 +695,10 @@ class Resolver:
             float_abi=get("float-abi", "hard" if arch == "armv7" else None),
             cores=get("cores"), clock=get("clock"), memory=get("memory"),
             bandwidth=get("bandwidth"), accelerator=get("accelerator"), peak=peak,
-            fast_precisions=get("fast-precisions", ("fp32",)), summary=get("summary", ""))
+            fast_precisions=get("fast-precisions", ("fp32",)), summary=get("summary", ""),
+            launch=get("launch"),
+            int8_accumulation=get("int8-accumulation",
+                                  default_int8_accumulation(arch, get("features", ()))))
 
     # -- the end: defaults, cross-field checks ----------------------------------------
 
@@ -733,7 +744,11 @@ class Resolver:
             budget=Budget(get("budget.latency"), get("budget.memory"), get("budget.size")),
             accuracy=Accuracy(metric, tolerance, get("accuracy.data"), labels),
             optimize=Optimize(
-                precisions=get("optimize.precision", ("fp32",)),
+                # A GPU's fast path is fp16 (TensorRT, tensor cores): without a
+                # 'precision' line, a CUDA target tries it after fp32.
+                precisions=get("optimize.precision", ("fp32", "fp16")
+                               if target.accelerator is not None
+                               and target.accelerator.kind == "cuda" else ("fp32",)),
                 per_layer_fallback=get("optimize.fallback", True),
                 pruning=get("optimize.prune", Pruning()),
                 tuning=get("optimize.tuning", Tuning()),

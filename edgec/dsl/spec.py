@@ -16,6 +16,18 @@ PRECISIONS = ("fp32", "fp16", "int8")
 ARCHITECTURES = ("x86_64", "aarch64", "armv7")
 BACKENDS = ("auto", "tvm", "ort")
 SEARCH_MODES = ("first", "fastest")
+# How a target's int8 kernels add up u8 x s8 products. int32: every product reaches an
+# int32 accumulator (x86 VNNI vpdpbusd, Arm umull/sdot): 8-bit weights are exact.
+# int16-saturating: x86 without VNNI sums adjacent pairs in int16 first (vpmaddubsw),
+# which saturates for full-range weights: 7-bit weights keep it exact.
+INT8_ACCUMULATIONS = ("int32", "int16-saturating")
+
+
+def default_int8_accumulation(arch: str, features: tuple[str, ...]) -> str:
+    """What an architecture's int8 kernels do unless the target says otherwise."""
+    if arch == "x86_64" and not {"+avx512vnni", "+avxvnni"} & set(features):
+        return "int16-saturating"
+    return "int32"
 PERCENTILES = (50, 90, 95, 99)
 
 
@@ -53,6 +65,18 @@ class Target:
     peak: tuple[tuple[str, Quantity], ...] = ()
     fast_precisions: tuple[str, ...] = ("fp32",)
     summary: str = ""
+    # Fixed cost per kernel (accelerator) or per node (CPU runtime) in latency
+    # estimates; None: the cost model's default for the accelerator kind.
+    launch: Quantity | None = None
+    # One of INT8_ACCUMULATIONS; None: the architecture's default (int8_saturates).
+    int8_accumulation: str | None = None
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether full-range (8-bit) weights can saturate this target's int8 kernels."""
+        accumulation = self.int8_accumulation or default_int8_accumulation(self.arch,
+                                                                            self.features)
+        return accumulation == "int16-saturating"
 
     def peak_for(self, precision: str) -> Quantity | None:
         return dict(self.peak).get(precision)
@@ -104,6 +128,10 @@ class Target:
         for precision, value in self.peak:
             lines.append(f"{inner}peak {precision} {value}")
         lines.append(f"{inner}fast-precisions " + ", ".join(self.fast_precisions))
+        if self.launch is not None:
+            lines.append(f"{inner}launch {self.launch}")
+        if self.int8_accumulation is not None:
+            lines.append(f"{inner}int8-accumulation {self.int8_accumulation}")
         lines.append(f"{indent}}}")
         return "\n".join(lines)
 

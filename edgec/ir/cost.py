@@ -21,6 +21,8 @@ What pruning reports and what the planner's cost model reads. Conventions:
   (weights) read, each once, at the values' element sizes. Metadata-only ops
   (Reshape, Flatten, Squeeze, Unsqueeze, Identity, Shape, Size, Constant) move
   0 bytes: every runtime edgec targets treats them as views.
+- onnxruntime's ``com.microsoft::Attention`` (written by the ``fuse-attention`` pass)
+  counts its QKV projection, Q·Kᵀ, P·V and softmax.
 - An op this module does not model costs 0 operations and is flagged
   (``NodeCost.modelled`` False); its bytes are still counted.
 - Shapes come from the IR's value types; `model_cost` runs the ``infer-shapes``
@@ -293,6 +295,26 @@ _COUNTERS: dict[str, Callable[[Node, _Dims], int]] = {
 _UNMODELLED_COUNTERS = {"Einsum"}
 
 
+def _attention_ops(node: Node, d: _Dims) -> int:
+    """com.microsoft::Attention(x [B,S,Hin], W [Hin,3H], b [3H]) with ``num_heads``:
+    the packed QKV projection, Q·Kᵀ and P·V over all heads, and the softmax."""
+    x, w = d.of(node.inputs[0]), d.of(node.inputs[1]) if len(node.inputs) > 1 else None
+    if x is None or w is None or len(x) != 3 or len(w) != 2:
+        return 0
+    batch, seq, _ = x
+    tokens = batch * seq
+    hidden = w[1] // 3
+    heads = int(_attr(node, "num_heads", 1)) or 1
+    ops = 2 * tokens * w[0] * w[1] + tokens * w[1]     # projection + bias
+    ops += 2 * 2 * batch * seq * seq * hidden           # Q·Kᵀ and P·V
+    ops += ELEMENTWISE_COST["Softmax"] * batch * heads * seq * seq
+    return ops
+
+
+# onnxruntime's contrib ops (domain com.microsoft) that edgec's own passes write.
+_CONTRIB_COUNTERS: dict[str, Callable[[Node, _Dims], int]] = {"Attention": _attention_ops}
+
+
 def _precision(node: Node) -> str:
     """The precision a node's arithmetic runs at (see the module docstring)."""
     op = node.op_type
@@ -320,7 +342,9 @@ def node_cost(node: Node, dim_values: Mapping[str, int] | None = None) -> NodeCo
     d = _Dims(dim_values or {})
     op = node.op_type
     modelled = True
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain == "com.microsoft" and op in _CONTRIB_COUNTERS:
+        ops = _CONTRIB_COUNTERS[op](node, d)
+    elif node.domain not in ("", "ai.onnx"):
         ops, modelled = 0, False
     elif op in _COUNTERS:
         ops = _COUNTERS[op](node, d)

@@ -15,6 +15,7 @@ import difflib
 import functools
 import importlib.metadata
 import re
+import types
 import typing
 from dataclasses import dataclass
 
@@ -172,7 +173,8 @@ def convert_option(opt: Option, annotation) -> object:
         item_type = args[0] if args else str
         items = [s.strip() for s in opt.text.split(",")] if opt.text else []
         return tuple(_scalar(s, item_type) for s in items)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    # `bool | None` (types.UnionType) as well as Optional[bool] (typing.Union).
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if opt.text in ("none", "None") and len(args) < len(typing.get_args(annotation)):
             return None

@@ -110,14 +110,17 @@ def configurations(spec, target, backend_choice: str,
             skipped.append(Skipped("int8", f"the {backend_choice} backend has no int8 kernels "
                                            "(TVM 0.27 runs QDQ in fp32); use backend ort or auto"))
         elif need("quantize-int8", "int8"):
+            # Written out, so that `edgec opt -p` (which has no target) reproduces it:
+            # 7-bit weights only where the target's u8 x s8 pairs saturate.
+            reduce = f"reduce-range={'true' if target.int8_saturates else 'false'}"
             base.append(("int8 (Conv, MatMul, Gemm)", "int8", "compute-ops",
-                         ["quantize-int8{ops=Conv,MatMul,Gemm}"]))
-            base.append(("int8 (all ops)", "int8", "all-ops", ["quantize-int8{ops=all}"]))
+                         [f"quantize-int8{{ops=Conv,MatMul,Gemm {reduce}}}"]))
+            base.append(("int8 (all ops)", "int8", "all-ops", [f"quantize-int8{{ops=all {reduce}}}"]))
             if opt.per_layer_fallback:
                 tol = _tolerance_text(spec.accuracy.tolerance)
                 base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
                              [f"quantize-int8{{ops=Conv,MatMul,Gemm fallback=per-layer "
-                              f"metric={spec.accuracy.metric} tolerance={tol}}}"]))
+                              f"metric={spec.accuracy.metric} tolerance={tol} {reduce}}}"]))
     levels = [0.0]
     prune_pass = None
     if opt.pruning.sparsity is not None:

@@ -5,7 +5,8 @@ transformer fuses into its int8 kernels (QLinearConv, QLinearMatMul, QGemm, ...)
 Activations get one QuantizeLinear/DequantizeLinear pair per tensor (u8 asymmetric by
 default, the fastest form on x86's u8s8 kernels; s8 symmetric on request) with ranges
 from calibration; weights are stored as int8 initializers, symmetric, per output
-channel, in 7 bits by default (x86 without VNNI saturates full-range u8 x s8 pairs);
+channel, in 7 bits unless told otherwise (x86 without VNNI saturates full-range u8 x s8
+pairs; the passes choose from the target);
 Conv and Gemm biases as int32 with scale ``s_x * s_w``. Their zero point is 0, which
 is DequantizeLinear's default: the DequantizeLinear of a bias or a Conv weight leaves
 it out (MatMul and Gemm weights keep it, for onnxruntime's QGemm fusion), and scales
@@ -63,7 +64,8 @@ class QuantConfig:
     fold_batchnorm: bool = True
     fold_relu: bool = True
     # 7-bit weights: x86 without VNNI multiplies u8 x s8 pairs with vpmaddubsw, whose
-    # int16 sums saturate for full-range weights (onnxruntime's reduce_range).
+    # int16 sums saturate for full-range weights (onnxruntime's reduce_range). The safe
+    # default here; the passes choose from the target (arithmetic.weight_range).
     reduce_range: bool = True
 
     @property

@@ -18,6 +18,7 @@ import numpy as np
 from edgec.frontend import export_model, import_model
 from edgec.ir.core import Model
 from edgec.metrics import evaluate, higher_is_better
+from edgec.quantization.arithmetic import run_exact
 from edgec.quantization.observe import run
 from edgec.quantization.qdq import (Calibration, QuantConfig, apply, calibrate, candidate_nodes,
                                     prepare)
@@ -52,8 +53,11 @@ class _Trials:
 
     def __init__(self, model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
                  eval_samples: dict[str, np.ndarray] | None, progress: Progress | None,
-                 calibration: Calibration | None = None):
+                 calibration: Calibration | None = None, exact: bool = False):
         self.base = _copy(model)
+        # exact: score on the exact int8 path (the target accumulates in int32 where
+        # this host's onnxruntime would saturate); the fp32 reference is run as usual.
+        self.run = run_exact if exact else run
         prepare(self.base, config)
         self.config = config
         self.calibration = calibration or calibrate(self.base, samples, config, progress)
@@ -67,7 +71,7 @@ class _Trials:
     def outputs(self, config: QuantConfig) -> list[np.ndarray]:
         model = _copy(self.base)
         apply(model, self.calibration, config)
-        return run(export_model(model), self.eval_samples)
+        return self.run(export_model(model), self.eval_samples)
 
     def score(self, config: QuantConfig, metric: str, tolerance, labels=None):
         return evaluate(metric, tolerance, self.reference, self.outputs(config), labels)
@@ -103,14 +107,17 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
                     eval_samples: dict[str, np.ndarray] | None = None,
                     labels: np.ndarray | None = None,
                     rank_metric: str = "sqnr",
-                    progress: Progress | None = None) -> tuple[QuantConfig, MixedPrecisionReport]:
+                    progress: Progress | None = None,
+                    exact: bool = False) -> tuple[QuantConfig, MixedPrecisionReport]:
     """The full int8 configuration with the most sensitive layers (ranked by
     ``rank_metric``, one at a time) returned to fp32 until ``metric`` holds
     ``tolerance`` (a number, or an object with ``value`` and ``unit`` like the spec's
     Quantity; "1%" style strings are accepted). The returned config's ``exclude``
-    names the fp32 layers; the report says what each step scored."""
+    names the fp32 layers; the report says what each step scored. ``exact`` scores the
+    trials on the exact int8 path (`arithmetic.run_exact`) instead of onnxruntime's
+    int8 kernels."""
     tolerance = _tolerance(tolerance)
-    trials = _Trials(model, samples, config, eval_samples, progress)
+    trials = _Trials(model, samples, config, eval_samples, progress, exact=exact)
     ranking = layer_sensitivity(model, samples, rank_metric, config=config, labels=labels,
                                 progress=progress, _trials=trials)
     report = MixedPrecisionReport(metric, tolerance, ranking)

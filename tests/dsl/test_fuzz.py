@@ -26,7 +26,7 @@ KEYWORDS = ["include", "target", "budget", "accuracy", "optimize", "latency", "m
             "size", "metric", "tolerance", "data", "labels", "precision", "fallback",
             "prune", "tuning", "backend", "pipeline", "seed", "name", "summary", "arch",
             "triple", "cpu", "features", "float-abi", "cores", "clock", "bandwidth",
-            "accelerator", "peak", "fast-precisions", "sm-count", "auto", "none",
+            "accelerator", "peak", "fast-precisions", "int8-accumulation", "sm-count", "auto", "none",
             "default", "per-layer", "structured", "unstructured", "trials", "up", "to",
             "at", "batch", "p50", "p90", "cuda"]
 WORDS = ["host", "jetson-orin-nano", "raspberry-pi-4", "x86_64", "aarch64", "armv7",

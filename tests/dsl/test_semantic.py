@@ -237,3 +237,13 @@ def test_plugin_targets_and_metrics(plugins, tmp_path):
     assert resolved("target x86-64-v3\naccuracy { metric psnr; tolerance 40 dB }\n"
                     ).accuracy.metric == "psnr"
     assert "has no default tolerance" in errors("target x86-64-v3\naccuracy { metric psnr }\n")[0]
+
+
+def test_launch_cost_is_a_time_and_prints_back():
+    spec = resolved("target jetson-orin-nano { launch 7 us }\n")
+    assert spec.target.launch == Quantity(7, "us")
+    assert "  launch 7 us\n" in spec.to_text()
+    assert resolved(spec.to_text()) == spec
+    assert resolved("target jetson-orin-nano\n").target.launch is None  # the model's default
+    assert errors("target jetson-orin-nano { launch 7 GB }\n") == [
+        "1:36 a launch cost needs a time (ns, us, ms, s, min, h), not 'GB' (size)"]

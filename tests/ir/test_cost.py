@@ -119,3 +119,19 @@ def test_real_model_totals():
     assert 3.6e9 < cost.flops < 3.7e9
     assert parameter_count(model) == 11_699_112
     assert np.isclose(cost.weight_bytes, 4 * parameter_count(model), rtol=0.01)
+
+
+def test_contrib_attention_counts_its_gemms_and_softmax():
+    from edgec.passmgr import run_pipeline
+    from edgec.testing import models
+
+    model = import_model(models.transformer_encoder(seq=16, hidden=32, heads=4, layers=1,
+                                                    ffn=64))
+    run_pipeline(model)  # fuse-attention writes com.microsoft::Attention
+    attention = [n for n in model_cost(model).nodes if n.op_type == "Attention"]
+    assert len(attention) == 1 and attention[0].modelled
+    tokens, hidden, heads, seq = 16, 32, 4, 16
+    expected = (2 * tokens * hidden * 3 * hidden + tokens * 3 * hidden
+                + 4 * seq * seq * hidden + 5 * heads * seq * seq)
+    assert attention[0].flops == expected
+    assert model_cost(model).unmodelled_ops == []
