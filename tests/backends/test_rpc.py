@@ -97,7 +97,8 @@ def test_ort_backend_with_rpc_tracker_is_a_usage_error(tmp_path, artifacts, rpc_
                        cwd=tmp_path)
     assert "the ort backend cannot be measured" in one_line_error(forced)
     benched = edgec_cli("bench", artifacts["ort"], *rpc, cwd=tmp_path)
-    assert "the ort backend cannot be measured over TVM RPC" in one_line_error(benched)
+    line = one_line_error(benched)
+    assert "--rpc-tracker" in line and "'ort'" in line and "on the device" in line
 
 
 ORT_NOTE = ("the ort backend cannot be measured over TVM RPC: its latency was measured on "
