@@ -326,7 +326,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info},
                               layouts=("batch",))
         else:
-            arrays = synthetic(inputs_info, artifact._artifact.batch())
+            arrays = synthetic(inputs_info, artifact.batch())
     backend = get_backend(artifact.backend_name)
     stats = backend.measure(artifact.path, details, arrays,
                             BuildOptions(cache_dir=default_cache_dir(), threads=args.threads,
