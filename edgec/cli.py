@@ -127,6 +127,9 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--rpc-tracker", metavar="HOST:PORT",
                       help="measure (and tune) on devices through this TVM RPC tracker")
     comp.add_argument("--rpc-key", metavar="KEY", help="the device key at the tracker")
+    comp.add_argument("--rpc-emulated", action="store_true",
+                      help="the RPC device is an emulator (qemu): score accuracy on the "
+                           "module there, but take no latency from it and do not tune on it")
     comp.add_argument("--threads", type=int, metavar="N", help="threads for measurement")
     comp.add_argument("--json", action="store_true",
                       help="print one JSON document: outcome, budgets, candidates, diagnostics")
@@ -143,6 +146,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(bench)
     bench.add_argument("--rpc-tracker", metavar="HOST:PORT")
     bench.add_argument("--rpc-key", metavar="KEY")
+    bench.add_argument("--rpc-emulated", action="store_true",
+                       help="the RPC device is an emulator: its timings are labelled so")
     bench.set_defaults(handler=_cmd_bench)
 
     inspect = sub.add_parser("inspect", help="what an artifact holds and which budgets hold")
@@ -237,13 +242,15 @@ def _rpc(args) -> "object | None":
     from edgec.backends.base import RpcConfig
 
     if not getattr(args, "rpc_tracker", None):
-        if getattr(args, "rpc_key", None):
-            raise UsageError("--rpc-key needs --rpc-tracker HOST:PORT")
+        if getattr(args, "rpc_key", None) or getattr(args, "rpc_emulated", False):
+            raise UsageError(("--rpc-key" if getattr(args, "rpc_key", None) else
+                              "--rpc-emulated") + " needs --rpc-tracker HOST:PORT")
         return None
     if not args.rpc_key:
         raise UsageError("--rpc-tracker needs --rpc-key KEY (the device key at the tracker)")
     try:
-        return RpcConfig.parse(args.rpc_tracker, args.rpc_key)
+        return RpcConfig.parse(args.rpc_tracker, args.rpc_key,
+                               emulated=getattr(args, "rpc_emulated", False))
     except ValueError as e:
         raise UsageError(str(e)) from None
 

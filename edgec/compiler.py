@@ -147,7 +147,8 @@ def _cache_key(inputs: _Inputs, options: CompileOptions) -> tuple[str, dict]:
         "format_version": art.FORMAT_VERSION, "edgec": __version__, "inputs": digests,
         "spec": _spec_record(inputs.spec), "backend_override": options.backend,
         "plugins": _plugin_versions(),
-        "rpc": None if options.rpc is None else [options.rpc.host, options.rpc.port, options.rpc.key],
+        "rpc": None if options.rpc is None else [options.rpc.host, options.rpc.port, options.rpc.key,
+                                                 options.rpc.emulated],
     }
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     return key, digests
@@ -385,6 +386,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                       if spec.optimize.search == "fastest" else "holds every budget")
         candidates.append({**e.config.to_json(), "status": status, "reason": reason,
                            "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
+                           "accuracy_scored_on": e.accuracy_scored_on,
                            "size_bytes": e.size_bytes, "latency_where": e.latency_where,
                            "tuned": t.result.tuned if t.result else None,
                            "budgets": [{k: b[k] for k in ("name", "status")} for b in e.budgets]})
@@ -408,7 +410,8 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         "candidates": candidates,
         **({"int8": chosen.int8} if chosen.int8 else {}),
         "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
-                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note},
+                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note,
+                     "scored_on": ev.accuracy_scored_on, "scored_where": ev.accuracy_scored_where},
         "latency": _latency_record(chosen),
         "size_bytes": sum(f["bytes"] for f in files.values()),
         "budgets": ev.budgets,
@@ -500,7 +503,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     # Latency: measured on this host or over RPC, else estimated from the target.
     lat = spec.budget.latency
     percentile = lat.percentile if lat else 50
-    if ctx.at_hand or ctx.options.rpc is not None:
+    rpc = ctx.options.rpc
+    # An emulated RPC device runs the module (accuracy below) but its timings are the
+    # emulator's, never the board's: latency is then estimated as with no device.
+    if ctx.at_hand or (rpc is not None and not rpc.emulated):
         ctx.options.progress("measure", 0, None, f"measuring {config.label}")
         attempt.latency = backend.measure(folder, result.details, ctx.bench_inputs,
                                           ctx.build_options)
@@ -510,6 +516,9 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
         from edgec.planner.costmodel import estimate
         est = estimate(model, spec.target, batch=lat.batch if lat else 1)
         attempt.estimate = est.to_json()
+        if rpc is not None:
+            attempt.estimate["why"] = (f"the RPC device {rpc.where} is an emulator: its "
+                                       "timings are not the board's latency")
         ev.latency_s = est.seconds
         if not result.tuned:
             # The cost model assumes tuned kernels; untuned TVM runs 10-200x slower than
@@ -519,33 +528,51 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
             attempt.estimate["ms"] = ev.latency_s * 1e3
         ev.latency_where = "estimated"
 
-    # Accuracy against the fp32 model, on samples the calibration did not see, with the
-    # target's int8 arithmetic where this host's onnxruntime would differ from it.
+    # Accuracy against the fp32 model, on samples the calibration did not see: on the
+    # module's own outputs wherever it runs (the RPC device, this host), with the
+    # target's int8 arithmetic where this host's onnxruntime would differ from it, else
+    # on the optimized ONNX with onnxruntime as a proxy.
     from edgec.quantization.arithmetic import exact_session, scoring
     score = scoring(optimized, spec.target, base_dir=folder)
     attempt.int8 = _int8_record(run.records, spec, score)
-    if score.path == "exact":
+    remote = getattr(backend, "remote_runner", None)
+    runner = proxy = None
+    if not result.runnable_here and rpc is not None and remote is not None:
+        # The device itself runs the module: its outputs are the target's arithmetic.
+        ctx.options.progress("score", 0, None, f"running {config.label} on {rpc.where}")
+        runner = remote(folder, result.details, rpc, threads=ctx.options.threads)
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "module", rpc.where
+    elif score.path == "exact":
         session = exact_session(onnx.load(os.path.join(folder, "model.onnx")))
-        run_fn = lambda feed: session.run(None, feed)  # noqa: E731
-        names = [i.name for i in session.get_inputs()]
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "exact-int8", "host"
     elif result.runnable_here:
         runner = backend.load(folder, result.details)
-        run_fn = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
-        names = runner.input_names
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "module", "host"
     else:
         from edgec.backends.ort import OrtRunner
-        runner = OrtRunner(os.path.join(folder, "model.onnx"), {})
-        run_fn = lambda feed: runner.session.run(None, feed)  # noqa: E731
+        proxy = OrtRunner(os.path.join(folder, "model.onnx"), {})
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "onnx-proxy", "host"
+    if runner is not None:
+        run_fn = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
         names = runner.input_names
+    elif proxy is not None:
+        run_fn = lambda feed: proxy.session.run(None, feed)  # noqa: E731
+        names = proxy.input_names
+    else:
+        run_fn = lambda feed: session.run(None, feed)  # noqa: E731
+        names = [i.name for i in session.get_inputs()]
     candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
     ev.accuracy_value, ev.accuracy_held, ev.accuracy_detail = metric.value, metric.held, metric.detail
-    if score.path == "exact":
+    if ev.accuracy_scored_on == "exact-int8":
         ev.accuracy_detail += f" ({score.note})"
-    elif not result.runnable_here:
+    elif ev.accuracy_scored_on == "onnx-proxy":
         ev.accuracy_detail += " (scored on the optimized ONNX with onnxruntime)"
-    if score.path != "exact" and not score.representative:
+    elif ev.accuracy_scored_where != "host":
+        ev.accuracy_detail += f" (scored on the module's own outputs on {rpc.where})"
+    if ev.accuracy_scored_on != "exact-int8" and not score.representative \
+            and ev.accuracy_scored_where == "host":
         ev.accuracy_detail += f" ({score.note})"
     ev.size_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     ev.budgets = _judge(spec, ev, model)
@@ -626,9 +653,10 @@ def _latency_record(chosen: _Tried) -> dict:
     # The figures themselves are in measurements.json: they differ between runs.
     if chosen.latency is not None:
         return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS}
+    why = (chosen.estimate or {}).get("why") or \
+        "the target is not at hand and no RPC tracker was given"
     return {"measured": False, "where": "estimated", "figures": art.MEASUREMENTS,
-            "why": "the target is not at hand and no RPC tracker was given: estimated from "
-                   "the target description (edgec.planner.costmodel)"}
+            "why": f"{why}: estimated from the target description (edgec.planner.costmodel)"}
 
 
 def _judge(spec, ev, model) -> list[dict]:

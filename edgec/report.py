@@ -48,6 +48,12 @@ def text_report(manifest: dict, measurements: dict) -> str:
                      + (f": {int8['scoring']}" if int8["scoring"] else ""))
     acc = m["accuracy"]
     lines.append(f"accuracy: {acc['detail']}")
+    if acc.get("scored_on"):
+        what = {"module": "the module's own outputs",
+                "exact-int8": "the target's int8 arithmetic, emulated exactly",
+                "onnx-proxy": "the optimized ONNX with onnxruntime (a proxy)"}
+        lines.append(f"  scored on {what.get(acc['scored_on'], acc['scored_on'])}, "
+                     f"{acc.get('scored_where') or 'host'}")
     lines.append(f"  on {acc['data']}")
     lines.append(f"size: {m['size_bytes'] / 2**20:.2f} MiB")
     lat = measurements.get("latency")

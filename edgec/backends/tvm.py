@@ -27,6 +27,7 @@ import tempfile
 import time
 import types
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -249,6 +250,33 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
 from edgec_runtime.tvm_runner import TVMRunner  # noqa: E402
 
 
+@dataclass
+class RemoteTVMRunner:
+    """A module loaded into a relax VM on a device behind a TVM RPC tracker; inputs go
+    there and outputs come back to this host."""
+
+    input_names: list[str]
+    output_names: list[str]
+    vm: Any
+    device: Any
+    session: Any  # the RPC session: it lives as long as the runner
+
+    def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
+        import tvm
+
+        missing = [name for name in self.input_names if name not in inputs]
+        if missing:
+            raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
+                               f"{', '.join(self.input_names)}")
+        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device)
+                for name in self.input_names]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.vm["main"](*self._arguments(inputs))
+        values = [result] if hasattr(result, "numpy") else list(result)
+        return {name: value.numpy() for name, value in zip(self.output_names, values)}
+
+
 class TVMBackend:
     """Builds, loads and measures TVM modules (see the module docstring)."""
 
@@ -357,6 +385,10 @@ class TVMBackend:
                 notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
                              "device, reached over TVM RPC (an RPC tracker and key); "
                              "the module uses TVM's default schedules")
+            elif options.rpc is not None and options.rpc.emulated:
+                notes.append(f"not tuned: the RPC device {options.rpc.where} is an emulator, "
+                             "whose timings say nothing of the board's; the module uses "
+                             "TVM's default schedules")
             else:
                 mod, tuning, tuning_notes = self._tune(mod, target, tvm_target, options)
                 notes += tuning_notes
@@ -497,8 +529,7 @@ class TVMBackend:
             notes.append(f"{len(untuned)} of {len(tasks)} kernels keep TVM's naive default "
                          f"schedule ({why}): {', '.join(untuned)}")
         if options.rpc is not None:
-            notes.append(f"tuned on rpc://{options.rpc.host}:{options.rpc.port}/"
-                         f"{options.rpc.key}")
+            notes.append(f"tuned on {options.rpc.where}")
         details = {
             "database": f"{TUNING_DIR}/{db_dir.name}",
             "cost_model": cost_model,
@@ -616,28 +647,33 @@ class TVMBackend:
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
-        import tvm
+        runner = self.remote_runner(artifact_dir, details, options.rpc, threads=options.threads)
+        return _time_vm(runner.vm, runner.device, runner._arguments(inputs),
+                        where=options.rpc.where)
+
+    @staticmethod
+    def remote_runner(artifact_dir: str, details: dict[str, Any], config,
+                      threads: int | None = None) -> RemoteTVMRunner:
+        """The module uploaded to, loaded on and run by a device behind the RPC tracker:
+        outputs come back to this host (how accuracy is scored on the module itself)."""
         from tvm import relax, rpc
 
-        config = options.rpc
-        where = f"rpc://{config.host}:{config.port}/{config.key}"
         try:
             tracker = rpc.connect_tracker(config.host, config.port)
             remote = tracker.request(config.key, session_timeout=600)
         except Exception as error:
             raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
                                f"tracker {config.host}:{config.port}: {error}") from error
-        if options.threads:
+        if threads:
             configure = remote.get_function("runtime.config_threadpool")
-            configure(1, options.threads)
+            configure(1, threads)
         remote.upload(str(Path(artifact_dir) / details["module"]))
         library = remote.load_module(details["module"])
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
-        vm = relax.VirtualMachine(library, device)
-        names = [value["name"] for value in details["inputs"]]
-        arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
-                     for name in names]
-        return _time_vm(vm, device, arguments, where=where)
+        return RemoteTVMRunner(input_names=[value["name"] for value in details["inputs"]],
+                               output_names=[value["name"] for value in details["outputs"]],
+                               vm=relax.VirtualMachine(library, device), device=device,
+                               session=remote)
 
 
 def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
@@ -715,5 +751,5 @@ def _has_xgboost() -> bool:
     return True
 
 
-__all__ = ["TVMBackend", "TVMRunner", "host_arch", "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "host_arch", "target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]

@@ -56,6 +56,8 @@ class Evaluation:
     accuracy_value: float | None = None
     accuracy_held: bool | None = None
     accuracy_detail: str = ""
+    accuracy_scored_on: str | None = None     # module | onnx-proxy
+    accuracy_scored_where: str | None = None  # host | rpc://...
     size_bytes: int | None = None
     budgets: list[dict] = field(default_factory=list)
     error: str | None = None              # the build or a pass failed
