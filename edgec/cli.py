@@ -357,8 +357,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rpc = _rpc(args)
     if rpc is None:
         with translated_errors():
-            code = cmd_bench(args, load=load)
-        caveat = _foreign_target_caveat(load(args.artifact).manifest)
+            artifact = load(args.artifact)
+            code = cmd_bench(args, load=lambda path: artifact)
+        caveat = _foreign_target_caveat(artifact.manifest)
         if caveat:
             print(f"warning: {caveat}", file=sys.stderr)
         return code
@@ -401,7 +402,8 @@ def _foreign_target_caveat(manifest: dict) -> str | None:
     its figures on this host say little about the target."""
     from edgec.dsl.host import architecture
 
-    target = manifest.get("target", {})
+    target = manifest.get("target")
+    target = target if isinstance(target, dict) else {}
     if target.get("name") == "host" or (target.get("at_hand")
                                         and target.get("arch") == architecture()):
         return None
