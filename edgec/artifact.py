@@ -210,6 +210,10 @@ class Artifact:
     def backend_name(self) -> str:
         return self._artifact.backend_name
 
+    def batch(self) -> int:
+        """The batch the spec's latency budget is stated at (1 without one)."""
+        return self._artifact.batch()
+
     def verify(self) -> None:
         with translated_errors():
             self._artifact.verify()
