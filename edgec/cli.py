@@ -22,6 +22,7 @@ from edgec_runtime.errors import RuntimeFailure
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
+    _check_options(parser, sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
@@ -69,6 +70,35 @@ def _write_crash_log(argv: list[str] | None) -> str:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An option the subcommand does not have is an error with the subcommand's usage
+    and the nearest option it has (`--spce` -> `--spec`), before argparse would say only
+    that a required option is missing, or print the top-level usage."""
+    import difflib
+    import re
+
+    commands = next((a.choices for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)), {})
+    position = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if position is None or argv[position] not in commands:
+        return
+    sub = commands[argv[position]]
+    known = list(sub._option_string_actions)
+    for arg in argv[position + 1:]:
+        if arg == "--":
+            return
+        if not arg.startswith("-") or arg == "-" or re.match(r"-\d", arg):
+            continue
+        name = arg.split("=", 1)[0]
+        if name in known or (name.startswith("--") and any(k.startswith(name) for k in known)) \
+                or (not name.startswith("--") and arg[:2] in known):
+            continue
+        longs = [k for k in known if k.startswith("--")]
+        guess = difflib.get_close_matches(name, longs, n=1, cutoff=0.7)
+        sub.error(f"unrecognized argument: {arg}"
+                  + (f" (did you mean {guess[0]}?)" if guess else ""))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -144,8 +174,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure an artifact's latency (here or over RPC)")
     add_bench_arguments(bench)
-    bench.add_argument("--rpc-tracker", metavar="HOST:PORT")
-    bench.add_argument("--rpc-key", metavar="KEY")
+    bench.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                       help="measure on a device reached through this TVM RPC tracker "
+                            "instead of this host (tvm artifacts)")
+    bench.add_argument("--rpc-key", metavar="KEY",
+                       help="the device key at the tracker (with --rpc-tracker)")
     bench.add_argument("--rpc-emulated", action="store_true",
                        help="the RPC device is an emulator: its timings are labelled so")
     bench.set_defaults(handler=_cmd_bench)
@@ -221,11 +254,16 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     if args.print_ir:
         from edgec.ir.printer import print_model
         sys.stdout.write(print_model(run.model) + "\n")
+    not_written = "; nothing written (give -o OUT.onnx, or -o - for standard output)"
     if args.verbose:
         changed = [r.text for r in run.records if r.modified]
         print(f"{args.model}: {nodes_before} -> {run.model.node_count()} nodes with '{text}'"
               f" ({len(run.records)} pass runs; changed by: {', '.join(changed) or 'none'})"
-              + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
+              + (f"; written to {args.output}" if args.output else not_written), file=sys.stderr)
+    elif not args.output:
+        # Without -o the result goes nowhere: say so rather than exit 0 in silence.
+        print(f"edgec opt: {args.model}: {nodes_before} -> {run.model.node_count()} nodes"
+              + not_written, file=sys.stderr)
     if args.stats == "json":
         print(stats_json(run.records))
     elif args.stats:
@@ -270,8 +308,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         result = compile_model(args.model, args.spec, out, options)
     except BudgetError as e:
         if args.json:
+            manifest = getattr(e, "manifest", None) or {}
             print(json.dumps({"ok": False, "outcome": "over-budget", "output": None,
-                              "diagnostics": [d.to_json() for d in e.diagnostics]}, indent=2))
+                              "budgets": manifest.get("budgets", []),
+                              "configuration": manifest.get("configuration"),
+                              "candidates": manifest.get("candidates", []),
+                              "summary": manifest.get("summary", []),
+                              "diagnostics": [*manifest.get("diagnostics", []),
+                                              *[d.to_json() for d in e.diagnostics]]},
+                             indent=2))
             return int(e.exit_code)
         raise
     manifest = result.manifest
@@ -287,8 +332,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if result.cached == "output":
             print(f"edgec: {out} is up to date", file=sys.stderr)
         else:
-            with open(os.path.join(out, "report.txt")) as f:
-                sys.stderr.write(f.read())
+            sys.stderr.write(result.report)
             if result.cached == "cache":
                 print(f"edgec: {out} copied from the cache (no rebuild)", file=sys.stderr)
     if not manifest["budgets_held"]:
@@ -312,7 +356,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rpc = _rpc(args)
     if rpc is None:
         with translated_errors():
-            return cmd_bench(args, load=load)
+            artifact = load(args.artifact)
+            code = cmd_bench(args, load=lambda path: artifact)
+        caveat = _foreign_target_caveat(artifact.manifest)
+        if caveat:
+            print(f"warning: {caveat}", file=sys.stderr)
+        return code
     # Over RPC: the module runs on the device; this host only sends it.
     from edgec.backends import get_backend
     from edgec.backends.base import BuildOptions
@@ -333,7 +382,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info},
                               layouts=("batch",))
         else:
-            arrays = synthetic(inputs_info, artifact._artifact.batch())
+            arrays = synthetic(inputs_info, artifact.batch())
     backend = get_backend(artifact.backend_name)
     stats = backend.measure(artifact.path, details, arrays,
                             BuildOptions(cache_dir=default_cache_dir(), threads=args.threads,
@@ -345,6 +394,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"{artifact.path}: p50 {stats.p50 * 1e3:.3f} ms  p90 {stats.p90 * 1e3:.3f} ms  "
               f"mean {stats.mean * 1e3:.3f} ms  ({stats.samples} runs, {stats.where})")
     return ExitCode.OK
+
+
+def _foreign_target_caveat(manifest: dict) -> str | None:
+    """An artifact for another machine that runs here anyway (onnxruntime runs anywhere):
+    its figures on this host say little about the target."""
+    from edgec.dsl.host import architecture
+
+    target = manifest.get("target")
+    target = target if isinstance(target, dict) else {}
+    if target.get("name") == "host" or (target.get("at_hand")
+                                        and target.get("arch") == architecture()):
+        return None
+    return (f"built for {target.get('name', 'another machine')} ({target.get('arch', '?')}); "
+            f"these figures were measured on this host ({architecture()}), not on the target: "
+            "measure there, or with --rpc-tracker HOST:PORT --rpc-key KEY")
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

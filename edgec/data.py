@@ -163,6 +163,21 @@ def _read_member(stream, member: zipfile.ZipInfo, name: str, budget: int, refuse
         else array.reshape(shape).copy(), nbytes
 
 
+def _check_npz(path: str, what: str) -> None:
+    """One line for a file that is not an .npz archive (a model given as --data), instead
+    of numpy's complaint about pickled data."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return  # np.load reports it
+    if head[:4] != b"PK\x03\x04" and head != b"\x93NUMPY":
+        kind = " (it looks like an ONNX model)" if path.endswith(".onnx") else ""
+        raise UsageError(Diagnostic.error(
+            f"{what} file is not an .npz archive{kind}: give arrays keyed by the model's "
+            "input names, saved with numpy.savez", Location(path=path)))
+
+
 def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -> dict[str, np.ndarray]:
     """Arrays for every model input, concatenated over the files ``pattern`` names."""
     files = data_files(pattern)

@@ -46,8 +46,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", metavar="ARTIFACT")
     parser.add_argument("--inputs", metavar="FILE.npz",
                         help="inputs (default: synthetic, at the spec's batch)")
-    parser.add_argument("--threads", type=int, metavar="N")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads the runtime may use (default: the runtime's own choice)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document: p50/p90/mean in ms, runs, where measured")
     _add_cpu_fallback(parser)
 
 

@@ -1,9 +1,12 @@
 """A non-editable `pip install .` into a fresh virtual environment works: the console
 script, `python -m edgec`, built-in passes (installed from passes/ as edgec.passes) and
-package data, run from a directory outside the repository."""
+package data, run from a directory outside the repository — and, as README's quick
+start does, from the repository root, where the checkout's `edgec/` shadows the
+installed one and must still find `passes/` and `targets/`."""
 
 import json
 import os
+import site
 import subprocess
 import sys
 import venv
@@ -14,10 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_fresh_venv_install(tmp_path):
     env_dir = tmp_path / "venv"
-    # System site-packages provide the heavy dependencies (onnx, onnxruntime, tvm) that
-    # the test command already installed; edgec itself is built and installed fresh.
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    # The heavy dependencies (onnx, onnxruntime, tvm) come from the environment running
+    # the tests, where the test command installed them: a system Python, or a virtual
+    # environment (whose packages `system_site_packages` would not reach: it names the
+    # base interpreter's). Plain path lines, after the fresh environment's own
+    # site-packages, so its edgec is the one imported. edgec itself is built and
+    # installed fresh.
     bin_dir = env_dir / "bin"
+    [fresh_site] = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+        check=True, capture_output=True, text=True).stdout.split()
+    outer = [path for path in site.getsitepackages() + [site.getusersitepackages()]
+             if os.path.isdir(path)]
+    Path(fresh_site, "edgec-test-outer-packages.pth").write_text("\n".join(outer) + "\n")
     subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
                     str(REPO)], check=True, capture_output=True, timeout=600)
     outside = tmp_path / "elsewhere"
@@ -43,3 +56,19 @@ def test_fresh_venv_install(tmp_path):
         assert names.get(builtin) == "built-in"
     module = run(str(bin_dir / "python"), "-m", "edgec", "--version")
     assert module.returncode == 0 and module.stdout == version.stdout
+
+    # From the repository root (issue 15: 0 pass / 1,749 "edgec error", "No module named
+    # 'edgec.passes'"), the conformance run and the passes come from the checkout.
+    def run_in_checkout(*args):
+        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    checkout = run_in_checkout(str(bin_dir / "python"), "-c",
+                               "import edgec.passes, edgec.targets; print(edgec.passes.__file__)")
+    assert checkout.returncode == 0, checkout.stderr
+    assert checkout.stdout.strip() == str(REPO / "passes" / "__init__.py")
+    conformance = run_in_checkout(str(bin_dir / "python"), "-m", "edgec.testing.conformance",
+                                  "--cases", "node", "-k", "test_relu", "--json")
+    assert conformance.returncode == 0, conformance.stderr
+    counts = json.loads(conformance.stdout)["counts"]
+    assert counts["pass"] == counts["cases"] >= 1 and counts["edgec error"] == 0, counts

