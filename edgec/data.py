@@ -8,10 +8,6 @@ from __future__ import annotations
 import glob
 import os
 import stat
-import struct
-import tokenize
-import zipfile
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,15 +72,10 @@ def data_files(pattern: str) -> list[str]:
 
 # Arrays larger than this (their declared size) are refused before any is allocated.
 MAX_ARRAY_BYTES = 2 << 30
-_NUMERIC_KINDS = "biufc"
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, struct.error,
-                NotImplementedError, KeyError, TypeError, SyntaxError, OverflowError,
-                RecursionError, tokenize.TokenError)
-
-
 def read_npz(path: str, names: list[str] | None = None, *, what: str = "data",
              max_bytes: int = MAX_ARRAY_BYTES) -> dict[str, np.ndarray]:
-    """The arrays ``names`` (all when None) of the `.npz` file ``path``, read safely.
+    """The arrays ``names`` (all when None) of the `.npz` file ``path``, read safely by the
+    device runtime's reader (`edgec_runtime.npz.NpzFile`, the one `edgec run` uses).
 
     Every header is checked before anything is allocated: numeric or bool dtypes only
     (no objects, no pickles, no structured records), a declared size that agrees with
@@ -92,90 +83,33 @@ def read_npz(path: str, names: list[str] | None = None, *, what: str = "data",
     never decompressed. Anything wrong (empty, truncated or corrupt zip, a ``.npy``, a
     header that lies) is one `UsageError` (exit 2) naming the file and what is wrong.
     """
-    where = Location(path=path)
-
-    def refuse(message: str) -> UsageError:
-        return UsageError(Diagnostic.error(f"{what} file {message}", where))
+    from edgec_runtime.errors import RuntimeFailure
+    from edgec_runtime.npz import NpzFile
 
     try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError as e:
-        raise refuse(f"cannot be read: {e.strerror or e}") from None
-    if not head:
-        raise refuse("is empty; expected an .npz archive")
-    if head == b"\x93NUMPY":
-        raise refuse("is a .npy file (one unnamed array); save an .npz of named arrays: "
-                     "numpy.savez(path, name=array)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = {m.filename[:-4]: m for m in archive.infolist()
-                       if m.filename.endswith(".npy")}
-            wanted = list(members) if names is None else [n for n in names if n in members]
+        with NpzFile(path, what=what) as npz:
+            present = list(npz.files)
+            wanted = present if names is None else [n for n in names if n in present]
             total = 0
-            out = {}
             for name in wanted:
-                member = members[name]
-                with archive.open(member) as stream:
-                    array, nbytes = _read_member(stream, member, name, max_bytes - total, refuse)
-                total += nbytes
-                out[name] = array
-            return out
-    except UsageError:
-        raise
+                total += npz.header(name).nbytes
+                if total > max_bytes:
+                    raise UsageError(Diagnostic.error(
+                        f"{what} file: its arrays take over the limit of {max_bytes >> 20} MiB "
+                        "for data", Location(path=path)))
+            return {name: np.ascontiguousarray(npz.read(name, max_bytes)) for name in wanted}
+    except RuntimeFailure as e:
+        message = e.message
+        if message.startswith(f"{what} file is not an .npz"):
+            kind = " (it looks like an ONNX model)" if path.endswith(".onnx") else ""
+            message = (f"{what} file is not an .npz archive{kind}: give arrays keyed by the "
+                       "model's input names, saved with numpy.savez")
+        elif not message.startswith(f"{what} file"):
+            message = f"{what} file refused: {message}"
+        raise UsageError(Diagnostic.error(message, Location(path=path))) from None
     except MemoryError:
-        raise refuse("holds more than this machine's memory can take") from None
-    except _READ_ERRORS as e:
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise refuse(f"is not a readable .npz archive: {reason}") from None
-
-
-def _read_member(stream, member: zipfile.ZipInfo, name: str, budget: int, refuse):
-    from numpy.lib import format as npy
-
-    version = npy.read_magic(stream)
-    if version not in ((1, 0), (2, 0), (3, 0)):
-        raise refuse(f"array '{name}' has an unknown .npy format version {version}")
-    reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-    shape, fortran, dtype = reader(stream, max_header_size=10000)
-    if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
-        raise refuse(f"array '{name}' has dtype {dtype}; only numeric and bool arrays are read")
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise refuse(f"array '{name}' declares an invalid shape {shape}")
-    count = 1
-    for d in shape:
-        count *= d
-    nbytes = count * dtype.itemsize
-    header = stream.tell()
-    if nbytes > budget:
-        raise refuse(f"array '{name}' declares {list(shape)} {dtype} ({nbytes} bytes), over "
-                     f"the limit of {MAX_ARRAY_BYTES >> 20} MiB for data")
-    if header + nbytes != member.file_size:
-        raise refuse(f"array '{name}' declares {list(shape)} {dtype} ({nbytes} bytes), but "
-                     f"the archive holds {max(0, member.file_size - header)} bytes for it "
-                     "(a header that lies, or a truncated file)")
-    data = stream.read(nbytes)
-    if len(data) != nbytes:
-        raise refuse(f"array '{name}' is truncated")
-    array = np.frombuffer(data, dtype=dtype)
-    order = "F" if fortran else "C"
-    return array.reshape(shape, order=order).copy(order="C") if fortran \
-        else array.reshape(shape).copy(), nbytes
-
-
-def _check_npz(path: str, what: str) -> None:
-    """One line for a file that is not an .npz archive (a model given as --data), instead
-    of numpy's complaint about pickled data."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError:
-        return  # np.load reports it
-    if head[:4] != b"PK\x03\x04" and head != b"\x93NUMPY":
-        kind = " (it looks like an ONNX model)" if path.endswith(".onnx") else ""
-        raise UsageError(Diagnostic.error(
-            f"{what} file is not an .npz archive{kind}: give arrays keyed by the model's "
-            "input names, saved with numpy.savez", Location(path=path)))
+        raise UsageError(Diagnostic.error(f"{what} file holds more than this machine's memory "
+                                          "can take", Location(path=path))) from None
 
 
 def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -> dict[str, np.ndarray]:
@@ -250,10 +184,13 @@ def check_labels(labels: np.ndarray, samples: int, classes: int | None, pattern:
 
 
 def _npz_names(path: str) -> list[str]:
+    from edgec_runtime.errors import RuntimeFailure
+    from edgec_runtime.npz import NpzFile
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            return [m.filename[:-4] for m in archive.infolist() if m.filename.endswith(".npy")]
-    except _READ_ERRORS:
+        with NpzFile(path) as npz:
+            return list(npz.files)
+    except RuntimeFailure:
         return []
 
 
