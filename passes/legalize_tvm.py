@@ -1,0 +1,262 @@
+"""``legalize-tvm``: rewrite what TVM's relax ONNX importer cannot take into what it can.
+
+TVM 0.27's importer (``tvm.relax.frontend.onnx.from_onnx``) refuses or mistranslates
+graphs that onnxruntime runs: shapes computed at run time (``Shape → Gather → Concat →
+Reshape``: "Node cannot handle ShapeExpr inputs", "Reshape requires the input new shape
+to be Shape"), operators it has no converter for or whose converter is another domain's
+(ONNX ``Attention`` reaches the com.microsoft converter: ``KeyError: 'num_heads'``), and
+values whose type is missing. The group runs, in order:
+
+1. ``bind-dims`` (only under ``edgec compile``, where the spec gives the batch): the
+   inputs' symbolic batch dimension becomes the spec's batch;
+2. ``expand-functions``: ops TVM lacks become their ONNX function bodies;
+3. ``lower-castlike``: ``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``;
+4. ``infer-shapes`` and ``fold-constants`` (with ``dce``) until nothing changes: with
+   every dimension known, ``Shape``/``Size`` fold, and the shape arithmetic behind
+   Reshape, Expand, Tile, Slice, Resize, ConstantOfShape, Range and Reduce axes folds to
+   the constants the importer needs; types become populated on the way.
+
+Each of these is a pass of its own (``edgec opt -p expand-functions``), with a
+docstring that says when it is legal; ``legalize-tvm`` is what the tvm candidate's
+pipeline runs before the model is handed to TVM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import onnx
+
+from edgec.ir.core import Model, Node, Value
+from edgec.ir.types import DataType, Shape, TensorType
+from edgec.passmgr.base import Pass, PassContext, PassResult
+
+# ONNX-domain ops that TVM 0.27's importer has no converter for, or whose converter does
+# not implement the ONNX op (Attention: it is com.microsoft's), and whose ONNX schema
+# defines a function body (measured on the ONNX node cases).
+DEFAULT_EXPANDED_OPS = (
+    "Attention", "BlackmanWindow", "Celu", "CenterCropPad", "HammingWindow", "HannWindow",
+    "NegativeLogLikelihoodLoss", "RotaryEmbedding", "SoftmaxCrossEntropyLoss", "SwiGLU",
+    "Swish",
+)
+
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class ExpandFunctions(Pass):
+    """Replace ONNX ops TVM cannot import by their ONNX function bodies.
+
+    Legal whenever the op's schema (at the model's opset) defines a function: ONNX
+    defines the op's meaning as that body, so outputs are the same up to the rounding
+    of the body's own ops. Context-dependent bodies (Attention, SoftmaxCrossEntropyLoss)
+    need the inputs' element types: a node whose input types are unknown is left as it
+    is. Nodes inside If/Loop/Scan bodies are left alone.
+    """
+
+    name: ClassVar[str] = "expand-functions"
+    ops: tuple[str, ...] = field(default=DEFAULT_EXPANDED_OPS, metadata={
+        "help": "the ONNX op types to expand into their function bodies"})
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        from edgec.frontend import export_model, import_model
+
+        wanted = set(self.ops)
+        if not any(n.op_type in wanted and n.domain in _ONNX_DOMAINS for n in model.graph):
+            return PassResult(False, {"nodes-expanded": 0})
+        opset = model.opset("") or 1
+        proto = export_model(model)
+        types = _value_types(proto.graph)
+        nodes = []
+        expanded = skipped = 0
+        for index, node in enumerate(proto.graph.node):
+            if node.op_type not in wanted or node.domain not in _ONNX_DOMAINS:
+                nodes.append(node)
+                continue
+            body = _expand(node, opset, types, f"{node.op_type}_{index}_expanded_")
+            if body is None:
+                skipped += 1
+                nodes.append(node)
+                continue
+            nodes.extend(body)
+            expanded += 1
+        if not expanded:
+            return PassResult(False, {"nodes-expanded": 0, "not-expandable": skipped})
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        new = import_model(proto, base_dir=model.base_dir, check=False)
+        return PassResult(True, {"nodes-expanded": expanded, "not-expandable": skipped}, model=new)
+
+
+def _value_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    types = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        if vi.HasField("type"):
+            types[vi.name] = vi.type
+    for t in graph.initializer:
+        types[t.name] = onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims))
+    return types
+
+
+def _expand(node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto],
+            prefix: str) -> list[onnx.NodeProto] | None:
+    """``node`` as the nodes of its schema's function at ``opset``, or None."""
+    from onnx.backend.test.case.node import function_expand_helper
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, "")
+    except onnx.defs.SchemaError:
+        return None
+    call = onnx.NodeProto()
+    call.CopyFrom(node)
+    given = {a.name for a in call.attribute}
+    for name, attribute in schema.attributes.items():
+        if name not in given and attribute.default_value.name:
+            call.attribute.append(attribute.default_value)
+    versions = [v for v in schema.function_opset_versions if v <= opset]
+    function = onnx.FunctionProto()
+    if versions:
+        function.ParseFromString(schema.get_function_with_opset_version(max(versions)))
+    else:
+        versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+        if not versions:
+            return None
+        input_types = []
+        for name in node.input:
+            if name == "":
+                input_types.append(onnx.TypeProto())
+                continue
+            tp = types.get(name)
+            if tp is None or not tp.tensor_type.elem_type:
+                return None
+            input_types.append(tp)
+        try:
+            function.ParseFromString(schema.get_context_dependent_function_with_opset_version(
+                max(versions), call.SerializeToString(), [t.SerializeToString() for t in input_types]))
+        except Exception:  # the builder rejects what it cannot expand
+            return None
+    if any(o.domain in _ONNX_DOMAINS and o.version > opset for o in function.opset_import):
+        return None
+    if any(n.domain not in _ONNX_DOMAINS for n in function.node):
+        return None
+    return function_expand_helper(call, function, prefix)
+
+
+@dataclass(frozen=True)
+class LowerCastLike(Pass):
+    """``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``.
+
+    Legal when ``like``'s element type is known: CastLike is defined as Cast to that
+    type (``saturate`` carries over). TVM's converter reads ``like``'s type from the
+    relax value, which a shape-expression or an unpopulated type does not give.
+    """
+
+    name: ClassVar[str] = "lower-castlike"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        lowered = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "CastLike" or node.domain not in _ONNX_DOMAINS:
+                    continue
+                if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+                    continue
+                dtype = node.inputs[1].dtype
+                if dtype is None or dtype is DataType.UNDEFINED:
+                    continue
+                attributes = {"to": int(dtype)}
+                if "saturate" in node.attributes:
+                    attributes["saturate"] = node.attr("saturate")
+                cast = Node("Cast", [node.inputs[0]], attributes=attributes, name=node.name,
+                            outputs=[Value(None, node.output.type)])
+                g.insert_before(node, cast)
+                g.replace_value(node.output, cast.output)
+                g.remove(node)
+                lowered += 1
+        return PassResult(lowered > 0, {"castlike-lowered": lowered})
+
+
+@dataclass(frozen=True)
+class BindDims(Pass):
+    """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
+
+    Legal when the artifact is only ever run at that batch: the spec's latency budget
+    names it (``latency < 10ms at batch 4``), and ``edgec compile`` measures and ships
+    the model at it. Other symbolic dimensions (sequence lengths) are left as they are.
+    """
+
+    name: ClassVar[str] = "bind-dims"
+    batch: int = field(default=0, metadata={
+        "help": "the size of the leading symbolic dimension; 0: the spec's batch (1 without a spec)"})
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        batch = self.batch or _spec_batch(ctx) or 1
+        bound = 0
+        for v in model.graph.inputs:
+            if v.is_initializer() or not isinstance(v.type, TensorType):
+                continue
+            shape = v.type.shape
+            if shape is None or shape.dims is None or not shape.dims or isinstance(shape.dims[0], int):
+                continue
+            v.type = TensorType(v.type.dtype, Shape((batch, *shape.dims[1:]), shape.denotations))
+            bound += 1
+        return PassResult(bound > 0, {"inputs-bound": bound})
+
+
+def _spec_batch(ctx: PassContext) -> int | None:
+    spec = ctx.spec
+    latency = getattr(getattr(spec, "budget", None), "latency", None)
+    batch = getattr(latency, "batch", None)
+    return batch if isinstance(batch, int) and batch > 0 else None
+
+
+@dataclass(frozen=True)
+class LegalizeTVM(Pass):
+    """Make a model importable by TVM's relax ONNX importer (see the module docstring).
+
+    Every step is legal on its own (see each pass); the group changes no output beyond
+    the rounding of the expanded function bodies.
+    """
+
+    name: ClassVar[str] = "legalize-tvm"
+    bind_batch: bool = field(default=True, metadata={
+        "help": "bind the inputs' symbolic batch dimension to the spec's batch (only with a spec)"})
+    expand: tuple[str, ...] = field(default=DEFAULT_EXPANDED_OPS, metadata={
+        "help": "the ops expand-functions expands"})
+    max_iterations: int = field(default=4, metadata={
+        "help": "rounds of infer-shapes + fold-constants + dce at most"})
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        from edgec.passes.dce import DeadCodeElimination
+        from edgec.passes.fold_constants import FoldConstants
+        from edgec.passes.infer_shapes import InferShapes
+
+        stats: dict[str, int | float] = {}
+        modified = False
+
+        def step(p: Pass) -> bool:
+            nonlocal model, modified
+            result = p.run(model, ctx)
+            if result.model is not None:
+                model = result.model
+            for key, value in result.stats.items():
+                stats[f"{p.name}.{key}"] = stats.get(f"{p.name}.{key}", 0) + value
+            modified |= result.modified
+            return result.modified
+
+        if self.bind_batch and ctx.spec is not None:
+            step(BindDims())
+        step(InferShapes())  # context-dependent function bodies need input types
+        step(ExpandFunctions(ops=self.expand))
+        for _ in range(self.max_iterations):
+            changed = step(InferShapes())
+            changed |= step(LowerCastLike())
+            changed |= step(FoldConstants())
+            changed |= step(DeadCodeElimination())
+            if not changed:
+                break
+        return PassResult(modified, stats, model=model)
+
+
+__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike"]
