@@ -58,12 +58,23 @@ class ExpandFunctions(Pass):
     name: ClassVar[str] = "expand-functions"
     ops: tuple[str, ...] = field(default=DEFAULT_EXPANDED_OPS, metadata={
         "help": "the ONNX op types to expand into their function bodies"})
+    ops_with_extra_outputs: tuple[str, ...] = field(default=("LayerNormalization",), metadata={
+        "help": "op types expanded only when an output beyond the first is used"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         from edgec.frontend import export_model, import_model
 
         wanted = set(self.ops)
-        if not any(n.op_type in wanted and n.domain in _ONNX_DOMAINS for n in model.graph):
+
+        def selected(op_type: str, domain: str, outputs) -> bool:
+            if domain not in _ONNX_DOMAINS:
+                return False
+            if op_type in wanted:
+                return True
+            # TVM imports LayerNormalization's Mean and InvStdDev outputs as scalars.
+            return op_type in self.ops_with_extra_outputs and sum(1 for o in outputs if o) > 1
+
+        if not any(selected(n.op_type, n.domain, [o.name for o in n.outputs]) for n in model.graph):
             return PassResult(False, {"nodes-expanded": 0})
         opset = model.opset("") or 1
         proto = export_model(model)
@@ -71,7 +82,7 @@ class ExpandFunctions(Pass):
         nodes = []
         expanded = skipped = 0
         for index, node in enumerate(proto.graph.node):
-            if node.op_type not in wanted or node.domain not in _ONNX_DOMAINS:
+            if not selected(node.op_type, node.domain, node.output):
                 nodes.append(node)
                 continue
             body = _expand(node, opset, types, f"{node.op_type}_{index}_expanded_")

@@ -246,6 +246,11 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
+def _contiguous(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy()
+
+
 @dataclass
 class TVMRunner:
     """A module loaded into a relax VM on this host."""
@@ -262,7 +267,8 @@ class TVMRunner:
         if missing:
             raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
                                f"{', '.join(self.input_names)}")
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device)
+        # Not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d, which TVM refuses.
+        return [tvm.runtime.tensor(_contiguous(inputs[name]), self.device)
                 for name in self.input_names]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -326,6 +332,7 @@ class TVMBackend:
             return self._imported[1]
         from tvm.relax.frontend import onnx as relax_onnx
 
+        self._refuse_miscompiled(model)
         # The importer prints "Error converting operator ..." and warns; edgec reports
         # the problem itself, once, as a diagnostic.
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -338,7 +345,26 @@ class TVMBackend:
         return mod
 
     @staticmethod
+    def _refuse_miscompiled(model: onnx.ModelProto) -> None:
+        """A model with a construct TVM imports but computes wrongly is refused."""
+        from edgec.backends.tvm_legality import miscompiled
+
+        found = miscompiled(model)
+        if not found:
+            return
+        node, why = found[0]
+        index = next((i for i, other in enumerate(model.graph.node) if other is node), None)
+        name = node.name or (f"#{index}" if index is not None else "?")
+        more = f" (and {len(found) - 1} more such node(s))" if len(found) > 1 else ""
+        raise ModelError(Diagnostic.error(
+            f"TVM would compute node '{name}' ({node.op_type}) wrongly: {why}{more}",
+            Location(obj=f"node '{name}' ({node.op_type})"), code="tvm.miscompiled",
+            notes=["the onnxruntime backend (backend ort) computes it correctly"]))
+
+    @staticmethod
     def _import_error(error: Exception, model: onnx.ModelProto) -> ModelError:
+        from edgec.backends.tvm_legality import needed_rewrite
+
         reason = " ".join(str(error).split()) or type(error).__name__
         node = _failing_node(error, model)
         if node is None:
@@ -347,7 +373,8 @@ class TVMBackend:
         else:
             index = next((i for i, other in enumerate(model.graph.node) if other == node), None)
             name = node.name or (f"#{index}" if index is not None else "?")
-            message = f"TVM cannot import node '{name}' ({node.op_type}): {reason}"
+            message = (f"TVM cannot import node '{name}' ({node.op_type}): {reason} "
+                       f"[{needed_rewrite(node.op_type, reason)}]")
             location = Location(obj=f"node '{name}' ({node.op_type})")
         return ModelError(Diagnostic.error(
             message, location, code="tvm.unsupported-model",

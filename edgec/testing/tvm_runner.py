@@ -76,6 +76,12 @@ def compile_and_run(model_bytes: bytes, feeds: Sequence[Sequence[Any]]) -> list[
     from tvm.relax.frontend import onnx as relax_onnx
 
     model = onnx.load_from_string(model_bytes)
+    from edgec.backends.tvm_legality import miscompiled
+
+    refused = miscompiled(model)
+    if refused:
+        node, why = refused[0]
+        raise TVMCaseError("refused", f"{node.op_type}: {why}")
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -100,7 +106,8 @@ def compile_and_run(model_bytes: bytes, feeds: Sequence[Sequence[Any]]) -> list[
             for x in inputs:
                 if not isinstance(x, np.ndarray):
                     raise TypeError(f"input of kind {type(x).__name__}: only tensors are fed to TVM")
-                args.append(tvm.runtime.tensor(np.ascontiguousarray(x), tvm.cpu()))
+                # Not np.ascontiguousarray: it makes a 0-d array 1-d.
+                args.append(tvm.runtime.tensor(x if x.flags.c_contiguous else x.copy(), tvm.cpu()))
             out = vm["main"](*args)
         except Exception as e:
             raise TVMCaseError("run", _first_line(e)) from None
