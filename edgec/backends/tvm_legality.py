@@ -82,6 +82,7 @@ KNOWN_CAUSES: tuple[tuple[str | None, str, str], ...] = (
     (None, "Only constant axes", "fold-constants (the axes input must be a constant)"),
     ("Resize", "is currently unsupported", "fold-constants (Resize's scales/sizes must be constants)"),
     ("Resize", "has no len()", "fold-constants (Resize's scales/sizes must be constants)"),
+    ("Resize", "has no attribute 'value'", "fold-constants (Resize's scales/sizes must be constants)"),
     ("TopK", "must be a constant", "fold-constants (TopK's k must be a constant)"),
     ("CumSum", "non-constant axis", "fold-constants (CumSum's axis must be a constant)"),
     ("Split", "Dynamic Split", "fold-constants (Split's sizes must be a constant)"),
