@@ -9,9 +9,11 @@ values whose type is missing. The group runs, in order:
 
 1. ``bind-dims`` (only under ``edgec compile``, where the spec gives the batch): the
    inputs' symbolic batch dimension becomes the spec's batch;
-2. ``expand-functions``: ops TVM lacks become their ONNX function bodies;
-3. ``lower-castlike``: ``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``;
-4. ``infer-shapes`` and ``fold-constants`` (with ``dce``) until nothing changes: with
+2. then, until nothing changes (at most ``max-iterations`` rounds): ``infer-shapes``;
+   ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
+   ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
+   ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
+   starts at the lowest finite value); ``dce``. With
    every dimension known, ``Shape``/``Size`` fold, and the shape arithmetic behind
    Reshape, Expand, Tile, Slice, Resize, ConstantOfShape, Range and Reduce axes folds to
    the constants the importer needs; types become populated on the way.
@@ -39,6 +41,8 @@ DEFAULT_EXPANDED_OPS = (
     "Attention", "BlackmanWindow", "Celu", "CenterCropPad", "HammingWindow", "HannWindow",
     "NegativeLogLikelihoodLoss", "RotaryEmbedding", "SoftmaxCrossEntropyLoss", "SwiGLU",
     "Swish",
+    # TVM has a converter, but its build fails for some axes ("Tensor dimension mismatch").
+    "RMSNormalization",
 )
 
 _ONNX_DOMAINS = ("", "ai.onnx")
@@ -189,6 +193,49 @@ class LowerCastLike(Pass):
 
 
 @dataclass(frozen=True)
+class MaxAtLowest(Pass):
+    """``Equal(ReduceMax(x), -inf)`` → ``LessOrEqual(ReduceMax(x), lowest)``, ``lowest``
+    the element type's most negative finite value.
+
+    TVM 0.27 starts a max-reduction at the lowest finite value, not at -inf, so a row
+    of -inf (a fully masked attention row; ONNX Attention's body tests for it) reduces
+    to ``lowest`` and the comparison with -inf is false. Legal except where a row's
+    maximum is exactly ``lowest`` while finite, which the rewritten test also counts as
+    fully masked.
+    """
+
+    name: ClassVar[str] = "max-at-lowest"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        rewritten = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "Equal" or node.domain not in _ONNX_DOMAINS or len(node.inputs) != 2:
+                    continue
+                a, b = node.inputs
+                if a is None or b is None:
+                    continue
+                if b.producer() is not None and b.producer().op_type == "ReduceMax":
+                    a, b = b, a
+                producer = a.producer()
+                if producer is None or producer.op_type != "ReduceMax" or not b.is_constant():
+                    continue
+                c = b.const.numpy()
+                if c.dtype.kind != "f" or c.size != 1 or not np.isneginf(c).all():
+                    continue
+                lowest = g.make_constant(np.full(c.shape, np.finfo(c.dtype).min, c.dtype), "lowest")
+                compare = Node("LessOrEqual", [a, lowest], name=node.name,
+                               outputs=[Value(None, node.output.type)])
+                g.insert_before(node, compare)
+                g.replace_value(node.output, compare.output)
+                g.remove(node)
+                rewritten += 1
+        return PassResult(rewritten > 0, {"comparisons-rewritten": rewritten})
+
+
+@dataclass(frozen=True)
 class BindDims(Pass):
     """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
 
@@ -236,7 +283,8 @@ class LegalizeTVM(Pass):
     expand: tuple[str, ...] = field(default=DEFAULT_EXPANDED_OPS, metadata={
         "help": "the ops expand-functions expands"})
     max_iterations: int = field(default=4, metadata={
-        "help": "rounds of infer-shapes + fold-constants + dce at most"})
+        "help": "rounds of infer-shapes, expand-functions, lower-castlike, fold-constants "
+                "and dce at most"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         from edgec.passes.dce import DeadCodeElimination
@@ -258,16 +306,20 @@ class LegalizeTVM(Pass):
 
         if self.bind_batch and ctx.spec is not None:
             step(BindDims())
-        step(InferShapes())  # context-dependent function bodies need input types
-        step(ExpandFunctions(ops=self.expand))
         for _ in range(self.max_iterations):
+            # Context-dependent function bodies need their inputs' types, and a body
+            # may hold another op to expand (SoftmaxCrossEntropyLoss holds
+            # NegativeLogLikelihoodLoss): infer, expand, and go round again.
             changed = step(InferShapes())
+            changed |= step(ExpandFunctions(ops=self.expand))
             changed |= step(LowerCastLike())
             changed |= step(FoldConstants())
+            changed |= step(MaxAtLowest())
             changed |= step(DeadCodeElimination())
             if not changed:
                 break
         return PassResult(modified, stats, model=model)
 
 
-__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike"]
+__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike",
+           "MaxAtLowest"]

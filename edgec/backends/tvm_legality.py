@@ -43,6 +43,8 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
     """The main graph's nodes TVM 0.27 is known to compute wrongly, each with why."""
     types = None
     found = []
+    constants = {t.name for t in model.graph.initializer} - {i.name for i in model.graph.input}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     for node in model.graph.node:
         if node.domain not in _ONNX:
             continue
@@ -66,6 +68,9 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
             why = "TVM 0.27 ignores ConvTranspose's output_shape attribute"
         elif op == "IsInf" and (_attr(node, "detect_negative", 1) == 0 or _attr(node, "detect_positive", 1) == 0):
             why = "TVM 0.27 ignores IsInf's detect_negative/detect_positive"
+        elif op == "Expand" and len(node.input) > 1 and node.input[1] not in constants:
+            why = ("TVM 0.27 takes a run-time Expand shape as the output shape, without "
+                   "broadcasting it against the input's")
         if why is not None:
             found.append((node, why))
     return found

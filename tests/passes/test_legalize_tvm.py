@@ -10,7 +10,8 @@ from onnx import TensorProto, helper
 from pass_testing import assert_same_outputs, load, ops, parse, run_ort, run_pass
 
 from edgec.frontend import export_model, import_model
-from edgec.passes.legalize_tvm import BindDims, ExpandFunctions, LegalizeTVM, LowerCastLike
+from edgec.passes.legalize_tvm import (BindDims, ExpandFunctions, LegalizeTVM, LowerCastLike,
+                                       MaxAtLowest)
 from edgec.passmgr.base import PassContext
 from edgec.testing import models
 
@@ -161,13 +162,32 @@ def test_the_passes_are_declared_as_entry_points():
 
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     for name, cls in (("legalize-tvm", "LegalizeTVM"), ("expand-functions", "ExpandFunctions"),
-                      ("lower-castlike", "LowerCastLike"), ("bind-dims", "BindDims")):
+                      ("lower-castlike", "LowerCastLike"), ("bind-dims", "BindDims"),
+                      ("max-at-lowest", "MaxAtLowest")):
         assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
 
 
-@pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims])
+@pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims, MaxAtLowest])
 def test_each_pass_fits_the_contract(cls):
     from edgec.passmgr.registry import _contract_problem
 
     assert _contract_problem(cls.name, cls) is None
     assert cls.summary() and "legal" in (cls.__doc__ or "").lower() or cls is LegalizeTVM
+
+
+def test_max_at_lowest_matches_onnxruntime_on_fully_masked_rows():
+    proto = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[2,3] x) => (bool[2,1] masked) {
+            m = ReduceMax <keepdims = 1> (x, axes)
+            masked = Equal(m, ninf)
+        }""")
+    proto.graph.initializer.extend([
+        onnx.numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+        onnx.numpy_helper.from_array(np.array(-np.inf, np.float32), "ninf")])
+    model = import_model(proto, check=False)
+    result = run_pass(MaxAtLowest(), model)
+    assert result.modified and ops(model) == ["ReduceMax", "LessOrEqual"]
+    feed = {"x": np.array([[1.0, -np.inf, 2.0], [-np.inf] * 3], np.float32)}
+    assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
+    assert run_ort(export_model(model), feed)["masked"].tolist() == [[False], [True]]
