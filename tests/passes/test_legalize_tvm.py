@@ -177,7 +177,7 @@ def test_each_pass_fits_the_contract(cls):
 
 def test_max_at_lowest_matches_onnxruntime_on_fully_masked_rows():
     proto = onnx.parser.parse_model("""
-        <ir_version: 8, opset_import: ["" : 17]>
+        <ir_version: 8, opset_import: ["" : 18]>
         g (float[2,3] x) => (bool[2,1] masked) {
             m = ReduceMax <keepdims = 1> (x, axes)
             masked = Equal(m, ninf)
