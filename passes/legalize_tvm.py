@@ -13,7 +13,8 @@ values whose type is missing. The group runs, in order:
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
    ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
-   starts at the lowest finite value); ``dce``. With
+   starts at the lowest finite value); ``widen-half-matmul`` (float16 MatMul accumulated
+   in float32, as onnxruntime does); ``dce``. With
    every dimension known, ``Shape``/``Size`` fold, and the shape arithmetic behind
    Reshape, Expand, Tile, Slice, Resize, ConstantOfShape, Range and Reduce axes folds to
    the constants the importer needs; types become populated on the way.
@@ -236,6 +237,40 @@ class MaxAtLowest(Pass):
 
 
 @dataclass(frozen=True)
+class WidenHalfMatMul(Pass):
+    """``MatMul`` of float16 tensors → ``Cast(MatMul(Cast(a, f32), Cast(b, f32)), f16)``.
+
+    TVM 0.27 accumulates a float16 MatMul in float16; onnxruntime's CPU kernel (and the
+    ONNX reference) accumulate in float32 and round once, which this rewrite spells out.
+    Legal always: the result is the float16 rounding of a more precise sum; only the
+    error of a float16 accumulator goes away.
+    """
+
+    name: ClassVar[str] = "widen-half-matmul"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        widened = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "MatMul" or node.domain not in _ONNX_DOMAINS:
+                    continue
+                if any(v is None or v.dtype is not DataType.FLOAT16 for v in node.inputs):
+                    continue
+                casts = [Node("Cast", [v], attributes={"to": int(DataType.FLOAT)}) for v in node.inputs]
+                out_type = node.output.type
+                wide_type = TensorType(DataType.FLOAT, out_type.shape) if isinstance(out_type, TensorType) else None
+                matmul = Node("MatMul", [c.output for c in casts], name=node.name,
+                              outputs=[Value(None, wide_type)])
+                back = Node("Cast", [matmul.output], attributes={"to": int(DataType.FLOAT16)},
+                            outputs=[Value(None, out_type)])
+                g.insert_before(node, [*casts, matmul, back])
+                g.replace_value(node.output, back.output)
+                g.remove(node)
+                widened += 1
+        return PassResult(widened > 0, {"matmuls-widened": widened})
+
+
+@dataclass(frozen=True)
 class BindDims(Pass):
     """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
 
@@ -315,6 +350,7 @@ class LegalizeTVM(Pass):
             changed |= step(LowerCastLike())
             changed |= step(FoldConstants())
             changed |= step(MaxAtLowest())
+            changed |= step(WidenHalfMatMul())
             changed |= step(DeadCodeElimination())
             if not changed:
                 break
@@ -322,4 +358,4 @@ class LegalizeTVM(Pass):
 
 
 __all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike",
-           "MaxAtLowest"]
+           "MaxAtLowest", "WidenHalfMatMul"]

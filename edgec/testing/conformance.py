@@ -820,6 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "before figure)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="with --backend tvm: seconds one case may take (default 300)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="only every N-th case starting at the I-th (0-based), to run a "
+                             "sweep in N processes")
     parser.add_argument("--progress", action="store_true",
                         help="print each case's outcome to stderr as it is known")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -845,6 +848,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += light_cases()
     if args.k:
         cases = [c for c in cases if args.k in c.name]
+    if args.shard:
+        try:
+            index, count = (int(part) for part in args.shard.split("/"))
+            if not 0 <= index < count:
+                raise ValueError
+        except ValueError:
+            parser.error(f"--shard takes I/N with 0 <= I < N, not '{args.shard}'")
+        cases = cases[index::count]
     if args.constant_inputs:
         cases = [v for v in (with_constant_inputs(c) if c.source == "node" else c for c in cases) if v is not None]
     progress = None

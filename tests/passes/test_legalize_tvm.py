@@ -11,7 +11,7 @@ from pass_testing import assert_same_outputs, load, ops, parse, run_ort, run_pas
 
 from edgec.frontend import export_model, import_model
 from edgec.passes.legalize_tvm import (BindDims, ExpandFunctions, LegalizeTVM, LowerCastLike,
-                                       MaxAtLowest)
+                                       MaxAtLowest, WidenHalfMatMul)
 from edgec.passmgr.base import PassContext
 from edgec.testing import models
 
@@ -163,11 +163,12 @@ def test_the_passes_are_declared_as_entry_points():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     for name, cls in (("legalize-tvm", "LegalizeTVM"), ("expand-functions", "ExpandFunctions"),
                       ("lower-castlike", "LowerCastLike"), ("bind-dims", "BindDims"),
-                      ("max-at-lowest", "MaxAtLowest")):
+                      ("max-at-lowest", "MaxAtLowest"), ("widen-half-matmul", "WidenHalfMatMul")):
         assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
 
 
-@pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims, MaxAtLowest])
+@pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims, MaxAtLowest,
+                                 WidenHalfMatMul])
 def test_each_pass_fits_the_contract(cls):
     from edgec.passmgr.registry import _contract_problem
 
@@ -191,3 +192,20 @@ def test_max_at_lowest_matches_onnxruntime_on_fully_masked_rows():
     feed = {"x": np.array([[1.0, -np.inf, 2.0], [-np.inf] * 3], np.float32)}
     assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
     assert run_ort(export_model(model), feed)["masked"].tolist() == [[False], [True]]
+
+
+def test_widen_half_matmul_matches_onnxruntime():
+    proto = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float16[4,64] a, float16[64,3] b) => (float16[4,3] y) {
+            y = MatMul(a, b)
+        }""")
+    model = load(proto)
+    result = run_pass(WidenHalfMatMul(), model)
+    assert result.modified and ops(model) == ["Cast", "Cast", "MatMul", "Cast"]
+    rng = np.random.default_rng(0)
+    feed = {"a": rng.standard_normal((4, 64)).astype(np.float16),
+            "b": rng.standard_normal((64, 3)).astype(np.float16)}
+    np.testing.assert_allclose(run_ort(export_model(model), feed)["y"].astype(np.float32),
+                               run_ort(proto, feed)["y"].astype(np.float32), rtol=2e-3, atol=2e-3)
+    assert not WidenHalfMatMul().run(model, PassContext()).modified
