@@ -12,6 +12,14 @@ NaN), strings compared exactly, sequences element by element, empty optionals as
     python -m edgec.testing.conformance --sample 200 --json
     python -m edgec.testing.conformance --constant-inputs   # inputs as initializers: folding runs the op
     python -m edgec.testing.conformance --pipeline quantize-int8 --lossy int8   # a lossy pass
+    python -m edgec.testing.conformance --backend tvm --cases node  # legalize-tvm, then TVM
+    python -m edgec.testing.conformance --backend tvm --cases node --no-legalize  # raw TVM
+
+With ``--backend tvm`` the model edgec hands over (after ``legalize-tvm``, or as onnx
+wrote it) is imported by TVM's relax ONNX frontend, built for llvm and run on this host
+in a worker process (``edgec.testing.tvm_runner``); a case TVM cannot import, build or
+run, or that edgec refuses because TVM is known to compute it wrongly, is "backend fails
+on edgec output", and the report groups every failure by cause.
 
 A lossy pass (quantization, fp16) is run with the case's own inputs as calibration data
 (``PassContext.calibration_data``, one sample) and judged with a ``LossyTolerance``: a
@@ -63,6 +71,8 @@ __all__ = [
     "run_cases",
     "run_original",
     "sample",
+    "stop_tvm_workers",
+    "tvm_backend",
     "calibration_samples",
     "with_constant_inputs",
     "main",
