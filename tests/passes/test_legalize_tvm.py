@@ -209,3 +209,19 @@ def test_widen_half_matmul_matches_onnxruntime():
     np.testing.assert_allclose(run_ort(export_model(model), feed)["y"].astype(np.float32),
                                run_ort(proto, feed)["y"].astype(np.float32), rtol=2e-3, atol=2e-3)
     assert not WidenHalfMatMul().run(model, PassContext()).modified
+
+
+def test_the_tvm_default_pipeline_ends_with_legalize_tvm():
+    from edgec.passmgr import default_pipeline, default_registry
+
+    registry = default_registry()
+    added = LegalizeTVM.name not in registry.names()
+    if added:  # an editable install whose metadata predates the pass
+        assert default_pipeline("tvm").split(",")[-1] != "legalize-tvm"
+        registry.register(LegalizeTVM)
+    try:
+        assert default_pipeline("tvm").endswith(",legalize-tvm")
+        assert "legalize-tvm" not in default_pipeline("ort") and "legalize-tvm" not in default_pipeline()
+    finally:
+        if added:
+            registry._entries.pop(LegalizeTVM.name, None)
