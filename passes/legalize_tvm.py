@@ -12,6 +12,7 @@ values whose type is missing. The group runs, in order:
 2. then, until nothing changes (at most ``max-iterations`` rounds): ``infer-shapes``;
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
    ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
+   ``lower-isinf`` (IsInf's detect_negative/detect_positive, which TVM ignores);
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
    starts at the lowest finite value); ``widen-half-matmul`` (float16 MatMul accumulated
    in float32, as onnxruntime does); ``dce``. With
@@ -271,6 +272,47 @@ class WidenHalfMatMul(Pass):
 
 
 @dataclass(frozen=True)
+class LowerIsInf(Pass):
+    """``IsInf(x, detect_negative=0)`` → ``And(IsInf(x), Greater(x, 0))``, and
+    ``detect_positive=0`` → ``And(IsInf(x), Less(x, 0))``.
+
+    Legal always (that is the attributes' definition); TVM 0.27 ignores the attributes.
+    """
+
+    name: ClassVar[str] = "lower-isinf"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        lowered = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "IsInf" or node.domain not in _ONNX_DOMAINS or not node.inputs:
+                    continue
+                negative, positive = node.attr("detect_negative", 1), node.attr("detect_positive", 1)
+                x = node.inputs[0]
+                if negative and positive or x is None or x.dtype is None or x.dtype is DataType.UNDEFINED:
+                    continue
+                isinf = Node("IsInf", [x], name=node.name)
+                nodes = [isinf]
+                if negative or positive:
+                    zero = g.make_constant(np.zeros((), DataType(x.dtype).to_numpy()), "zero")
+                    sign = Node("Greater" if positive else "Less", [x, zero])
+                    both = Node("And", [isinf.output, sign.output], outputs=[Value(None, node.output.type)])
+                    nodes += [sign, both]
+                else:  # neither sign: nothing is reported
+                    not_inf = Node("Not", [isinf.output])
+                    both = Node("And", [isinf.output, not_inf.output],
+                                outputs=[Value(None, node.output.type)])
+                    nodes += [not_inf, both]
+                g.insert_before(node, nodes)
+                g.replace_value(node.output, nodes[-1].output)
+                g.remove(node)
+                lowered += 1
+        return PassResult(lowered > 0, {"isinf-lowered": lowered})
+
+
+@dataclass(frozen=True)
 class BindDims(Pass):
     """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
 
@@ -348,6 +390,7 @@ class LegalizeTVM(Pass):
             changed = step(InferShapes())
             changed |= step(ExpandFunctions(ops=self.expand))
             changed |= step(LowerCastLike())
+            changed |= step(LowerIsInf())
             changed |= step(FoldConstants())
             changed |= step(MaxAtLowest())
             changed |= step(WidenHalfMatMul())
@@ -358,4 +401,4 @@ class LegalizeTVM(Pass):
 
 
 __all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike",
-           "MaxAtLowest", "WidenHalfMatMul"]
+           "LowerIsInf", "MaxAtLowest", "WidenHalfMatMul"]

@@ -67,7 +67,11 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
         elif op == "ConvTranspose" and _attr(node, "output_shape") is not None:
             why = "TVM 0.27 ignores ConvTranspose's output_shape attribute"
         elif op == "IsInf" and (_attr(node, "detect_negative", 1) == 0 or _attr(node, "detect_positive", 1) == 0):
-            why = "TVM 0.27 ignores IsInf's detect_negative/detect_positive"
+            why = "TVM 0.27 ignores IsInf's detect_negative/detect_positive (lower-isinf rewrites it)"
+        elif op == "Dropout" and len(node.output) > 1 and node.output[1]:
+            why = "TVM 0.27 returns Dropout's mask as float, not bool"
+        elif op == "SpaceToDepth" and _attr(node, "mode", b"DCR") in (b"CRD", "CRD"):
+            why = "TVM 0.27 ignores SpaceToDepth's mode (CRD is computed as DCR)"
         elif op == "Expand" and len(node.input) > 1 and node.input[1] not in constants:
             why = ("TVM 0.27 takes a run-time Expand shape as the output shape, without "
                    "broadcasting it against the input's")

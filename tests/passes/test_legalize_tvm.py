@@ -11,7 +11,7 @@ from pass_testing import assert_same_outputs, load, ops, parse, run_ort, run_pas
 
 from edgec.frontend import export_model, import_model
 from edgec.passes.legalize_tvm import (BindDims, ExpandFunctions, LegalizeTVM, LowerCastLike,
-                                       MaxAtLowest, WidenHalfMatMul)
+                                       LowerIsInf, MaxAtLowest, WidenHalfMatMul)
 from edgec.passmgr.base import PassContext
 from edgec.testing import models
 
@@ -163,12 +163,13 @@ def test_the_passes_are_declared_as_entry_points():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     for name, cls in (("legalize-tvm", "LegalizeTVM"), ("expand-functions", "ExpandFunctions"),
                       ("lower-castlike", "LowerCastLike"), ("bind-dims", "BindDims"),
-                      ("max-at-lowest", "MaxAtLowest"), ("widen-half-matmul", "WidenHalfMatMul")):
+                      ("max-at-lowest", "MaxAtLowest"), ("widen-half-matmul", "WidenHalfMatMul"),
+                      ("lower-isinf", "LowerIsInf")):
         assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
 
 
 @pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims, MaxAtLowest,
-                                 WidenHalfMatMul])
+                                 WidenHalfMatMul, LowerIsInf])
 def test_each_pass_fits_the_contract(cls):
     from edgec.passmgr.registry import _contract_problem
 
@@ -225,3 +226,17 @@ def test_the_tvm_default_pipeline_ends_with_legalize_tvm():
     finally:
         if added:
             registry._entries.pop(LegalizeTVM.name, None)
+
+
+@pytest.mark.parametrize("negative,positive", [(0, 1), (1, 0), (0, 0)])
+def test_lower_isinf_matches_onnxruntime(negative, positive):
+    proto = parse(f"""
+        <ir_version: 8, opset_import: ["" : 20]>
+        g (float[6] x) => (bool[6] y) {{
+            y = IsInf <detect_negative = {negative}, detect_positive = {positive}> (x)
+        }}""")
+    model = load(proto)
+    assert run_pass(LowerIsInf(), model).modified
+    feed = {"x": np.array([-np.inf, np.inf, 0.0, np.nan, -1.0, 3.0], np.float32)}
+    assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
+    assert not LowerIsInf().run(model, PassContext()).modified
