@@ -11,7 +11,7 @@ second compile with a warm cache.
     python benchmarks/backends.py --trials 64            # all three models
     python benchmarks/backends.py --models resnet18 --trials 256 --cache-dir .cache/edgec
 
-Tuning on this 2-core machine is slow (TVM-NOTES: 25-35 s fixed cost per task);
+Tuning on this 2-core machine is slow (docs/tvm-notes.md: 25-35 s fixed cost per task);
 tuning records persist under --cache-dir, so reruns reuse them.
 """
 

@@ -27,7 +27,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from edgec.diagnostics import Diagnostic, Location, UsageError
+from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
+                               UsageError)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -165,86 +166,117 @@ def write_depfile(path: str, target: str, deps: list[str]) -> None:
     write_if_changed(path, text)
 
 
-class Artifact:
-    """A compiled artifact folder: ``manifest`` (dict) and ``run(inputs) -> outputs``."""
+def runtime_error(error) -> EdgecError:
+    """An `edgec_runtime` error as edgec's own (same message, path and exit code)."""
+    location = Location(path=error.path) if error.path else None
+    diagnostic = Diagnostic.error(error.message, location, notes=error.notes)
+    from edgec_runtime.errors import NotRunnableHere
 
-    def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        manifest_path = os.path.join(self.path, MANIFEST)
-        try:
-            with open(manifest_path) as f:
-                self.manifest: dict = json.load(f)
-        except FileNotFoundError:
-            raise UsageError(Diagnostic.error("not an edgec artifact: manifest.json is missing",
-                                              Location(path=path))) from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(Diagnostic.error(f"unreadable manifest.json: {e}",
-                                              Location(path=path))) from None
-        version = self.manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise UsageError(Diagnostic.error(
-                f"artifact format version {version} is not supported by this edgec "
-                f"(it reads version {FORMAT_VERSION})", Location(path=path)))
+    if isinstance(error, NotRunnableHere):
+        from edgec.backends.base import BackendError
+        return BackendError(diagnostic, exit_code=ExitCode(error.exit_code))
+    if error.exit_code == ExitCode.MODEL:
+        return ModelError(diagnostic)
+    if error.exit_code == ExitCode.USAGE:
+        return UsageError(diagnostic)
+    return EdgecError(diagnostic, exit_code=ExitCode(error.exit_code))
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    from edgec_runtime.errors import RuntimeFailure
+
+    try:
+        yield
+    except RuntimeFailure as error:
+        raise runtime_error(error) from None
+
+
+class Artifact:
+    """A compiled artifact folder: ``manifest`` (dict) and ``run(inputs) -> outputs``.
+
+    Opening it goes through the device runtime (`edgec_runtime.artifact.Artifact`): the
+    manifest is checked, every file verified by its sha256, and whether it runs is decided
+    on this machine. Errors come back as edgec diagnostics."""
+
+    def __init__(self, path: str, *, verify: bool = True):
+        from edgec_runtime.artifact import Artifact as RuntimeArtifact
+
+        with translated_errors():
+            self._artifact = RuntimeArtifact(str(path), verify=verify)
+        self.path = self._artifact.path
+        self.manifest: dict = self._artifact.manifest
         self._runner = None
 
     @property
     def measurements(self) -> dict:
-        try:
-            with open(os.path.join(self.path, MEASUREMENTS)) as f:
-                return json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return {}
+        return self._artifact.measurements
 
     @property
     def backend_name(self) -> str:
-        return self.manifest["backend"]["name"]
+        return self._artifact.backend_name
+
+    def verify(self) -> None:
+        with translated_errors():
+            self._artifact.verify()
 
     @property
     def runnable_here(self) -> bool:
-        return bool(self.manifest["backend"].get("runnable_here", False))
+        """Decided here, on this machine (never from what the compile host wrote)."""
+        if self.backend_name not in ("ort", "tvm"):
+            return bool(self.manifest["backend"].get("runnable_here", False))
+        return self._artifact.runnable_here
 
-    def check_runnable(self) -> None:
-        if self.backend_name == "ort":
-            # An onnxruntime artifact runs wherever onnxruntime has the execution providers
-            # its session names: the backend's loader checks that where it runs (and
-            # says what is missing), not a flag written on the compile host.
+    def problems_here(self, facts=None) -> list[str]:
+        return self._artifact.problems_here(facts)
+
+    def check_runnable(self, facts=None) -> None:
+        if self.backend_name not in ("ort", "tvm"):
             return
-        details = self.manifest["backend"].get("details") or {}
-        if self.backend_name == "tvm" and (details.get("accelerator") or {}).get("kind") == "cuda":
-            from edgec.backends.tvm import TVMBackend, host_arch
-            if details.get("arch") == host_arch():
-                # A CUDA module on a machine of its architecture: whether it runs depends
-                # on the TVM runtime and the GPU here, which the backend checks (one line).
-                TVMBackend._check_runnable_here(details)
-                return
-        if not self.runnable_here:
-            target = self.manifest.get("target", {})
-            raise UsageError(Diagnostic.error(
-                f"this artifact was built for {target.get('name', 'another machine')} "
-                f"({target.get('triple', '?')}) and cannot run on this host; copy it to the "
-                "device, or measure it there with `edgec bench --rpc-tracker`",
-                Location(path=self.path)))
+        with translated_errors():
+            self._artifact.check_runnable(facts)
 
-    def runner(self):
+    def runner(self, threads: int | None = None):
         if self._runner is None:
-            self.check_runnable()
-            from edgec.backends import get_backend
-            backend = get_backend(self.backend_name)
-            self._runner = backend.load(self.path, self.manifest["backend"]["details"])
+            name = self.backend_name
+            with translated_errors():
+                if name in ("ort", "tvm"):
+                    self._runner = self._artifact.runner(threads=threads)
+                else:  # a plugin backend: verified here, loaded by the plugin
+                    self._artifact.verify()
+                    from edgec.backends import get_backend
+                    self._runner = get_backend(name).load(self.path, self._artifact.details)
         return self._runner
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        runner = self.runner()
-        missing = [n for n in runner.input_names if n not in inputs]
-        if missing:
-            raise UsageError(Diagnostic.error(
-                f"missing input '{missing[0]}' (the model takes: {', '.join(runner.input_names)})"))
-        return runner.run(inputs)
+        if self.backend_name not in ("ort", "tvm"):
+            runner = self.runner()
+            missing = [n for n in runner.input_names if n not in inputs]
+            if missing:
+                raise UsageError(Diagnostic.error(
+                    f"missing input '{missing[0]}' (the model takes: "
+                    f"{', '.join(runner.input_names)})"))
+            return runner.run(inputs)
+        with translated_errors():
+            return self._artifact.run(inputs)
+
+    def run_file(self, path: str) -> dict[str, np.ndarray]:
+        with translated_errors():
+            return self._artifact.run_file(path)
+
+    def bench_inputs(self, path: str | None = None) -> dict[str, np.ndarray]:
+        with translated_errors():
+            return self._artifact.bench_inputs(path)
+
+    def bench(self, feed=None, *, threads: int | None = None) -> dict:
+        with translated_errors():
+            return self._artifact.bench(feed, threads=threads)
 
     def __repr__(self) -> str:
         return f"Artifact({self.path!r}, backend={self.backend_name!r})"
 
 
-def load(path: str) -> Artifact:
-    """Open a compiled artifact folder."""
-    return Artifact(path)
+def load(path: str, *, verify: bool = True) -> Artifact:
+    """Open a compiled artifact folder (its files verified by sha256 unless ``verify``
+    is False)."""
+    return Artifact(path, verify=verify)

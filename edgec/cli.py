@@ -17,10 +17,12 @@ import traceback
 
 from edgec._version import __version__
 from edgec.diagnostics import Diagnostic, EdgecError, ExitCode, Location, UsageError
+from edgec_runtime.errors import RuntimeFailure
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
+    _check_options(parser, sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(sys.stderr)
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     except EdgecError as e:
         _report(e.diagnostics, json_mode=getattr(args, "json", False))
         return int(e.exit_code)
+    except RuntimeFailure as e:  # the device runtime's errors, raised below edgec's code
+        from edgec.artifact import runtime_error
+
+        error = runtime_error(e)
+        _report(error.diagnostics, json_mode=getattr(args, "json", False))
+        return int(error.exit_code)
     except KeyboardInterrupt:
         print("edgec: interrupted", file=sys.stderr)
         return 130
@@ -62,6 +70,35 @@ def _write_crash_log(argv: list[str] | None) -> str:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _check_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An option the subcommand does not have is an error with the subcommand's usage
+    and the nearest option it has (`--spce` -> `--spec`), before argparse would say only
+    that a required option is missing, or print the top-level usage."""
+    import difflib
+    import re
+
+    commands = next((a.choices for a in parser._actions
+                     if isinstance(a, argparse._SubParsersAction)), {})
+    position = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if position is None or argv[position] not in commands:
+        return
+    sub = commands[argv[position]]
+    known = list(sub._option_string_actions)
+    for arg in argv[position + 1:]:
+        if arg == "--":
+            return
+        if not arg.startswith("-") or arg == "-" or re.match(r"-\d", arg):
+            continue
+        name = arg.split("=", 1)[0]
+        if name in known or (name.startswith("--") and any(k.startswith(name) for k in known)) \
+                or (not name.startswith("--") and arg[:2] in known):
+            continue
+        longs = [k for k in known if k.startswith("--")]
+        guess = difflib.get_close_matches(name, longs, n=1, cutoff=0.7)
+        sub.error(f"unrecognized argument: {arg}"
+                  + (f" (did you mean {guess[0]}?)" if guess else ""))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -120,31 +157,30 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--rpc-tracker", metavar="HOST:PORT",
                       help="measure (and tune) on devices through this TVM RPC tracker")
     comp.add_argument("--rpc-key", metavar="KEY", help="the device key at the tracker")
+    comp.add_argument("--rpc-emulated", action="store_true",
+                      help="the RPC device is an emulator (qemu): score accuracy on the "
+                           "module there, but take no latency from it and do not tune on it")
     comp.add_argument("--threads", type=int, metavar="N", help="threads for measurement")
     comp.add_argument("--json", action="store_true",
                       help="print one JSON document: outcome, budgets, candidates, diagnostics")
     comp.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     comp.set_defaults(handler=_cmd_compile)
 
+    from edgec_runtime.cli import add_bench_arguments, add_run_arguments
+
     run = sub.add_parser("run", help="run an artifact on this host")
-    run.add_argument("artifact", metavar="ARTIFACT")
-    run.add_argument("--inputs", required=True, metavar="FILE.npz",
-                     help="inputs keyed by the model's input names")
-    run.add_argument("-o", "--output", metavar="OUT.npz", help="where to write the outputs")
-    run.add_argument("--allow-cpu-fallback", action="store_true",
-                     help="run an artifact made for a GPU on the CPU where onnxruntime has no "
-                          "GPU provider (also: EDGEC_ALLOW_CPU_FALLBACK=1)")
+    add_run_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     bench = sub.add_parser("bench", help="measure an artifact's latency (here or over RPC)")
-    bench.add_argument("artifact", metavar="ARTIFACT")
-    bench.add_argument("--inputs", metavar="FILE.npz", help="inputs (default: synthetic)")
-    bench.add_argument("--rpc-tracker", metavar="HOST:PORT")
-    bench.add_argument("--rpc-key", metavar="KEY")
-    bench.add_argument("--threads", type=int, metavar="N")
-    bench.add_argument("--json", action="store_true")
-    bench.add_argument("--allow-cpu-fallback", action="store_true",
-                       help="as for run: time a GPU artifact on the CPU")
+    add_bench_arguments(bench)
+    bench.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                       help="measure on a device reached through this TVM RPC tracker "
+                            "instead of this host (tvm artifacts)")
+    bench.add_argument("--rpc-key", metavar="KEY",
+                       help="the device key at the tracker (with --rpc-tracker)")
+    bench.add_argument("--rpc-emulated", action="store_true",
+                       help="the RPC device is an emulator: its timings are labelled so")
     bench.set_defaults(handler=_cmd_bench)
 
     inspect = sub.add_parser("inspect", help="what an artifact holds and which budgets hold")
@@ -218,11 +254,16 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     if args.print_ir:
         from edgec.ir.printer import print_model
         sys.stdout.write(print_model(run.model) + "\n")
+    not_written = "; nothing written (give -o OUT.onnx, or -o - for standard output)"
     if args.verbose:
         changed = [r.text for r in run.records if r.modified]
         print(f"{args.model}: {nodes_before} -> {run.model.node_count()} nodes with '{text}'"
               f" ({len(run.records)} pass runs; changed by: {', '.join(changed) or 'none'})"
-              + (f"; written to {args.output}" if args.output else ""), file=sys.stderr)
+              + (f"; written to {args.output}" if args.output else not_written), file=sys.stderr)
+    elif not args.output:
+        # Without -o the result goes nowhere: say so rather than exit 0 in silence.
+        print(f"edgec opt: {args.model}: {nodes_before} -> {run.model.node_count()} nodes"
+              + not_written, file=sys.stderr)
     if args.stats == "json":
         print(stats_json(run.records))
     elif args.stats:
@@ -239,13 +280,15 @@ def _rpc(args) -> "object | None":
     from edgec.backends.base import RpcConfig
 
     if not getattr(args, "rpc_tracker", None):
-        if getattr(args, "rpc_key", None):
-            raise UsageError("--rpc-key needs --rpc-tracker HOST:PORT")
+        if getattr(args, "rpc_key", None) or getattr(args, "rpc_emulated", False):
+            raise UsageError(("--rpc-key" if getattr(args, "rpc_key", None) else
+                              "--rpc-emulated") + " needs --rpc-tracker HOST:PORT")
         return None
     if not args.rpc_key:
         raise UsageError("--rpc-tracker needs --rpc-key KEY (the device key at the tracker)")
     try:
-        return RpcConfig.parse(args.rpc_tracker, args.rpc_key)
+        return RpcConfig.parse(args.rpc_tracker, args.rpc_key,
+                               emulated=getattr(args, "rpc_emulated", False))
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -265,8 +308,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         result = compile_model(args.model, args.spec, out, options)
     except BudgetError as e:
         if args.json:
+            manifest = getattr(e, "manifest", None) or {}
             print(json.dumps({"ok": False, "outcome": "over-budget", "output": None,
-                              "diagnostics": [d.to_json() for d in e.diagnostics]}, indent=2))
+                              "budgets": manifest.get("budgets", []),
+                              "configuration": manifest.get("configuration"),
+                              "candidates": manifest.get("candidates", []),
+                              "summary": manifest.get("summary", []),
+                              "diagnostics": [*manifest.get("diagnostics", []),
+                                              *[d.to_json() for d in e.diagnostics]]},
+                             indent=2))
             return int(e.exit_code)
         raise
     manifest = result.manifest
@@ -292,66 +342,51 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _allow_cpu_fallback(args: argparse.Namespace) -> None:
-    """--allow-cpu-fallback: the backends' loaders read it from the environment, so that
-    the Python API and a device runtime take the same switch."""
-    if getattr(args, "allow_cpu_fallback", False):
-        from edgec.backends.ort import CPU_FALLBACK_ENV
-        os.environ[CPU_FALLBACK_ENV] = "1"
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from edgec.artifact import load, translated_errors
+    from edgec_runtime.cli import cmd_run
 
-    from edgec.artifact import load
-
-    _allow_cpu_fallback(args)
-    artifact = load(args.artifact)
-    artifact.check_runnable()
-    try:
-        with np.load(args.inputs, allow_pickle=False) as npz:
-            inputs = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise UsageError(Diagnostic.error(f"cannot read inputs: {e}", Location(path=args.inputs))) \
-            from None
-    outputs = artifact.run(inputs)
-    if args.output:
-        np.savez(args.output, **outputs)
-    else:
-        for name, value in outputs.items():
-            print(f"{name}: {value.dtype}{list(value.shape)}")
-    return ExitCode.OK
+    with translated_errors():
+        return cmd_run(args, load=load)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import numpy as np
+    from edgec.artifact import load, translated_errors
+    from edgec_runtime.cli import cmd_bench
 
-    from edgec.artifact import load
+    rpc = _rpc(args)
+    if rpc is None:
+        with translated_errors():
+            code = cmd_bench(args, load=load)
+        caveat = _foreign_target_caveat(load(args.artifact).manifest)
+        if caveat:
+            print(f"warning: {caveat}", file=sys.stderr)
+        return code
+    # Over RPC: the module runs on the device; this host only sends it.
     from edgec.backends import get_backend
     from edgec.backends.base import BuildOptions
     from edgec.compiler import default_cache_dir
-    from edgec.data import InputSpec, example_inputs
+    from edgec_runtime.feeds import synthetic
+    from edgec_runtime.npz import read_npz
+    from edgec_runtime.tvm_runner import _value_infos
 
-    _allow_cpu_fallback(args)
     artifact = load(args.artifact)
-    rpc = _rpc(args)
-    if rpc is None:
-        artifact.check_runnable()
+    if artifact.backend_name != "tvm":
+        raise UsageError(f"--rpc-tracker measures TVM artifacts; this one is "
+                         f"'{artifact.backend_name}': run `edgec bench` (or python3 -m "
+                         "edgec_runtime bench) on the device")
     details = artifact.manifest["backend"]["details"]
-    if args.inputs:
-        with np.load(args.inputs, allow_pickle=False) as npz:
-            inputs = {k: npz[k] for k in npz.files}
-    else:
-        import onnx
-
-        from edgec.data import model_inputs
-        specs: list[InputSpec] = model_inputs(onnx.load(os.path.join(artifact.path, "model.onnx"),
-                                                        load_external_data=False))
-        batch = (artifact.manifest["spec"]["budget"].get("latency") or {}).get("batch", 1)
-        inputs = example_inputs(specs, batch)
+    with translated_errors():
+        inputs_info = _value_infos(details.get("inputs"), "inputs", artifact.path)
+        if args.inputs:
+            arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info},
+                              layouts=("batch",))
+        else:
+            arrays = synthetic(inputs_info, artifact._artifact.batch())
     backend = get_backend(artifact.backend_name)
-    stats = backend.measure(artifact.path, details, inputs,
-                            BuildOptions(cache_dir=default_cache_dir(), threads=args.threads, rpc=rpc))
+    stats = backend.measure(artifact.path, details, arrays,
+                            BuildOptions(cache_dir=default_cache_dir(), threads=args.threads,
+                                         rpc=rpc))
     if args.json:
         print(json.dumps({"artifact": artifact.path, "backend": artifact.backend_name,
                           **stats.to_json()}, indent=2))
@@ -361,15 +396,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _foreign_target_caveat(manifest: dict) -> str | None:
+    """An artifact for another machine that runs here anyway (onnxruntime runs anywhere):
+    its figures on this host say little about the target."""
+    from edgec.dsl.host import architecture
+
+    target = manifest.get("target", {})
+    if target.get("name") == "host" or (target.get("at_hand")
+                                        and target.get("arch") == architecture()):
+        return None
+    return (f"built for {target.get('name', 'another machine')} ({target.get('arch', '?')}); "
+            f"these figures were measured on this host ({architecture()}), not on the target: "
+            "measure there, or with --rpc-tracker HOST:PORT --rpc-key KEY")
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from edgec.artifact import load
     from edgec.report import text_report
 
-    artifact = load(args.artifact)
+    # Not verified on opening: inspect reports the damage itself, after the manifest.
+    artifact = load(args.artifact, verify=False)
+    from edgec_runtime.artifact import verify_files
+
+    problems = verify_files(artifact.path, artifact.manifest)
     if args.json:
         print(json.dumps(artifact.manifest, indent=2, sort_keys=True))
-    else:
-        sys.stdout.write(text_report(artifact.manifest, artifact.measurements))
+    elif not problems:
+        try:
+            text = text_report(artifact.manifest, artifact.measurements)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise UsageError(Diagnostic.error(
+                f"manifest.json is damaged: cannot report on it ({type(e).__name__}: {e})",
+                Location(path=artifact.path))) from None
+        sys.stdout.write(text)
+    if problems:
+        raise UsageError([Diagnostic.error(f"the artifact is damaged: {p}",
+                                           Location(path=artifact.path)) for p in problems])
     return ExitCode.OK
 
 

@@ -26,15 +26,22 @@ from edgec import artifact as art
 from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
+from edgec.backends.logs import backend_output_to
 from edgec.data import (InputSpec, load_labels, load_samples, model_inputs, synthetic_samples)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
-from edgec.metrics import evaluate
+from edgec.metrics import cannot_discriminate, evaluate
 
 SYNTHETIC_SAMPLES = 64
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is
-# taken to be: the low end of the 10-200x measured here (TVM-NOTES).
+# taken to be: the low end of the 10-200x measured here (docs/tvm-notes.md).
 UNTUNED_PENALTY = 10.0
+# A tuned TVM candidate is not built when the cost model's estimate for it is this many
+# times a latency already measured for a candidate it would have to beat: building and
+# tuning it is minutes of compile time for a configuration that cannot be chosen. The
+# margin is wide because the cost model is no TVM model (it is fitted to onnxruntime on
+# this kind of host, and was 2-5x off on MobileNetV2 here); 10x is past its error.
+FAR_SLOWER = 10.0
 
 
 @dataclass
@@ -147,7 +154,8 @@ def _cache_key(inputs: _Inputs, options: CompileOptions) -> tuple[str, dict]:
         "format_version": art.FORMAT_VERSION, "edgec": __version__, "inputs": digests,
         "spec": _spec_record(inputs.spec), "backend_override": options.backend,
         "plugins": _plugin_versions(),
-        "rpc": None if options.rpc is None else [options.rpc.host, options.rpc.port, options.rpc.key],
+        "rpc": None if options.rpc is None else [options.rpc.host, options.rpc.port, options.rpc.key,
+                                                 options.rpc.emulated],
     }
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     return key, digests
@@ -229,18 +237,24 @@ def _store_in_cache(staging: str, cached_dir: str) -> None:
 def _check_outcome(manifest: dict, options: CompileOptions, out: str) -> None:
     if manifest.get("budgets_held", False) or options.allow_over_budget:
         return
-    raise BudgetError(_budget_diagnostics(manifest, out))
+    error = BudgetError(_budget_diagnostics(manifest, out))
+    error.manifest = manifest  # what `--json` reports: the budgets and every candidate
+    raise error
 
 
 def _budget_diagnostics(manifest: dict, out: str) -> list[Diagnostic]:
     missed = [b for b in manifest["budgets"] if b["status"] != "held"]
     head = ("the spec's budget cannot be met" if any(b["status"] == "missed" for b in missed)
             else "the spec's budget cannot be verified for this target")
-    tried = len([c for c in manifest.get("candidates", []) if c.get("status") != "skipped"])
+    candidates = manifest.get("candidates", [])
+    tried = [c for c in candidates if c.get("status") != "skipped"]
+    # No artifact is written, so the list is here rather than in report.txt.
     notes = [*manifest.get("summary", []),
-             f"{tried} configuration{'s' if tried != 1 else ''} tried; `edgec inspect` or "
-             "report.txt lists each and why it was rejected",
-             "--allow-over-budget writes the best one anyway, marked as such"]
+             f"{len(tried)} configuration{'s' if len(tried) != 1 else ''} tried (nothing was "
+             "written; --json lists each with its budgets):",
+             *[f"  {c['label']}: {c.get('reason') or c['status']}" for c in candidates],
+             "--allow-over-budget writes the best one anyway, marked as such, with its "
+             "report.txt"]
     return [Diagnostic.error(head, Location(path=out), notes=notes, code="budget")]
 
 
@@ -284,6 +298,7 @@ class _Tried:
     nodes_after: int = 0
     seconds: float = 0.0
     pipeline: str = ""
+    skipped: str | None = None       # why it was not built: it could not have been chosen
     int8: dict | None = None         # weight range and scoring path, when int8 was used
 
 
@@ -337,6 +352,10 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             seed=spec.optimize.seed, threads=options.threads, rpc=options.rpc,
             progress=options.progress))
 
+    caveat = cannot_discriminate(spec.accuracy.metric, ctx.reference)
+    if caveat:
+        sink.warning(caveat)
+
     choice = options.backend or spec.optimize.backend
     configs, skipped = configurations(spec, target, choice, set(default_registry().names()))
     if not configs:
@@ -351,13 +370,20 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             break  # the previous group holds; its backends were all measured
         options.progress("plan", index, len(configs), config.label)
         start = time.perf_counter()
-        attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto")
+        attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto",
+                            rivals=tried)
         attempt.seconds = time.perf_counter() - start
         tried.append(attempt)
-    options.progress("plan", len(configs), len(configs), "done")
-    evaluations = [t.evaluation for t in tried]
+    built = [t for t in tried if t.skipped is None]
+    rest = len(configs) - len(tried)
+    options.progress("plan", len(configs), len(configs),
+                     f"done: {len(built)} built" + (f", {len(tried) - len(built)} skipped"
+                                                    if len(built) < len(tried) else "")
+                     + (f", {rest} not needed (search first: an earlier one holds)"
+                        if rest else ""))
+    evaluations = [t.evaluation for t in built]
     winner, best = choose(evaluations, spec.optimize.search)
-    chosen = next(t for t in tried if t.evaluation is best)
+    chosen = next(t for t in built if t.evaluation is best)
     if chosen.result is None:
         raise ModelError(Diagnostic.error(
             "no configuration could be built: "
@@ -377,6 +403,9 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     candidates = []
     for t in tried:
         e = t.evaluation
+        if t.skipped is not None:
+            candidates.append({**e.config.to_json(), "status": "skipped", "reason": t.skipped})
+            continue
         status = ("chosen" if t is chosen else "error" if e.error else
                   "held" if e.held else "rejected")
         reason = "" if t is chosen and e.held else e.rejection()
@@ -385,6 +414,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                       if spec.optimize.search == "fastest" else "holds every budget")
         candidates.append({**e.config.to_json(), "status": status, "reason": reason,
                            "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
+                           "accuracy_scored_on": e.accuracy_scored_on,
                            "size_bytes": e.size_bytes, "latency_where": e.latency_where,
                            "tuned": t.result.tuned if t.result else None,
                            "budgets": [{k: b[k] for k in ("name", "status")} for b in e.budgets]})
@@ -408,7 +438,9 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         "candidates": candidates,
         **({"int8": chosen.int8} if chosen.int8 else {}),
         "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
-                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note},
+                     "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note,
+                     "scored_on": ev.accuracy_scored_on, "scored_where": ev.accuracy_scored_where,
+                     **({"caveat": caveat} if caveat else {})},
         "latency": _latency_record(chosen),
         "size_bytes": sum(f["bytes"] for f in files.values()),
         "budgets": ev.budgets,
@@ -434,8 +466,10 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     return manifest
 
 
-def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _Tried:
-    """Build, measure and score one configuration in its own folder."""
+def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
+              rivals: list[_Tried] = ()) -> _Tried:
+    """Build, measure and score one configuration in its own folder — unless, against
+    the ``rivals`` already measured, it cannot be chosen (`_cannot_win`)."""
     from edgec.frontend.onnx_export import save_model
     from edgec.frontend.onnx_import import import_model
     from edgec.passmgr import PassContext, PassManager
@@ -469,6 +503,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     model = run.model
     attempt.records = run.records
     attempt.nodes_after = model.node_count()
+    attempt.skipped = _cannot_win(config, model, ctx, rivals)
+    if attempt.skipped is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        return attempt
     save_model(model, os.path.join(folder, "model.onnx"))
     optimized = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
 
@@ -488,7 +526,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
         return attempt
     try:
         backend.check_model(optimized)
-        result = backend.build(optimized, spec.target, folder, ctx.build_options)
+        # The backend's own console output (TVM's C++ warnings, MetaSchedule's logging)
+        # goes to a log file under the cache; edgec's progress still reaches stderr.
+        with backend_output_to(os.path.join(ctx.cache_dir, "logs", f"{config.backend}.log")):
+            result = backend.build(optimized, spec.target, folder, ctx.build_options)
     except ModelError as e:
         if explicit_backend:
             raise
@@ -500,7 +541,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
     # Latency: measured on this host or over RPC, else estimated from the target.
     lat = spec.budget.latency
     percentile = lat.percentile if lat else 50
-    if ctx.at_hand or ctx.options.rpc is not None:
+    rpc = ctx.options.rpc
+    # An emulated RPC device runs the module (accuracy below) but its timings are the
+    # emulator's, never the board's: latency is then estimated as with no device.
+    if ctx.at_hand or (rpc is not None and not rpc.emulated):
         ctx.options.progress("measure", 0, None, f"measuring {config.label}")
         attempt.latency = backend.measure(folder, result.details, ctx.bench_inputs,
                                           ctx.build_options)
@@ -510,46 +554,103 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool) -> _
         from edgec.planner.costmodel import estimate
         est = estimate(model, spec.target, batch=lat.batch if lat else 1)
         attempt.estimate = est.to_json()
+        if rpc is not None:
+            attempt.estimate["why"] = (f"the RPC device {rpc.where} is an emulator: its "
+                                       "timings are not the board's latency")
         ev.latency_s = est.seconds
         if not result.tuned:
             # The cost model assumes tuned kernels; untuned TVM runs 10-200x slower than
-            # that here (TVM-NOTES), so an untuned module is never estimated as fast.
+            # that here (docs/tvm-notes.md), so an untuned module is never estimated as fast.
             ev.latency_s *= UNTUNED_PENALTY
             attempt.estimate["untuned_penalty"] = UNTUNED_PENALTY
             attempt.estimate["ms"] = ev.latency_s * 1e3
         ev.latency_where = "estimated"
 
-    # Accuracy against the fp32 model, on samples the calibration did not see, with the
-    # target's int8 arithmetic where this host's onnxruntime would differ from it.
+    # Accuracy against the fp32 model, on samples the calibration did not see: on the
+    # module's own outputs wherever it runs (the RPC device, this host), with the
+    # target's int8 arithmetic where this host's onnxruntime would differ from it, else
+    # on the optimized ONNX with onnxruntime as a proxy.
     from edgec.quantization.arithmetic import exact_session, scoring
     score = scoring(optimized, spec.target, base_dir=folder)
     attempt.int8 = _int8_record(run.records, spec, score)
-    if score.path == "exact":
+    remote = getattr(backend, "remote_runner", None)
+    runner = proxy = None
+    if not result.runnable_here and rpc is not None and remote is not None:
+        # The device itself runs the module: its outputs are the target's arithmetic.
+        ctx.options.progress("score", 0, None, f"running {config.label} on {rpc.where}")
+        runner = remote(folder, result.details, rpc, threads=ctx.options.threads)
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "module", rpc.where
+    elif score.path == "exact":
         session = exact_session(onnx.load(os.path.join(folder, "model.onnx")))
-        run_fn = lambda feed: session.run(None, feed)  # noqa: E731
-        names = [i.name for i in session.get_inputs()]
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "exact-int8", "host"
     elif result.runnable_here:
         runner = backend.load(folder, result.details)
-        run_fn = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
-        names = runner.input_names
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "module", "host"
     else:
         from edgec.backends.ort import OrtRunner
-        runner = OrtRunner(os.path.join(folder, "model.onnx"), {})
-        run_fn = lambda feed: runner.session.run(None, feed)  # noqa: E731
+        proxy = OrtRunner(os.path.join(folder, "model.onnx"), {})
+        ev.accuracy_scored_on, ev.accuracy_scored_where = "onnx-proxy", "host"
+    if runner is not None:
+        run_fn = lambda feed: [runner.run(feed)[n] for n in runner.output_names]  # noqa: E731
         names = runner.input_names
+    elif proxy is not None:
+        run_fn = lambda feed: proxy.session.run(None, feed)  # noqa: E731
+        names = proxy.input_names
+    else:
+        run_fn = lambda feed: session.run(None, feed)  # noqa: E731
+        names = [i.name for i in session.get_inputs()]
     candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
     ev.accuracy_value, ev.accuracy_held, ev.accuracy_detail = metric.value, metric.held, metric.detail
-    if score.path == "exact":
+    if ev.accuracy_scored_on == "exact-int8":
         ev.accuracy_detail += f" ({score.note})"
-    elif not result.runnable_here:
+    elif ev.accuracy_scored_on == "onnx-proxy":
         ev.accuracy_detail += " (scored on the optimized ONNX with onnxruntime)"
-    if score.path != "exact" and not score.representative:
+    elif ev.accuracy_scored_where != "host":
+        ev.accuracy_detail += f" (scored on the module's own outputs on {rpc.where})"
+    if ev.accuracy_scored_on != "exact-int8" and not score.representative \
+            and ev.accuracy_scored_where == "host":
         ev.accuracy_detail += f" ({score.note})"
     ev.size_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     ev.budgets = _judge(spec, ev, model)
     return attempt
+
+
+def _cannot_win(config, model, ctx: _Context, rivals) -> str | None:
+    """Why a TVM candidate need not be built, or None.
+
+    It would have to beat the measured candidates that hold every budget, or its own
+    group (the same model on another backend: the same accuracy, about the same size, so
+    the same fate on every budget but latency). An untuned TVM module does not: it runs
+    5-190x slower than onnxruntime on the same model here (docs/tvm-notes.md). A tuned
+    one is not built when even the cost model's estimate, which assumes tuned kernels,
+    is over FAR_SLOWER times the fastest such rival. Only TVM is judged this way: its build
+    (and tuning) is where the minutes go; an onnxruntime candidate costs seconds."""
+    if config.backend != "tvm":
+        return None
+    measured = [t for t in rivals if t.skipped is None and t.evaluation.error is None
+                and t.latency is not None and t.evaluation.latency_s is not None
+                and (t.evaluation.held or t.evaluation.config.group == config.group)]
+    if not measured:
+        return None
+    best = min(measured, key=lambda t: t.evaluation.latency_s)
+    best_ms = best.evaluation.latency_s * 1e3
+    opts = ctx.build_options
+    tuned = bool(opts.tuning_trials or opts.tuning_seconds) and (
+        ctx.at_hand or ctx.options.rpc is not None)
+    if not tuned:
+        return (f"not built: untuned TVM runs 5-190x slower than onnxruntime here "
+                f"(docs/tvm-notes.md), and {best.evaluation.config.label} measured "
+                f"{best_ms:.3g} ms; give the spec a tuning budget to try TVM")
+    from edgec.planner.costmodel import estimate
+
+    lat = ctx.spec.budget.latency
+    estimate_s = estimate(model, ctx.spec.target, batch=lat.batch if lat else 1).seconds
+    if estimate_s > FAR_SLOWER * best.evaluation.latency_s:
+        return (f"not built: even tuned, estimated at {estimate_s * 1e3:.3g} ms, over "
+                f"{FAR_SLOWER:g}x the {best_ms:.3g} ms {best.evaluation.config.label} measured")
+    return None
 
 
 def _int8_record(records, spec, score) -> dict | None:
@@ -626,9 +727,10 @@ def _latency_record(chosen: _Tried) -> dict:
     # The figures themselves are in measurements.json: they differ between runs.
     if chosen.latency is not None:
         return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS}
+    why = (chosen.estimate or {}).get("why") or \
+        "the target is not at hand and no RPC tracker was given"
     return {"measured": False, "where": "estimated", "figures": art.MEASUREMENTS,
-            "why": "the target is not at hand and no RPC tracker was given: estimated from "
-                   "the target description (edgec.planner.costmodel)"}
+            "why": f"{why}: estimated from the target description (edgec.planner.costmodel)"}
 
 
 def _judge(spec, ev, model) -> list[dict]:
@@ -648,18 +750,29 @@ def _judge(spec, ev, model) -> list[dict]:
         held = ev.size_bytes <= spec.budget.size.to("B")
         budgets.append({"name": "size", "status": "held" if held else "missed",
                         "limit": str(spec.budget.size), "value_bytes": ev.size_bytes,
-                        "detail": f"{ev.size_bytes / 2**20:.2f} MiB against {spec.budget.size}"})
+                        "detail": f"{_in_unit(ev.size_bytes, spec.budget.size)} against "
+                                  f"{spec.budget.size}"})
     if spec.budget.memory is not None:
         estimate = _memory_estimate(model)
         held = estimate <= spec.budget.memory.to("B")
         budgets.append({"name": "memory", "status": "held" if held else "missed",
                         "limit": str(spec.budget.memory), "value_bytes": estimate,
                         "estimated": True,
-                        "detail": f"estimated peak {estimate / 2**20:.2f} MiB (weights + the two "
-                                  f"largest activations) against {spec.budget.memory}"})
+                        "detail": f"estimated peak {_in_unit(estimate, spec.budget.memory)} "
+                                  f"(weights + the two largest activations) against "
+                                  f"{spec.budget.memory}"})
     budgets.append({"name": "accuracy", "status": "held" if ev.accuracy_held else "missed",
                     "metric": spec.accuracy.metric, "detail": ev.accuracy_detail})
     return budgets
+
+
+def _in_unit(nbytes: int, limit) -> str:
+    """``nbytes`` in the unit the spec wrote its limit in ("12.3 KiB against 10 KiB")."""
+    from edgec.dsl.units import UNITS
+
+    unit = limit.unit or "B"
+    value = nbytes / UNITS[unit][1]
+    return f"{value:.4g} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
 
 
 def _memory_estimate(model) -> int:

@@ -46,6 +46,21 @@ def data_files(pattern: str) -> list[str]:
     return [pattern] if os.path.exists(pattern) else []
 
 
+def _check_npz(path: str, what: str) -> None:
+    """One line for a file that is not an .npz archive (a model given as --data), instead
+    of numpy's complaint about pickled data."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return  # np.load reports it
+    if head[:4] != b"PK\x03\x04" and head != b"\x93NUMPY":
+        kind = " (it looks like an ONNX model)" if path.endswith(".onnx") else ""
+        raise UsageError(Diagnostic.error(
+            f"{what} file is not an .npz archive{kind}: give arrays keyed by the model's "
+            "input names, saved with numpy.savez", Location(path=path)))
+
+
 def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -> dict[str, np.ndarray]:
     """Arrays for every model input, concatenated over the files ``pattern`` names."""
     files = data_files(pattern)
@@ -54,6 +69,7 @@ def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -
                                           Location(path=pattern)))
     parts: dict[str, list[np.ndarray]] = {i.name: [] for i in inputs}
     for path in files:
+        _check_npz(path, what)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 keys = set(npz.files)
@@ -83,6 +99,7 @@ def load_labels(pattern: str) -> np.ndarray:
                                           Location(path=pattern)))
     parts = []
     for path in files:
+        _check_npz(path, "labels")
         with np.load(path, allow_pickle=False) as npz:
             key = "labels" if "labels" in npz.files else (npz.files[0] if len(npz.files) == 1 else None)
             if key is None:

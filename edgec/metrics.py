@@ -135,3 +135,31 @@ def plugin_metrics() -> dict[str, Callable]:
             except Exception:  # a broken plugin metric must not break the built-ins
                 continue
     return _plugins
+
+
+def format_value(metric: str, value) -> str:
+    """A score as a person reads it, in the metric's unit: "99.72 %" agreement, "37.7 dB"
+    SQNR, "0.999998" cosine; a plugin's score as a plain number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "" if value is None else str(value)
+    if metric in ("top1-agreement", "accuracy"):
+        return f"{value * 100:.2f} %"
+    if metric == "sqnr":
+        return "identical (no noise)" if value == float("inf") else f"{value:.1f} dB"
+    if metric == "cosine-similarity":
+        return f"{value:.6f}"
+    return f"{value:.4g}"
+
+
+def cannot_discriminate(metric: str, reference: list[np.ndarray]) -> str | None:
+    """Why ``metric`` measures nothing on these samples, or None: a top-1 metric on
+    samples where the fp32 model predicts one class for all of them (a random-weight
+    model fed noise) reads 100 % for almost any candidate."""
+    if metric not in ("top1-agreement", "accuracy") or not reference or len(reference[0]) < 2:
+        return None
+    classes = np.unique(top1(reference[0]))
+    if len(classes) > 1:
+        return None
+    return (f"the fp32 model predicts class {int(classes[0])} for all {len(reference[0])} "
+            f"samples scored, so {metric} cannot tell a good candidate from a bad one on this "
+            "data: give the spec representative data, or use metric sqnr or cosine-similarity")

@@ -9,11 +9,17 @@ from typing import TextIO
 
 class ProgressPrinter:
     def __init__(self, stream: TextIO | None = None, *, quiet: bool = False):
-        self.stream = stream or sys.stderr
+        self._stream = stream
         self.quiet = quiet
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_line = 0.0
+        self._last_line: dict[str, float] = {}   # per stage: another stage's line never hides a step
         self._open_bar = False
+
+    @property
+    def stream(self) -> TextIO:
+        # sys.stderr as it is now: while a backend's output goes to a log file
+        # (edgec.backends.logs), sys.stderr is the one that still reaches the terminal.
+        return self._stream or sys.stderr
 
     def __call__(self, stage: str, done: int, total: int | None, message: str) -> None:
         if self.quiet:
@@ -33,9 +39,9 @@ class ProgressPrinter:
             self._open_bar = False
         # Piped: one line per event, but not more than a few per second.
         now = time.monotonic()
-        if total and done not in (0, total) and now - self._last_line < 0.5:
+        if total and done not in (0, total) and now - self._last_line.get(stage, 0.0) < 0.5:
             return
-        self._last_line = now
+        self._last_line[stage] = now
         count = f" {done}/{total}" if total else ""
         self.stream.write(f"edgec: {stage}{count}: {message}\n")
         self.stream.flush()

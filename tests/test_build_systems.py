@@ -32,8 +32,21 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def _make(project, *args):
     return subprocess.run(["make", "-f", str(EXAMPLES / "Makefile"), f"EDGEC={EDGEC}",
+                           "MODEL=model.onnx", "SPEC=host.edge",
                            "EDGEC_CACHE_DIR=cache", *args], cwd=project, capture_output=True,
                           text=True, timeout=300, env=_env(project))
+
+
+def test_makefile_defaults_build_the_shipped_example(tmp_path):
+    """A plain `make` in examples/build-systems (only the edgec command and the output
+    folder given, so that nothing is written into the checkout) compiles the shipped
+    example: spec_examples/digits.onnx for spec_examples/host.edge."""
+    out = tmp_path / "digits"
+    result = subprocess.run(["make", f"EDGEC={EDGEC}", f"OUT={out}"], cwd=EXAMPLES,
+                            capture_output=True, text=True, timeout=600, env=_env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "manifest.json").exists()
+    assert "digits.onnx" in (tmp_path / "digits.d").read_text()
 
 
 def _env(project):

@@ -1,6 +1,8 @@
 """A non-editable `pip install .` into a fresh virtual environment works: the console
 script, `python -m edgec`, built-in passes (installed from passes/ as edgec.passes) and
-package data, run from a directory outside the repository."""
+package data, run from a directory outside the repository — and, as README's quick
+start does, from the repository root, where the checkout's `edgec/` shadows the
+installed one and must still find `passes/` and `targets/`."""
 
 import json
 import os
@@ -43,3 +45,19 @@ def test_fresh_venv_install(tmp_path):
         assert names.get(builtin) == "built-in"
     module = run(str(bin_dir / "python"), "-m", "edgec", "--version")
     assert module.returncode == 0 and module.stdout == version.stdout
+
+    # From the repository root (issue 15: 0 pass / 1,749 "edgec error", "No module named
+    # 'edgec.passes'"), the conformance run and the passes come from the checkout.
+    def run_in_checkout(*args):
+        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    checkout = run_in_checkout(str(bin_dir / "python"), "-c",
+                               "import edgec.passes, edgec.targets; print(edgec.passes.__file__)")
+    assert checkout.returncode == 0, checkout.stderr
+    assert checkout.stdout.strip() == str(REPO / "passes" / "__init__.py")
+    conformance = run_in_checkout(str(bin_dir / "python"), "-m", "edgec.testing.conformance",
+                                  "--cases", "node", "-k", "test_relu", "--json")
+    assert conformance.returncode == 0, conformance.stderr
+    counts = json.loads(conformance.stdout)["counts"]
+    assert counts["pass"] == counts["cases"] >= 1 and counts["edgec error"] == 0, counts

@@ -41,18 +41,29 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class RpcConfig:
-    """A TVM RPC tracker and the key of the device servers registered with it."""
+    """A TVM RPC tracker and the key of the device servers registered with it.
+
+    ``emulated``: the servers run under an emulator (qemu-user): they run the module,
+    so accuracy is scored on its own outputs there, but their timings say nothing of
+    the board's, so edgec neither takes latency from them nor tunes on them.
+    """
 
     host: str
     port: int
     key: str
+    emulated: bool = False
 
     @classmethod
-    def parse(cls, tracker: str, key: str) -> "RpcConfig":
+    def parse(cls, tracker: str, key: str, emulated: bool = False) -> "RpcConfig":
         host, _, port = tracker.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected HOST:PORT for the RPC tracker, got '{tracker}'")
-        return cls(host, int(port), key)
+        return cls(host, int(port), key, emulated)
+
+    @property
+    def where(self) -> str:
+        return f"rpc://{self.host}:{self.port}/{self.key}" + (" (emulated)" if self.emulated
+                                                              else "")
 
 
 @dataclass

@@ -25,14 +25,12 @@ from edgec.diagnostics import Diagnostic, ModelError
 SESSION_FILE = "session.json"
 MODEL_FILE = "model.onnx"
 
-CPU_FALLBACK_ENV = "EDGEC_ALLOW_CPU_FALLBACK"
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-# Where TensorRT engines built on the device are kept (a per-model folder below it).
-TRT_CACHE_ENV = "EDGEC_TRT_CACHE"
-
-
-def cpu_fallback_allowed() -> bool:
-    return os.environ.get(CPU_FALLBACK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+# Loading and running, and which providers a session gets, are the device runtime's.
+from edgec_runtime.ort_runner import (CPU_FALLBACK_ENV, GPU_PROVIDERS,  # noqa: E402,F401
+                                      TRT_CACHE_ENV, cpu_fallback_allowed, session_options,
+                                      session_providers)
+from edgec_runtime.ort_runner import OrtRunner as _RuntimeOrtRunner  # noqa: E402
+from edgec_runtime.ort_runner import provider_name as _provider_name  # noqa: E402,F401
 
 
 def model_precision(model: onnx.ModelProto) -> str:
@@ -66,93 +64,16 @@ def gpu_providers(precision: str) -> list:
             "CPUExecutionProvider"]
 
 
-def _provider_name(entry) -> str:
-    return entry if isinstance(entry, str) else entry[0]
+class OrtRunner(_RuntimeOrtRunner):
+    """The device runtime's onnxruntime runner; its refusals as `BackendError`."""
 
+    def __init__(self, model_path: str, settings: dict[str, Any], threads: int | None = None):
+        from edgec_runtime.errors import RuntimeFailure
 
-def _trt_cache_dir(model_path: str) -> str:
-    import hashlib
-
-    base = os.environ.get(TRT_CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "edgec", "trt-engines")
-    with open(model_path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()[:16]
-    return os.path.join(base, digest)
-
-
-def session_providers(model_path: str, settings: dict[str, Any]) -> list:
-    """The providers to open a session with here: as the artifact names them, or the
-    CPU alone where it names GPU providers this onnxruntime lacks and CPU fallback is
-    allowed. Raises BackendError (exit 2) where they are missing and it is not."""
-    import onnxruntime as ort
-
-    wanted = settings.get("providers", ["CPUExecutionProvider"])
-    gpu = [_provider_name(p) for p in wanted if _provider_name(p) in GPU_PROVIDERS]
-    if not gpu:
-        return [p if isinstance(p, str) else (p[0], dict(p[1])) for p in wanted]
-    available = set(ort.get_available_providers())
-    if not available & set(gpu):
-        if cpu_fallback_allowed():
-            return ["CPUExecutionProvider"]
-        raise BackendError(
-            f"this artifact runs on the GPU through onnxruntime's {' or '.join(gpu)}, which "
-            f"this onnxruntime {ort.__version__} lacks (it has {', '.join(sorted(available))}):"
-            " install onnxruntime-gpu (on a Jetson, NVIDIA's JetPack build), or allow CPU "
-            f"fallback with --allow-cpu-fallback or {CPU_FALLBACK_ENV}=1", exit_code=2)
-    providers = []
-    for entry in wanted:
-        name = _provider_name(entry)
-        if name not in available:
-            continue
-        options = {} if isinstance(entry, str) else dict(entry[1])
-        if name == "TensorrtExecutionProvider" and options.get("trt_engine_cache_enable") == "True":
-            path = _trt_cache_dir(model_path)
-            os.makedirs(path, exist_ok=True)
-            options["trt_engine_cache_path"] = path
-        providers.append((name, options) if options else name)
-    return providers
-
-
-def session_options(settings: dict[str, Any]):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                          settings.get("graph_optimization_level", "ORT_ENABLE_ALL"))
-    so.execution_mode = getattr(ort.ExecutionMode, settings.get("execution_mode", "ORT_SEQUENTIAL"))
-    so.intra_op_num_threads = int(settings.get("intra_op_num_threads", 0))
-    so.inter_op_num_threads = int(settings.get("inter_op_num_threads", 1))
-    so.log_severity_level = 3
-    return so
-
-
-class OrtRunner:
-    def __init__(self, model_path: str, settings: dict[str, Any]):
-        import onnxruntime as ort
-
-        providers = session_providers(model_path, settings)
         try:
-            self.session = ort.InferenceSession(model_path, session_options(settings),
-                                                providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise BackendError(Diagnostic.error(
-                f"onnxruntime cannot load the model: {str(e).splitlines()[0]}")) from None
-        named_gpu = [_provider_name(p) for p in providers if _provider_name(p) in GPU_PROVIDERS]
-        if named_gpu and not set(self.session.get_providers()) & set(GPU_PROVIDERS) \
-                and not cpu_fallback_allowed():
-            # The provider is built in but its libraries (CUDA, cuDNN, TensorRT) did not load.
-            raise BackendError(
-                f"onnxruntime could not start {' or '.join(named_gpu)} here (its CUDA/TensorRT "
-                "libraries did not load; the session fell back to the CPU): check the CUDA "
-                f"install, or allow CPU fallback with --allow-cpu-fallback or "
-                f"{CPU_FALLBACK_ENV}=1", exit_code=2)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(None, {k: inputs[k] for k in self.input_names})
-        return dict(zip(self.output_names, outputs))
+            super().__init__(model_path, settings, threads=threads)
+        except RuntimeFailure as e:
+            raise BackendError(Diagnostic.error(e.message), exit_code=e.exit_code) from None
 
 
 def _is_cuda(target) -> bool:

@@ -251,14 +251,20 @@ def _contiguous(x) -> np.ndarray:
     return x if x.flags.c_contiguous else x.copy()
 
 
+# Running a module is the device runtime's job (one implementation for both sides).
+from edgec_runtime.tvm_runner import TVMRunner  # noqa: E402
+
+
 @dataclass
-class TVMRunner:
-    """A module loaded into a relax VM on this host."""
+class RemoteTVMRunner:
+    """A module loaded into a relax VM on a device behind a TVM RPC tracker; inputs go
+    there and outputs come back to this host."""
 
     input_names: list[str]
     output_names: list[str]
     vm: Any
     device: Any
+    session: Any  # the RPC session: it lives as long as the runner
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -406,6 +412,10 @@ class TVMBackend:
                 notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
                              "device, reached over TVM RPC (an RPC tracker and key); "
                              "the module uses TVM's default schedules")
+            elif options.rpc is not None and options.rpc.emulated:
+                notes.append(f"not tuned: the RPC device {options.rpc.where} is an emulator, "
+                             "whose timings say nothing of the board's; the module uses "
+                             "TVM's default schedules")
             else:
                 mod, tuning, tuning_notes = self._tune(mod, target, tvm_target, options)
                 notes += tuning_notes
@@ -546,8 +556,7 @@ class TVMBackend:
             notes.append(f"{len(untuned)} of {len(tasks)} kernels keep TVM's naive default "
                          f"schedule ({why}): {', '.join(untuned)}")
         if options.rpc is not None:
-            notes.append(f"tuned on rpc://{options.rpc.host}:{options.rpc.port}/"
-                         f"{options.rpc.key}")
+            notes.append(f"tuned on {options.rpc.where}")
         details = {
             "database": f"{TUNING_DIR}/{db_dir.name}",
             "cost_model": cost_model,
@@ -637,54 +646,61 @@ class TVMBackend:
                 f"{host_arch()} host; copy the artifact to the device, or measure it over "
                 "TVM RPC", exit_code=2)
 
-    def load(self, artifact_dir: str, details: dict[str, Any]) -> TVMRunner:
+    def load(self, artifact_dir: str, details: dict[str, Any]):
+        """The device runtime's runner (`edgec_runtime.tvm_runner.TVMRunner`): one way
+        of loading and running a module, on the device and here alike."""
         self._check_runnable_here(details)
-        import tvm
-        from tvm import relax
+        from edgec_runtime.errors import RuntimeFailure
+        from edgec_runtime.tvm_runner import TVMRunner as RuntimeRunner
 
-        library = tvm.runtime.load_module(str(Path(artifact_dir) / details["module"]))
-        device = tvm.cuda(0) if (details.get("accelerator") or {}).get("kind") == "cuda" \
-            else tvm.cpu()
-        return TVMRunner(input_names=[value["name"] for value in details["inputs"]],
-                         output_names=[value["name"] for value in details["outputs"]],
-                         vm=relax.VirtualMachine(library, device), device=device)
+        try:
+            return RuntimeRunner(str(Path(artifact_dir) / details["module"]), details)
+        except RuntimeFailure as error:
+            raise BackendError(error.message, exit_code=error.exit_code) from None
 
     def measure(self, artifact_dir: str, details: dict[str, Any],
                 inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
         if options.rpc is not None:
             return self._measure_rpc(artifact_dir, details, inputs, options)
-        import tvm
-
         set_threads(options.threads)
         runner = self.load(artifact_dir, details)
         # Timed like the RPC path (the VM's own evaluator), so that a local and a remote
         # bench of the same module measure the same thing.
-        return _time_vm(runner.vm, runner.device, runner._arguments(inputs), where="host")
+        times = runner.bench_times({name: inputs[name] for name in runner.input_names})
+        if not times:
+            from edgec.backends.base import time_calls
+            times = time_calls(runner.timed_call(inputs))
+        return LatencyStats.from_times(times, where="host")
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
-        import tvm
+        runner = self.remote_runner(artifact_dir, details, options.rpc, threads=options.threads)
+        return _time_vm(runner.vm, runner.device, runner._arguments(inputs),
+                        where=options.rpc.where)
+
+    @staticmethod
+    def remote_runner(artifact_dir: str, details: dict[str, Any], config,
+                      threads: int | None = None) -> RemoteTVMRunner:
+        """The module uploaded to, loaded on and run by a device behind the RPC tracker:
+        outputs come back to this host (how accuracy is scored on the module itself)."""
         from tvm import relax, rpc
 
-        config = options.rpc
-        where = f"rpc://{config.host}:{config.port}/{config.key}"
         try:
             tracker = rpc.connect_tracker(config.host, config.port)
             remote = tracker.request(config.key, session_timeout=600)
         except Exception as error:
             raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
                                f"tracker {config.host}:{config.port}: {error}") from error
-        if options.threads:
+        if threads:
             configure = remote.get_function("runtime.config_threadpool")
-            configure(1, options.threads)
+            configure(1, threads)
         remote.upload(str(Path(artifact_dir) / details["module"]))
         library = remote.load_module(details["module"])
         device = remote.cuda() if details.get("accelerator") else remote.cpu()
-        vm = relax.VirtualMachine(library, device)
-        names = [value["name"] for value in details["inputs"]]
-        arguments = [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), device)
-                     for name in names]
-        return _time_vm(vm, device, arguments, where=where)
+        return RemoteTVMRunner(input_names=[value["name"] for value in details["inputs"]],
+                               output_names=[value["name"] for value in details["outputs"]],
+                               vm=relax.VirtualMachine(library, device), device=device,
+                               session=remote)
 
 
 def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
@@ -762,5 +778,5 @@ def _has_xgboost() -> bool:
     return True
 
 
-__all__ = ["TVMBackend", "TVMRunner", "host_arch", "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "host_arch", "target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]

@@ -52,7 +52,7 @@ def metric_names() -> tuple[str, ...]:
     return BUILTIN_METRICS + tuple(name for name in plugins if name not in BUILTIN_METRICS)
 
 
-def did_you_mean(word: str, known) -> str:
+def did_you_mean(word: str, known, prefix: str = "") -> str:
     guess = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     if not guess and len(word) >= 3:
         # A shortened name ('cosine' for 'cosine-similarity') scores low on difflib.
@@ -60,7 +60,7 @@ def did_you_mean(word: str, known) -> str:
     if not guess:
         lowered = {k.lower(): k for k in known}
         guess = [lowered[word.lower()]] if word.lower() in lowered else []
-    return f"; did you mean '{guess[0]}'?" if guess else ""
+    return f"; did you mean '{prefix}{guess[0]}'?" if guess else ""
 
 
 @functools.lru_cache(maxsize=128)
@@ -145,7 +145,9 @@ class Resolver:
             notes: tuple[str, ...] = ()
             if isinstance(error, FileNotFoundError) and path.parent.is_dir():
                 siblings = sorted(p.name for p in path.parent.glob("*.edge"))
-                hint = did_you_mean(path.name, siblings)
+                # Suggest what to write: with the folder part the include wrote ('../').
+                folder = os.path.dirname(written) if written else ""
+                hint = did_you_mean(path.name, siblings, prefix=f"{folder}/" if folder else "")
                 message = f"no such file: {written or shown}{hint}"
                 notes = (f"looked for {path.resolve()}",) if written else ()
             if failure is not None:
@@ -157,8 +159,21 @@ class Resolver:
         try:
             return data.decode("utf-8"), shown
         except UnicodeDecodeError:
-            # The parser reports where the bad byte is.
-            return data.decode("utf-8", errors="replace"), shown
+            text = data.decode("utf-8", errors="replace")
+        if b"\0" in data or text.count("\ufffd") > len(text) // 20:
+            # Not a text file (an ONNX model given as the spec): one line, not a parse
+            # error for every run of binary bytes.
+            message = (f"{written} is not a spec file" if written else "not a spec file") + \
+                ": it holds binary data"
+            if data[:1] == b"\x08" or path.suffix == ".onnx":
+                message += " (an ONNX model? the spec is the .edge file)"
+            if failure is not None:
+                self.error(failure[0], failure[1], message, "spec.binary")
+            else:
+                self.diagnostics.append(Diagnostic.error(message, Location(shown),
+                                                         code="spec.binary"))
+            return None, shown
+        return text, shown  # a stray bad byte: the parser reports where it is
 
     def _apply_file(self, text: str, path: str, state: _State, stack: tuple[str, ...]) -> None:
         result = _parse_cached(text, path)

@@ -68,3 +68,20 @@ def test_targets_lists_the_built_ins():
     assert "Jetson Orin Nano" in done.stdout
     rows = json.loads(edgec("targets", "--json").stdout)["targets"]
     assert all(row["summary"] for row in rows)
+
+
+def test_check_of_a_binary_file_is_one_line():
+    """`edgec check model.onnx` (the model given as the spec) says so in one error, not a
+    parse error for every run of binary bytes."""
+    done = edgec("check", "spec_examples/digits.onnx")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert errors == ["spec_examples/digits.onnx: error: not a spec file: it holds binary "
+                      "data (an ONNX model? the spec is the .edge file)"]
+    assert "\ufffd" not in done.stderr
+
+
+def test_missing_include_suggestion_keeps_the_folder():
+    done = edgec("check", "spec_examples/invalid/missing-include.edge")
+    assert done.returncode == 2
+    assert "did you mean '../team-base.edge'?" in done.stderr

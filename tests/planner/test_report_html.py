@@ -35,6 +35,71 @@ def test_report_is_self_contained(report):
     assert "https://" not in text and "<script" not in text
 
 
+def test_report_reads_on_its_own(report):
+    """A legend for the dot colours, scores in the metric's unit, a log latency axis with
+    plain tick numbers, an agreement axis that stops at 100 %, and report.txt's notes."""
+    import re
+
+    text = report.read_text()
+    assert "<p id='legend'>" in text and "misses a budget" in text and "chosen" in text
+    assert "<th>accuracy (top1-agreement)</th>" in text and "<td>100.00 %</td>" in text
+    assert "latency, ms (p50, log scale)" in text
+    ticks = re.findall(r"<text class='tick'[^>]*>([^<]*)</text>", text)
+    assert ticks and not any("e+" in t or "e-" in t for t in ticks), ticks
+    percents = [float(t.rstrip(" %")) for t in ticks if t.endswith("%")]
+    assert percents and max(percents) <= 100.0
+    assert "<ul id='notes'>" in text and "onnxruntime CPU execution provider" in text
+    assert "latency is estimated" in text
+    assert "25.3 KiB</text>" in text and not re.search(r"\d{4}(\.\d)? KiB", text)
+
+
+def _notes_of(**backend):
+    from edgec.report import _notes
+
+    manifest = {"backend": {"tuned": True, "notes": [], **backend}, "latency": {},
+                "accuracy": {}}
+    return _notes(manifest)
+
+
+def test_untuned_and_backend_notes_are_in_the_html():
+    notes = _notes_of(name="tvm", tuned=False,
+                      notes=["not tuned: tuning for jetson-orin-nano needs the device"])
+    assert notes[0].startswith("the chosen tvm module is UNTUNED")
+    assert "not tuned: tuning for jetson-orin-nano needs the device" in notes
+
+
+def test_labels_of_nearby_candidates_do_not_overlap():
+    """Two onnxruntime points 15.6 and 29.9 ms beside a 2,094 ms untuned TVM point (the
+    ResNet-18 report of issue 10): log axis, labels apart."""
+    import re
+
+    from edgec.report import _tradeoff_chart
+
+    points = [("fp32 on ort", "rejected", 15.63, 1.0), ("fp32 on tvm", "rejected", 2094.0, 1.0),
+              ("int8 (Conv, MatMul, Gemm) on ort", "chosen", 29.95, 0.9921),
+              ("int8 (all ops) on ort", "rejected", 22.1, 0.953),
+              ("int8 with per-layer fp32 fallback on ort", "held", 31.2, 0.9968)]
+    manifest = {"candidates": [{"label": l, "status": s, "accuracy": a} for l, s, _, a in points],
+                "accuracy": {"metric": "top1-agreement"},
+                "spec": {"budget": {"latency": {"limit": {"value": 50, "unit": "ms"}}},
+                         "accuracy": {"metric": "top1-agreement",
+                                      "tolerance": {"value": 1, "unit": "%"}}}}
+    measurements = {"candidates": [{"label": l, "latency": {"p50_ms": ms, "where": "host"}}
+                                   for l, _, ms, _ in points]}
+    svg = _tradeoff_chart(manifest, measurements)
+    labels = [(float(x), float(y), s) for x, y, s in
+              re.findall(r"<text class='label' x='([\d.]+)' y='([\d.]+)'>([^<]*)</text>", svg)]
+    assert len(labels) == 5
+    boxes = [(x, y - 11, x + 6.3 * len(s), y + 3) for x, y, s in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    xs = {label: float(cx) for cx, label in
+          re.findall(r"cx='([\d.]+)'[^>]*><title>([^<]*)</title>", svg)}
+    # On a log axis the two onnxruntime fp32/int8 points are far apart, not on one spot.
+    assert xs["int8 (Conv, MatMul, Gemm) on ort"] - xs["fp32 on ort"] > 60
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 def test_chart_is_drawn_in_headless_chromium(report, tmp_path):
     from PIL import Image
