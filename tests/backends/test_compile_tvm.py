@@ -175,3 +175,18 @@ def test_exporter_style_model_compiles_for_tvm_and_matches_onnxruntime(tmp_path,
     want = ort.InferenceSession(proto.SerializeToString()).run(None, {"image": x})[0]
     got = art.run({"image": x})["probs"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("target", ["raspberry-pi-4",
+                                    pytest.param("jetson-orin-nano", marks=pytest.mark.slow)])
+def test_exporter_style_model_cross_compiles_for_tvm(tmp_path, legalize_tvm_registered, target):
+    onnx.save(models.exporter_style_cnn(), tmp_path / "cnn.onnx")
+    spec = tmp_path / "device.edge"
+    spec.write_text(f"target {target}\nbudget {{\n  latency < 10 s p50 at batch 1\n}}\n"
+                    "optimize {\n  backend tvm\n}\n")
+    art = edgec.compile(tmp_path / "cnn.onnx", spec, out=tmp_path / "out",
+                        cache_dir=str(tmp_path / "cache"), allow_over_budget=True)
+    assert art.manifest["backend"]["name"] == "tvm"
+    described = subprocess.run(["file", str(tmp_path / "out" / "model.so")], capture_output=True,
+                               text=True).stdout
+    assert "ARM aarch64" in described
