@@ -13,6 +13,7 @@ values whose type is missing. The group runs, in order:
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
    ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
    ``lower-isinf`` (IsInf's detect_negative/detect_positive, which TVM ignores);
+   ``guard-bitshift`` (once: out-of-range shift amounts as ONNX defines them);
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
    starts at the lowest finite value); ``widen-half-matmul`` (float16 MatMul accumulated
    in float32, as onnxruntime does); ``dce``. With
@@ -313,6 +314,65 @@ class LowerIsInf(Pass):
 
 
 @dataclass(frozen=True)
+class GuardBitShift(Pass):
+    """``BitShift`` with the out-of-range shift amounts (negative, or at least the bit
+    width) spelled out: ``Where(out_of_range, fill, BitShift(x, Where(out_of_range, 0, s)))``
+    with ``fill`` 0 for LEFT and unsigned RIGHT, the sign (-1 or 0) for signed RIGHT.
+
+    Legal always: it is what ONNX (opset 28's reference) defines for such shifts; TVM
+    0.27 emits the machine shift, whose result for them is undefined. Shifts by a
+    constant already in range are left alone.
+    """
+
+    name: ClassVar[str] = "guard-bitshift"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        guarded = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "BitShift" or node.domain not in _ONNX_DOMAINS or len(node.inputs) != 2:
+                    continue
+                x, amount = node.inputs
+                if x is None or amount is None or x.dtype is None or amount.dtype is None \
+                        or x.dtype is DataType.UNDEFINED or amount.dtype is DataType.UNDEFINED:
+                    continue
+                xt, st = np.dtype(DataType(x.dtype).to_numpy()), np.dtype(DataType(amount.dtype).to_numpy())
+                width = xt.itemsize * 8
+                if amount.is_constant():
+                    values = amount.const.numpy()
+                    if ((values >= 0) & (values < width)).all():
+                        continue
+                zero_s = g.make_constant(np.zeros((), st), "zero")
+                width_s = g.make_constant(np.array(width, st), "width")
+                below = Node("Less", [amount, zero_s])
+                above = Node("GreaterOrEqual", [amount, width_s])
+                out = Node("Or", [below.output, above.output])
+                safe = Node("Where", [out.output, zero_s, amount])
+                shift = Node("BitShift", [x, safe.output], attributes={"direction": node.attr("direction")},
+                             name=node.name)
+                nodes = [below, above, out, safe, shift]
+                zero_x = g.make_constant(np.zeros((), xt), "zero")
+                fill = zero_x
+                direction = node.attr("direction")
+                direction = direction.decode() if isinstance(direction, bytes) else direction
+                if direction == "RIGHT" and xt.kind == "i":
+                    negative = Node("Less", [x, zero_x])
+                    sign = Node("Where", [negative.output, g.make_constant(np.array(-1, xt), "minus_one"),
+                                          zero_x])
+                    nodes += [negative, sign]
+                    fill = sign.output
+                result = Node("Where", [out.output, fill, shift.output], outputs=[Value(None, node.output.type)])
+                nodes.append(result)
+                g.insert_before(node, nodes)
+                g.replace_value(node.output, result.output)
+                g.remove(node)
+                guarded += 1
+        return PassResult(guarded > 0, {"bitshifts-guarded": guarded})
+
+
+@dataclass(frozen=True)
 class BindDims(Pass):
     """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
 
@@ -381,6 +441,7 @@ class LegalizeTVM(Pass):
             modified |= result.modified
             return result.modified
 
+        guarded_bitshifts = False
         if self.bind_batch and ctx.spec is not None:
             step(BindDims())
         for _ in range(self.max_iterations):
@@ -391,6 +452,9 @@ class LegalizeTVM(Pass):
             changed |= step(ExpandFunctions(ops=self.expand))
             changed |= step(LowerCastLike())
             changed |= step(LowerIsInf())
+            if not guarded_bitshifts:  # once: its own output is a BitShift again
+                guarded_bitshifts = step(GuardBitShift())
+                changed |= guarded_bitshifts
             changed |= step(FoldConstants())
             changed |= step(MaxAtLowest())
             changed |= step(WidenHalfMatMul())
@@ -401,4 +465,4 @@ class LegalizeTVM(Pass):
 
 
 __all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike",
-           "LowerIsInf", "MaxAtLowest", "WidenHalfMatMul"]
+           "GuardBitShift", "LowerIsInf", "MaxAtLowest", "WidenHalfMatMul"]

@@ -11,7 +11,7 @@ from pass_testing import assert_same_outputs, load, ops, parse, run_ort, run_pas
 
 from edgec.frontend import export_model, import_model
 from edgec.passes.legalize_tvm import (BindDims, ExpandFunctions, LegalizeTVM, LowerCastLike,
-                                       LowerIsInf, MaxAtLowest, WidenHalfMatMul)
+                                       GuardBitShift, LowerIsInf, MaxAtLowest, WidenHalfMatMul)
 from edgec.passmgr.base import PassContext
 from edgec.testing import models
 
@@ -164,12 +164,12 @@ def test_the_passes_are_declared_as_entry_points():
     for name, cls in (("legalize-tvm", "LegalizeTVM"), ("expand-functions", "ExpandFunctions"),
                       ("lower-castlike", "LowerCastLike"), ("bind-dims", "BindDims"),
                       ("max-at-lowest", "MaxAtLowest"), ("widen-half-matmul", "WidenHalfMatMul"),
-                      ("lower-isinf", "LowerIsInf")):
+                      ("lower-isinf", "LowerIsInf"), ("guard-bitshift", "GuardBitShift")):
         assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
 
 
 @pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims, MaxAtLowest,
-                                 WidenHalfMatMul, LowerIsInf])
+                                 WidenHalfMatMul, LowerIsInf, GuardBitShift])
 def test_each_pass_fits_the_contract(cls):
     from edgec.passmgr.registry import _contract_problem
 
@@ -240,3 +240,29 @@ def test_lower_isinf_matches_onnxruntime(negative, positive):
     feed = {"x": np.array([-np.inf, np.inf, 0.0, np.nan, -1.0, 3.0], np.float32)}
     assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
     assert not LowerIsInf().run(model, PassContext()).modified
+
+
+@pytest.mark.parametrize("direction", ["LEFT", "RIGHT"])
+def test_guard_bitshift_matches_onnxruntime(direction):
+    proto = parse(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (uint32[4] x, uint32[4] s) => (uint32[4] y) {{
+            y = BitShift <direction = "{direction}"> (x, s)
+        }}""")
+    model = load(proto)
+    assert run_pass(GuardBitShift(), model).modified
+    # In-range amounts only: onnxruntime's own result for the others is the machine's.
+    feed = {"x": np.array([1, 8, 255, 4096], np.uint32), "s": np.array([0, 3, 7, 31], np.uint32)}
+    assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
+    out = run_ort(export_model(model), {"x": np.array([1, 8, 255, 4096], np.uint32),
+                                         "s": np.array([32, 33, 100, 1], np.uint32)})["y"]
+    assert out.tolist()[:3] == [0, 0, 0]
+
+
+def test_guard_bitshift_leaves_constant_in_range_shifts_alone():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (uint8[2] x) => (uint8[2] y) <uint8[2] s = {1, 7}> {
+            y = BitShift <direction = "LEFT"> (x, s)
+        }""")
+    assert not GuardBitShift().run(load(proto), PassContext()).modified
