@@ -67,21 +67,32 @@ class ExpandFunctions(Pass):
         "help": "the ONNX op types to expand into their function bodies"})
     ops_with_extra_outputs: tuple[str, ...] = field(default=("LayerNormalization",), metadata={
         "help": "op types expanded only when an output beyond the first is used"})
+    ops_not_float32: tuple[str, ...] = field(default=("Elu",), metadata={
+        "help": "op types expanded only when their first input is not float32"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         from edgec.frontend import export_model, import_model
 
         wanted = set(self.ops)
 
-        def selected(op_type: str, domain: str, outputs) -> bool:
+        def selected(op_type: str, domain: str, outputs, inputs=()) -> bool:
             if domain not in _ONNX_DOMAINS:
                 return False
             if op_type in wanted:
                 return True
+            # TVM's Elu converter subtracts from a float32 constant whatever the type.
+            if op_type in self.ops_not_float32 and inputs and inputs[0] in elem_types \
+                    and elem_types[inputs[0]] != onnx.TensorProto.FLOAT:
+                return True
             # TVM imports LayerNormalization's Mean and InvStdDev outputs as scalars.
             return op_type in self.ops_with_extra_outputs and sum(1 for o in outputs if o) > 1
 
-        if not any(selected(n.op_type, n.domain, [o.name for o in n.outputs]) for n in model.graph):
+        elem_types = {v.name: int(v.dtype) for v in model.graph.inputs
+                      if v.name and v.dtype is not None and v.dtype is not DataType.UNDEFINED}
+        elem_types.update({o.name: int(o.dtype) for n in model.graph for o in n.outputs
+                           if o.name and o.dtype is not None and o.dtype is not DataType.UNDEFINED})
+        if not any(selected(n.op_type, n.domain, [o.name for o in n.outputs],
+                            [v.name if v is not None else "" for v in n.inputs]) for n in model.graph):
             return PassResult(False, {"nodes-expanded": 0})
         opset = model.opset("") or 1
         proto = export_model(model)
@@ -89,7 +100,7 @@ class ExpandFunctions(Pass):
         nodes = []
         expanded = skipped = 0
         for index, node in enumerate(proto.graph.node):
-            if not selected(node.op_type, node.domain, node.output):
+            if not selected(node.op_type, node.domain, node.output, node.input):
                 nodes.append(node)
                 continue
             body = _expand(node, opset, types, f"{node.op_type}_{index}_expanded_")

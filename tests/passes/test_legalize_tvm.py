@@ -266,3 +266,21 @@ def test_guard_bitshift_leaves_constant_in_range_shifts_alone():
             y = BitShift <direction = "LEFT"> (x, s)
         }""")
     assert not GuardBitShift().run(load(proto), PassContext()).modified
+
+
+def test_elu_is_expanded_only_when_not_float32():
+    half = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float16[5] x) => (float16[5] y) {
+            y = Elu <alpha = 2.0> (x)
+        }""")
+    result, model = _run(ExpandFunctions(), load(half))
+    assert result.modified and "Elu" not in ops(model)
+    feed = {"x": np.array([-2.0, -0.5, 0.0, 0.5, 3.0], np.float16)}
+    assert_same_outputs(half, model, rtol=1e-3, atol=1e-3, feed=feed)
+    single = parse("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[5] x) => (float[5] y) {
+            y = Elu <alpha = 2.0> (x)
+        }""")
+    assert not ExpandFunctions().run(load(single), PassContext()).modified
