@@ -270,7 +270,7 @@ def test_guard_bitshift_leaves_constant_in_range_shifts_alone():
 
 def test_elu_is_expanded_only_when_not_float32():
     half = parse("""
-        <ir_version: 8, opset_import: ["" : 17]>
+        <ir_version: 10, opset_import: ["" : 22]>
         g (float16[5] x) => (float16[5] y) {
             y = Elu <alpha = 2.0> (x)
         }""")
@@ -279,7 +279,7 @@ def test_elu_is_expanded_only_when_not_float32():
     feed = {"x": np.array([-2.0, -0.5, 0.0, 0.5, 3.0], np.float16)}
     assert_same_outputs(half, model, rtol=1e-3, atol=1e-3, feed=feed)
     single = parse("""
-        <ir_version: 8, opset_import: ["" : 17]>
+        <ir_version: 10, opset_import: ["" : 22]>
         g (float[5] x) => (float[5] y) {
             y = Elu <alpha = 2.0> (x)
         }""")
