@@ -10,13 +10,13 @@ values whose type is missing. The group runs, in order:
 1. ``bind-dims`` (only under ``edgec compile``, where the spec gives the batch): the
    inputs' symbolic batch dimension becomes the spec's batch;
 2. then, until nothing changes (at most ``max-iterations`` rounds): ``infer-shapes``;
+   ``widen-half`` (float16 MatMul, Attention, Softmax computed in float32, as onnxruntime does);
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
    ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
    ``lower-isinf`` (IsInf's detect_negative/detect_positive, which TVM ignores);
    ``guard-bitshift`` (once: out-of-range shift amounts as ONNX defines them);
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
-   starts at the lowest finite value); ``widen-half-matmul`` (float16 MatMul accumulated
-   in float32, as onnxruntime does); ``dce``. With
+   starts at the lowest finite value); ``dce``. With
    every dimension known, ``Shape``/``Size`` fold, and the shape arithmetic behind
    Reshape, Expand, Tile, Slice, Resize, ConstantOfShape, Range and Reduce axes folds to
    the constants the importer needs; types become populated on the way.
@@ -250,37 +250,60 @@ class MaxAtLowest(Pass):
 
 
 @dataclass(frozen=True)
-class WidenHalfMatMul(Pass):
-    """``MatMul`` of float16 tensors → ``Cast(MatMul(Cast(a, f32), Cast(b, f32)), f16)``.
+class WidenHalf(Pass):
+    """Compute float16 ``MatMul``, ``Attention`` and ``Softmax`` in float32: their float16
+    inputs are cast to float32 and their float16 outputs cast back.
 
-    TVM 0.27 accumulates a float16 MatMul in float16; onnxruntime's CPU kernel (and the
-    ONNX reference) accumulate in float32 and round once, which this rewrite spells out.
-    Legal always: the result is the float16 rounding of a more precise sum; only the
-    error of a float16 accumulator goes away.
+    TVM 0.27 accumulates a float16 MatMul (and the MatMuls and Softmax of an expanded
+    Attention) in float16; onnxruntime's CPU kernels and the ONNX reference accumulate
+    in float32 and round once, which this rewrite spells out. Legal always: each output
+    is the float16 rounding of a more precise result; only the error of float16
+    intermediates goes away. Non-float16 inputs (boolean masks) are left as they are.
     """
 
-    name: ClassVar[str] = "widen-half-matmul"
+    name: ClassVar[str] = "widen-half"
+    ops: tuple[str, ...] = field(default=("MatMul", "Attention", "Softmax"), metadata={
+        "help": "the op types computed in float32"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         widened = 0
         for g in [model.graph, *model.graph.subgraphs()]:
             for node in list(g):
-                if node.op_type != "MatMul" or node.domain not in _ONNX_DOMAINS:
+                if node.op_type not in self.ops or node.domain not in _ONNX_DOMAINS:
                     continue
-                if any(v is None or v.dtype is not DataType.FLOAT16 for v in node.inputs):
+                half = [v is not None and v.dtype is DataType.FLOAT16 for v in node.inputs]
+                if not any(half) or any(v is not None and (v.dtype is None or v.dtype is DataType.UNDEFINED)
+                                        for v in node.inputs):
                     continue
-                casts = [Node("Cast", [v], attributes={"to": int(DataType.FLOAT)}) for v in node.inputs]
-                out_type = node.output.type
-                wide_type = TensorType(DataType.FLOAT, out_type.shape) if isinstance(out_type, TensorType) else None
-                matmul = Node("MatMul", [c.output for c in casts], name=node.name,
-                              outputs=[Value(None, wide_type)])
-                back = Node("Cast", [matmul.output], attributes={"to": int(DataType.FLOAT16)},
-                            outputs=[Value(None, out_type)])
-                g.insert_before(node, [*casts, matmul, back])
-                g.replace_value(node.output, back.output)
+                casts, inputs = [], []
+                for v, is_half in zip(node.inputs, half):
+                    if is_half:
+                        cast = Node("Cast", [v], attributes={"to": int(DataType.FLOAT)})
+                        casts.append(cast)
+                        inputs.append(cast.output)
+                    else:
+                        inputs.append(v)
+                outputs, backs = [], []
+                for o in node.outputs:
+                    if o.name and o.dtype is DataType.FLOAT16:
+                        shape = o.type.shape if isinstance(o.type, TensorType) else None
+                        wide = Value(None, TensorType(DataType.FLOAT, shape))
+                        outputs.append(wide)
+                        backs.append((o, Node("Cast", [wide], attributes={"to": int(DataType.FLOAT16)},
+                                              outputs=[Value(None, o.type)])))
+                    else:
+                        outputs.append(Value(None, o.type) if o.name else Value(None))
+                wide_node = Node(node.op_type, inputs, domain=node.domain,
+                                 attributes=list(node.attributes.values()), name=node.name,
+                                 outputs=outputs)
+                g.insert_before(node, [*casts, wide_node, *(b for _, b in backs)])
+                for old, new in zip(node.outputs, outputs):
+                    replacement = next((b.output for o, b in backs if o is old), new)
+                    if old.name:
+                        g.replace_value(old, replacement)
                 g.remove(node)
                 widened += 1
-        return PassResult(widened > 0, {"matmuls-widened": widened})
+        return PassResult(widened > 0, {"nodes-widened": widened})
 
 
 @dataclass(frozen=True)
@@ -460,6 +483,7 @@ class LegalizeTVM(Pass):
             # may hold another op to expand (SoftmaxCrossEntropyLoss holds
             # NegativeLogLikelihoodLoss): infer, expand, and go round again.
             changed = step(InferShapes())
+            changed |= step(WidenHalf())
             changed |= step(ExpandFunctions(ops=self.expand))
             changed |= step(LowerCastLike())
             changed |= step(LowerIsInf())
@@ -468,7 +492,6 @@ class LegalizeTVM(Pass):
                 changed |= guarded_bitshifts
             changed |= step(FoldConstants())
             changed |= step(MaxAtLowest())
-            changed |= step(WidenHalfMatMul())
             changed |= step(DeadCodeElimination())
             if not changed:
                 break
@@ -476,4 +499,4 @@ class LegalizeTVM(Pass):
 
 
 __all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike",
-           "GuardBitShift", "LowerIsInf", "MaxAtLowest", "WidenHalfMatMul"]
+           "GuardBitShift", "LowerIsInf", "MaxAtLowest", "WidenHalf"]

@@ -55,7 +55,8 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
                 types = _element_types(model)
             to = _attr(node, "to") if op == "Cast" else types.get(node.input[1]) if len(node.input) > 1 else None
             source = types.get(node.input[0]) if node.input else None
-            if to in _FLOAT8 or source in _FLOAT8:
+            # E8M0 → wider types converts right; everything else float8 does not.
+            if to in _FLOAT8 or source in _FLOAT8 and source != 24:
                 why = ("TVM 0.27 converts float8 wrongly (zero, NaN, infinity and saturation "
                        "come out as other values)")
             elif to in _SUB_BYTE or source in _SUB_BYTE:

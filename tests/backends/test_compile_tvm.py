@@ -143,7 +143,7 @@ def legalize_tvm_registered():
     registry = default_registry()
     added = []
     for cls in (legalize_tvm.LegalizeTVM, legalize_tvm.ExpandFunctions, legalize_tvm.LowerCastLike,
-                legalize_tvm.BindDims, legalize_tvm.MaxAtLowest, legalize_tvm.WidenHalfMatMul,
+                legalize_tvm.BindDims, legalize_tvm.MaxAtLowest, legalize_tvm.WidenHalf,
                 legalize_tvm.LowerIsInf, legalize_tvm.GuardBitShift):
         if cls.name not in registry.names():
             registry.register(cls)

@@ -11,7 +11,7 @@ from pass_testing import assert_same_outputs, load, ops, parse, run_ort, run_pas
 
 from edgec.frontend import export_model, import_model
 from edgec.passes.legalize_tvm import (BindDims, ExpandFunctions, LegalizeTVM, LowerCastLike,
-                                       GuardBitShift, LowerIsInf, MaxAtLowest, WidenHalfMatMul)
+                                       GuardBitShift, LowerIsInf, MaxAtLowest, WidenHalf)
 from edgec.passmgr.base import PassContext
 from edgec.testing import models
 
@@ -163,13 +163,13 @@ def test_the_passes_are_declared_as_entry_points():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     for name, cls in (("legalize-tvm", "LegalizeTVM"), ("expand-functions", "ExpandFunctions"),
                       ("lower-castlike", "LowerCastLike"), ("bind-dims", "BindDims"),
-                      ("max-at-lowest", "MaxAtLowest"), ("widen-half-matmul", "WidenHalfMatMul"),
+                      ("max-at-lowest", "MaxAtLowest"), ("widen-half", "WidenHalf"),
                       ("lower-isinf", "LowerIsInf"), ("guard-bitshift", "GuardBitShift")):
         assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
 
 
 @pytest.mark.parametrize("cls", [LegalizeTVM, ExpandFunctions, LowerCastLike, BindDims, MaxAtLowest,
-                                 WidenHalfMatMul, LowerIsInf, GuardBitShift])
+                                 WidenHalf, LowerIsInf, GuardBitShift])
 def test_each_pass_fits_the_contract(cls):
     from edgec.passmgr.registry import _contract_problem
 
@@ -195,21 +195,21 @@ def test_max_at_lowest_matches_onnxruntime_on_fully_masked_rows():
     assert run_ort(export_model(model), feed)["masked"].tolist() == [[False], [True]]
 
 
-def test_widen_half_matmul_matches_onnxruntime():
+def test_widen_half_matches_onnxruntime():
     proto = parse("""
         <ir_version: 8, opset_import: ["" : 17]>
         g (float16[4,64] a, float16[64,3] b) => (float16[4,3] y) {
             y = MatMul(a, b)
         }""")
     model = load(proto)
-    result = run_pass(WidenHalfMatMul(), model)
+    result = run_pass(WidenHalf(), model)
     assert result.modified and ops(model) == ["Cast", "Cast", "MatMul", "Cast"]
     rng = np.random.default_rng(0)
     feed = {"a": rng.standard_normal((4, 64)).astype(np.float16),
             "b": rng.standard_normal((64, 3)).astype(np.float16)}
     np.testing.assert_allclose(run_ort(export_model(model), feed)["y"].astype(np.float32),
                                run_ort(proto, feed)["y"].astype(np.float32), rtol=2e-3, atol=2e-3)
-    assert not WidenHalfMatMul().run(model, PassContext()).modified
+    assert not WidenHalf().run(model, PassContext()).modified
 
 
 def test_the_tvm_default_pipeline_ends_with_legalize_tvm():
