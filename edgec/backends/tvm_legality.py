@@ -65,7 +65,8 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
             why = "TVM 0.27's NonMaxSuppression returns no boxes"
         elif op == "BatchNormalization" and _attr(node, "training_mode", 0):
             why = "TVM 0.27 ignores BatchNormalization's training_mode (it uses the running statistics)"
-        elif op == "ConvTranspose" and _attr(node, "output_shape") is not None:
+        elif op == "ConvTranspose" and _attr(node, "output_shape") is not None \
+                and not _output_shape_is_default(node, model):
             why = "TVM 0.27 ignores ConvTranspose's output_shape attribute"
         elif op == "IsInf" and (_attr(node, "detect_negative", 1) == 0 or _attr(node, "detect_positive", 1) == 0):
             why = "TVM 0.27 ignores IsInf's detect_negative/detect_positive (lower-isinf rewrites it)"
@@ -79,6 +80,33 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
         if why is not None:
             found.append((node, why))
     return found
+
+
+def _output_shape_is_default(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    """Whether ConvTranspose's output_shape is what its pads give anyway (TVM ignores it)."""
+    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return False
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return False
+    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None
+                        for d in vi.type.tensor_type.shape.dim]
+              for vi in [*inferred.graph.input, *inferred.graph.value_info]}
+    shapes.update({t.name: list(t.dims) for t in inferred.graph.initializer})
+    x, w = shapes.get(node.input[0]), shapes.get(node.input[1])
+    wanted = list(_attr(node, "output_shape"))
+    if not x or not w or None in x or None in w:
+        return False
+    spatial = len(x) - 2
+    kernel = list(_attr(node, "kernel_shape", w[2:]))
+    strides = list(_attr(node, "strides", [1] * spatial))
+    dilations = list(_attr(node, "dilations", [1] * spatial))
+    extra = list(_attr(node, "output_padding", [0] * spatial))
+    pads = list(_attr(node, "pads", [0] * 2 * spatial))
+    default = [strides[i] * (x[2 + i] - 1) + extra[i] + (kernel[i] - 1) * dilations[i] + 1
+               - pads[i] - pads[spatial + i] for i in range(spatial)]
+    return default == wanted[-spatial:]
 
 
 # (op type or None for any, text in the importer's message, the rewrite that is needed)

@@ -387,13 +387,16 @@ def calibration_samples(case: Case) -> dict[str, np.ndarray]:
 def tvm_backend(legalize: bool = True, *, timeout: float | None = None) -> Transformation:
     """The case through TVM: (import -> ``legalize-tvm`` -> export, unless ``legalize`` is
     False: the case as onnx wrote it) -> relax ONNX import -> build for llvm -> run on
-    this host, in a worker process (see ``edgec.testing.tvm_runner``)."""
+    this host, in a worker process (see ``edgec.testing.tvm_runner``). With ``legalize``
+    the tvm backend's refusals apply too (``edgec.backends.tvm_legality.miscompiled``)."""
     from edgec.testing.tvm_runner import DEFAULT_TIMEOUT, TVMWorker
 
     worker = _tvm_workers.setdefault(timeout or DEFAULT_TIMEOUT, TVMWorker(timeout or DEFAULT_TIMEOUT))
 
     def execute(proto: onnx.ModelProto, case: Case) -> list[list[Any]]:
-        return worker.run(proto.SerializeToString(), [inputs for inputs, _ in case.data_sets])
+        # Raw: TVM alone, without the refusals of constructs it computes wrongly.
+        return worker.run(proto.SerializeToString(), [inputs for inputs, _ in case.data_sets],
+                          refuse=legalize)
 
     if not legalize:
         return Transformation("tvm (raw import, no legalize-tvm)", lambda proto, base_dir: proto,
