@@ -132,10 +132,14 @@ KNOWN_CAUSES: tuple[tuple[str | None, str, str], ...] = (
 
 
 def needed_rewrite(op_type: str | None, message: str) -> str:
-    """The rewrite that would make a node TVM failed to import importable (a sentence)."""
+    """The rewrite that would make a node TVM failed to import importable (a sentence).
+
+    ``legalize-tvm`` runs every rewrite named here; a model that still fails after it
+    holds a value the rewrite could not make constant (an input, or a dimension no
+    spec binds)."""
     for op, text, rewrite in KNOWN_CAUSES:
         if (op is None or op == op_type) and text in message:
-            return f"needs {rewrite}; legalize-tvm runs it, so here it did not reach a constant"
+            return f"needs {rewrite}"
     if "OpNotImplemented" in message or "not supported for frontend ONNX" in message:
         if op_type and _has_function(op_type):
             return f"needs expand-functions{{ops={op_type}}} (its ONNX function body)"
