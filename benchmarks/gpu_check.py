@@ -418,11 +418,11 @@ def _ort_providers():
 
 
 def _edgec_run(folder: str, extra: list) -> dict:
-    """`edgec run` of the Jetson onnxruntime artifact: with this machine's onnxruntime
+    """The device runtime (`python3 -m edgec_runtime run`, what a Jetson installs) on the Jetson onnxruntime artifact: with this machine's onnxruntime
     (CPU-only here) it should refuse in one line, exit 2, unless CPU fallback is allowed."""
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("EDGEC_ALLOW_CPU_FALLBACK", None)
-    done = subprocess.run([sys.executable, "-m", "edgec", "run", folder, "--inputs", DIGITS_DATA,
+    done = subprocess.run([sys.executable, "-m", "edgec_runtime", "run", folder, "--inputs", DIGITS_DATA,
                            *extra], capture_output=True, text=True, timeout=120, env=env)
     return {"rc": done.returncode, "stderr": done.stderr[-800:], "stdout": done.stdout[-300:]}
 

@@ -11,8 +11,9 @@ Layout (format_version 1):
     OUT/<backend files>     session.json (ort) or model.so (tvm), listed in the manifest
     OUT/report.txt          the human summary
 
-The folder is built under a temporary name beside OUT and renamed into place, so a
-crash or kill -9 never leaves a partial OUT.
+The folder is built under a temporary name beside OUT and swapped into place
+(`edgec.publish`), so a crash or kill -9 never leaves a partial or missing OUT; every
+file's size and sha256 is in the manifest, and `verify_files` checks them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+import shutil  # noqa: F401 - kept for merges; publishing moved to edgec.publish
+import stat
+import tempfile  # noqa: F401
+from contextlib import contextmanager  # noqa: F401
+from typing import Any, Iterator, Mapping  # noqa: F401
 
 import numpy as np
 
@@ -34,7 +36,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MEASUREMENTS = "measurements.json"
 REPORT = "report.txt"
-_TMP_MARK = ".edgec-tmp-"
 
 
 def dumps_canonical(data: Any) -> str:
@@ -43,108 +44,19 @@ def dumps_canonical(data: Any) -> str:
 
 
 def write_if_changed(path: str, text: str) -> bool:
-    """Write ``text`` unless the file already holds exactly it (keeps mtimes stable)."""
+    """Write ``text`` unless the file already holds exactly it (keeps mtimes stable);
+    atomically, with ordinary permissions (`edgec.publish.write_atomically`)."""
+    from edgec.publish import write_atomically
+
     data = text.encode()
     try:
         with open(path, "rb") as f:
-            if f.read() == data:
+            if f.read(len(data) + 1) == data:
                 return False
     except OSError:
         pass
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".edgec-", dir=directory)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    write_atomically(path, data)
     return True
-
-
-@contextmanager
-def staging_dir(out: str) -> Iterator[str]:
-    """A temporary folder beside ``out``; on success it replaces ``out`` in one rename
-    (the old ``out``, if any, is moved aside first and then deleted). On failure it is
-    removed and ``out`` is untouched."""
-    out = os.path.abspath(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    clean_stale_staging(parent)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}{_TMP_MARK}{os.getpid()}-", dir=parent)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, out)
-
-
-def _normal_permissions(folder: str) -> None:
-    """mkdtemp/mkstemp create private (0700/0600) entries; an artifact is meant to be
-    copied and deployed, so give it the permissions an ordinary build output has."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, 0o777 & ~umask)
-        for name in files:
-            path = os.path.join(root, name)
-            executable = os.stat(path).st_mode & 0o100
-            os.chmod(path, (0o777 if executable else 0o666) & ~umask)
-
-
-def publish(tmp: str, out: str) -> None:
-    _normal_permissions(tmp)
-    old = None
-    if os.path.lexists(out):
-        if not os.path.isdir(out) or os.path.islink(out):
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise UsageError(Diagnostic.error("the output path exists and is not an artifact "
-                                              "folder; refusing to replace it", Location(path=out)))
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}{_TMP_MARK}{os.getpid()}-old-",
-                               dir=os.path.dirname(out))
-        os.rmdir(old)
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def clean_stale_staging(parent: str) -> None:
-    """Remove staging folders left by edgec processes that no longer run (kill -9)."""
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return
-    for name in names:
-        if _TMP_MARK not in name:
-            continue
-        pid_text = name.split(_TMP_MARK, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def copy_tree_atomically(src: str, out: str) -> None:
-    with staging_dir(out) as tmp:
-        for name in sorted(os.listdir(src)):
-            s = os.path.join(src, name)
-            if os.path.isdir(s):
-                shutil.copytree(s, os.path.join(tmp, name))
-            else:
-                shutil.copy2(s, os.path.join(tmp, name))
 
 
 def sha256_file(path: str) -> str:
@@ -153,6 +65,88 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# The most a manifest.json may hold: far above any real one, far below harm.
+MANIFEST_LIMIT = 64 << 20
+
+
+def plain_name(name: object) -> bool:
+    """A file name an artifact may list: one path component, no '.', '..', NUL or '/'."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name)
+
+
+def read_manifest(folder: str, *, dir_fd: int | None = None) -> dict | None:
+    """``folder``'s manifest.json when it is an edgec manifest (a JSON object with
+    ``format_version``, ``edgec_version``, ``cache_key`` and a ``files`` table), else
+    None. Read without following a link, from a regular file of bounded size."""
+    path = MANIFEST if dir_fd is not None else os.path.join(folder, MANIFEST)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MANIFEST_LIMIT:
+                return None
+            manifest = json.loads(f.read(MANIFEST_LIMIT + 1).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int)
+            and isinstance(manifest.get("edgec_version"), str)
+            and isinstance(manifest.get("cache_key"), str)
+            and isinstance(manifest.get("files"), dict)):
+        return None
+    return manifest
+
+
+def verify_files(folder: str, manifest: Mapping, *, dir_fd: int | None = None) -> list[str]:
+    """What in ``folder`` does not match ``manifest``: each file its ``files`` table
+    lists must be a regular file there (not a link), named by one plain path component,
+    of the recorded size and sha256. An empty list: every file is as recorded.
+    ``dir_fd``: an open descriptor of the folder, read instead of its path (a
+    consistent view while the path is swapped to another folder)."""
+    files = manifest.get("files") if isinstance(manifest, Mapping) else None
+    if not isinstance(files, Mapping):
+        return ["the manifest has no 'files' table"]
+    problems = []
+    for name, digest in sorted(files.items()):
+        if not plain_name(name):
+            problems.append(f"{name!r}: not a plain file name")
+            continue
+        if not (isinstance(digest, Mapping) and isinstance(digest.get("bytes"), int)
+                and isinstance(digest.get("sha256"), str)):
+            problems.append(f"{name}: the manifest records no size and sha256 for it")
+            continue
+        path = name if dir_fd is not None else os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        except FileNotFoundError:
+            problems.append(f"{name}: missing")
+            continue
+        except OSError as e:
+            problems.append(f"{name}: {e.strerror}")
+            continue
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{name}: not a regular file")
+                continue
+            if st.st_size != digest["bytes"]:
+                problems.append(f"{name}: {st.st_size} bytes, the manifest says {digest['bytes']}")
+                continue
+            h = hashlib.sha256()
+            try:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            except OSError as e:
+                problems.append(f"{name}: {e.strerror}")
+                continue
+            if h.hexdigest() != digest["sha256"]:
+                problems.append(f"{name}: its sha256 differs from the manifest's")
+    return problems
 
 
 def write_depfile(path: str, target: str, deps: list[str]) -> None:
@@ -215,6 +209,10 @@ class Artifact:
     @property
     def backend_name(self) -> str:
         return self._artifact.backend_name
+
+    def batch(self) -> int:
+        """The batch the spec's latency budget is stated at (1 without one)."""
+        return self._artifact.batch()
 
     def verify(self) -> None:
         with translated_errors():

@@ -332,8 +332,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if result.cached == "output":
             print(f"edgec: {out} is up to date", file=sys.stderr)
         else:
-            with open(os.path.join(out, "report.txt")) as f:
-                sys.stderr.write(f.read())
+            sys.stderr.write(result.report)
             if result.cached == "cache":
                 print(f"edgec: {out} copied from the cache (no rebuild)", file=sys.stderr)
     if not manifest["budgets_held"]:
@@ -357,8 +356,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rpc = _rpc(args)
     if rpc is None:
         with translated_errors():
-            code = cmd_bench(args, load=load)
-        caveat = _foreign_target_caveat(load(args.artifact).manifest)
+            artifact = load(args.artifact)
+            code = cmd_bench(args, load=lambda path: artifact)
+        caveat = _foreign_target_caveat(artifact.manifest)
         if caveat:
             print(f"warning: {caveat}", file=sys.stderr)
         return code
@@ -382,7 +382,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info},
                               layouts=("batch",))
         else:
-            arrays = synthetic(inputs_info, artifact._artifact.batch())
+            arrays = synthetic(inputs_info, artifact.batch())
     backend = get_backend(artifact.backend_name)
     stats = backend.measure(artifact.path, details, arrays,
                             BuildOptions(cache_dir=default_cache_dir(), threads=args.threads,
@@ -401,7 +401,8 @@ def _foreign_target_caveat(manifest: dict) -> str | None:
     its figures on this host say little about the target."""
     from edgec.dsl.host import architecture
 
-    target = manifest.get("target", {})
+    target = manifest.get("target")
+    target = target if isinstance(target, dict) else {}
     if target.get("name") == "host" or (target.get("at_hand")
                                         and target.get("arch") == architecture()):
         return None

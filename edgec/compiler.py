@@ -10,6 +10,8 @@ is at hand, judge every budget, and publish the folder atomically.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -23,6 +25,7 @@ import numpy as np
 import onnx
 
 from edgec import artifact as art
+from edgec import publish
 from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
@@ -58,10 +61,17 @@ class CompileOptions:
 
 @dataclass
 class CompileResult:
-    artifact: art.Artifact | None
+    out: str
     manifest: dict
     diagnostics: list[Diagnostic] = field(default_factory=list)
     cached: str = "no"   # "no" | "output" (OUT already up to date) | "cache" (copied)
+    report: str = ""     # report.txt as published (OUT may be another compile's by now)
+
+    @property
+    def artifact(self) -> art.Artifact:
+        """OUT, opened when asked for: the CLI never needs it, and another compile may
+        have swapped OUT since this one published it."""
+        return art.Artifact(self.out)
 
     @property
     def budgets_held(self) -> bool:
@@ -127,8 +137,18 @@ def _all_tensor_protos(proto: onnx.ModelProto):
 
 
 def _spec_record(spec) -> dict:
+    """The resolved spec for the manifest and the cache key. Data and labels paths are
+    given relative to the spec's folder: the same project compiled from two checkouts
+    has the same key and the same manifest bytes (their contents are hashed apart)."""
     record = spec.to_dict()
     record.pop("sources", None)
+    base = os.path.dirname(spec.sources[0]) if getattr(spec, "sources", None) else os.getcwd()
+    accuracy = record.get("accuracy")
+    if isinstance(accuracy, dict):
+        for name in ("data", "labels"):
+            value = accuracy.get(name)
+            if isinstance(value, str) and os.path.isabs(value):
+                accuracy[name] = os.path.relpath(value, base).replace(os.sep, "/")
     return record
 
 
@@ -179,59 +199,85 @@ def compile_model(model_path: str, spec, out: str, options: CompileOptions | Non
     inputs = _read_inputs(model_path, spec, options)
     key, digests = _cache_key(inputs, options)
     cache_dir = options.cache_dir or default_cache_dir()
+    _check_output_paths(out, inputs, cache_dir, options.depfile)
+    publish.recover(out)  # an OUT a crash left aside is put back first
     if options.depfile:
         # The depfile's target is the manifest: build tools want a file, not a folder.
-        art.write_depfile(options.depfile, os.path.join(out, art.MANIFEST), _dependencies(inputs))
+        try:
+            art.write_depfile(options.depfile, os.path.join(out, art.MANIFEST),
+                              _dependencies(inputs))
+        except OSError as e:
+            raise UsageError(Diagnostic.error(f"cannot write the depfile: {e.strerror}",
+                                              Location(path=options.depfile))) from None
 
     existing = _manifest_if_current(out, key)
     if existing is not None:
         _check_outcome(existing, options, out)
-        return CompileResult(art.Artifact(out), existing, cached="output")
+        return CompileResult(out, existing, cached="output")
+    publish.check_replaceable(out)  # refuse before any work, not after it
 
     cached_dir = os.path.join(cache_dir, "artifacts", key)
-    cached = _manifest_if_current(cached_dir, key)
-    if cached is not None:
-        _check_outcome(cached, options, out)
-        art.copy_tree_atomically(cached_dir, out)
-        return CompileResult(art.Artifact(out), cached, cached="cache")
-
     sink = DiagnosticSink()
-    with art.staging_dir(out) as staging:
-        manifest = _build(inputs, staging, key, digests, cache_dir, options, sink)
-        _store_in_cache(staging, cached_dir)
-        _check_outcome(manifest, options, out)  # raising here removes the staging folder
-    return CompileResult(art.Artifact(out), manifest, sink.diagnostics)
+    try:
+        with publish.staging_dir(out) as staging:
+            manifest = publish.cache_fetch(cached_dir, key, staging)
+            cached = "no" if manifest is None else "cache"
+            if manifest is None:
+                manifest = _build(inputs, staging, key, digests, cache_dir, options, sink)
+                publish.cache_store(staging, cached_dir)
+            _check_outcome(manifest, options, out)  # raising here removes the staging folder
+            with open(os.path.join(staging, art.REPORT), errors="replace") as f:
+                report = f.read()
+    except EdgecError as e:
+        # A file in the staging folder is no path the user knows: point at OUT instead.
+        e.diagnostics[:] = [
+            dataclasses.replace(d, location=Location(path=out))
+            if d.location is not None and ".edgec-tmp-" in (d.location.path or "") else d
+            for d in e.diagnostics]
+        raise
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        raise UsageError(Diagnostic.error(f"cannot write the artifact: {e.strerror}{where}",
+                                          Location(path=out))) from None
+    return CompileResult(out, manifest, sink.diagnostics, cached=cached, report=report)
+
+
+# The file system saying no (full, read-only, not allowed): the user's to fix, not a bug.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                errno.EFBIG, errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EMLINK}
+
+
+def _check_output_paths(out: str, inputs: _Inputs, cache_dir: str, depfile: str | None) -> None:
+    """OUT is replaced on every compile: it must not be, or hold, anything the compile
+    reads or keeps (exit 2, before any work)."""
+    publish.check_output_folder(out, {
+        "the model": [inputs.model_path, *inputs.external_files],
+        "the spec": list(inputs.spec_files),
+        "the data": [*inputs.data_files, *inputs.labels_files],
+        "the cache folder": [cache_dir],
+        "the depfile": [depfile] if depfile else [],
+        "the working folder": [os.getcwd()],
+    })
 
 
 def _manifest_if_current(folder: str, key: str) -> dict | None:
+    """OUT's manifest when OUT is the artifact for ``key``, every file matching its
+    recorded sha256; read through one descriptor of the folder, so a concurrent swap
+    cannot mix two artifacts' files."""
     try:
-        with open(os.path.join(folder, art.MANIFEST)) as f:
-            manifest = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    if manifest.get("cache_key") != key or manifest.get("format_version") != art.FORMAT_VERSION:
-        return None
-    files = manifest.get("files", {})
-    for name, digest in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != digest.get("bytes"):
-            return None
-    return manifest
-
-
-def _store_in_cache(staging: str, cached_dir: str) -> None:
-    try:
-        os.makedirs(os.path.dirname(cached_dir), exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(cached_dir)}.edgec-tmp-{os.getpid()}-",
-                               dir=os.path.dirname(cached_dir))
-        for name in os.listdir(staging):
-            src = os.path.join(staging, name)
-            (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(tmp, name))
-        if os.path.exists(cached_dir):
-            shutil.rmtree(cached_dir, ignore_errors=True)
-        os.rename(tmp, cached_dir)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError:
-        pass  # a cache that cannot be written only costs time next run
+        return None
+    try:
+        manifest = art.read_manifest(folder, dir_fd=fd)
+        if (manifest is None or manifest.get("cache_key") != key
+                or manifest.get("format_version") != art.FORMAT_VERSION):
+            return None
+        return None if art.verify_files(folder, manifest, dir_fd=fd) else manifest
+    finally:
+        os.close(fd)
 
 
 def _check_outcome(manifest: dict, options: CompileOptions, out: str) -> None:
@@ -298,6 +344,7 @@ class _Tried:
     nodes_after: int = 0
     seconds: float = 0.0
     pipeline: str = ""
+    latency_note: str | None = None  # how the latency was judged when RPC could not be used
     skipped: str | None = None       # why it was not built: it could not have been chosen
     int8: dict | None = None         # weight range and scoring path, when int8 was used
 
@@ -350,13 +397,15 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
             tuning_seconds=(spec.optimize.tuning.wall_time.to("s")
                             if spec.optimize.tuning.wall_time is not None else None),
             seed=spec.optimize.seed, threads=options.threads, rpc=options.rpc,
-            progress=options.progress))
+            batch=batch, progress=options.progress))
 
     caveat = cannot_discriminate(spec.accuracy.metric, ctx.reference)
     if caveat:
         sink.warning(caveat)
 
     choice = options.backend or spec.optimize.backend
+    if options.rpc is not None:
+        _check_rpc(options.rpc, choice)
     configs, skipped = configurations(spec, target, choice, set(default_registry().names()))
     if not configs:
         raise UsageError(Diagnostic.error(
@@ -416,6 +465,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                            "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
                            "accuracy_scored_on": e.accuracy_scored_on,
                            "size_bytes": e.size_bytes, "latency_where": e.latency_where,
+                           **({"latency_note": t.latency_note} if t.latency_note else {}),
                            "tuned": t.result.tuned if t.result else None,
                            "budgets": [{k: b[k] for k in ("name", "status")} for b in e.budgets]})
     candidates += [{"label": s.label, "status": "skipped", "reason": s.reason} for s in skipped]
@@ -538,16 +588,27 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     attempt.result = result
     ev.tuned = result.tuned
 
-    # Latency: measured on this host or over RPC, else estimated from the target.
+    # Latency: measured on this host or over RPC, else estimated from the target. A
+    # backend that cannot be measured over RPC (ort) is measured here when the target is
+    # at hand, else estimated, and the candidate says so.
     lat = spec.budget.latency
     percentile = lat.percentile if lat else 50
     rpc = ctx.options.rpc
+    measures_over_rpc = getattr(backend, "measures_over_rpc", False)
+    if rpc is not None and not measures_over_rpc:
+        attempt.latency_note = (
+            f"the {config.backend} backend cannot be measured over TVM RPC: its latency was "
+            + ("measured on this host" if ctx.at_hand else
+               "estimated from the target description (edgec.planner.costmodel)"))
     # An emulated RPC device runs the module (accuracy below) but its timings are the
     # emulator's, never the board's: latency is then estimated as with no device.
-    if ctx.at_hand or (rpc is not None and not rpc.emulated):
+    over_rpc = rpc is not None and not rpc.emulated and measures_over_rpc
+    if ctx.at_hand or over_rpc:
         ctx.options.progress("measure", 0, None, f"measuring {config.label}")
+        measure_options = ctx.build_options if over_rpc else \
+            dataclasses.replace(ctx.build_options, rpc=None)
         attempt.latency = backend.measure(folder, result.details, ctx.bench_inputs,
-                                          ctx.build_options)
+                                          measure_options)
         ev.latency_s = attempt.latency.percentile(percentile)
         ev.latency_where = attempt.latency.where
     else:
@@ -599,6 +660,8 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     else:
         run_fn = lambda feed: session.run(None, feed)  # noqa: E731
         names = [i.name for i in session.get_inputs()]
+    if runner is not None and result.batch is not None:
+        run_fn = _in_batches_of(run_fn, result.batch)  # a module bound to one batch
     candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
@@ -708,6 +771,24 @@ def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int |
     return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
 
 
+def _in_batches_of(run, batch: int):
+    """``run`` for a module that takes exactly ``batch`` samples: each feed is cut into
+    batches of that size, the last one padded with copies of its last sample."""
+    def run_batched(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        total = len(next(iter(feed.values())))
+        outs: list[list[np.ndarray]] = []
+        for start in range(0, total, batch):
+            chunk = {}
+            for name, value in feed.items():
+                part = value[start:start + batch]
+                if len(part) < batch:
+                    part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
+                chunk[name] = part
+            outs.append([np.asarray(r)[:min(batch, total - start)] for r in run(chunk)])
+        return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+    return run_batched
+
+
 def _batch_inputs(samples: dict[str, np.ndarray], in_specs: list[InputSpec],
                   batch: int) -> dict[str, np.ndarray]:
     out = {}
@@ -725,12 +806,33 @@ def _batch_inputs(samples: dict[str, np.ndarray], in_specs: list[InputSpec],
 
 def _latency_record(chosen: _Tried) -> dict:
     # The figures themselves are in measurements.json: they differ between runs.
+    note = {"note": chosen.latency_note} if chosen.latency_note else {}
     if chosen.latency is not None:
-        return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS}
+        return {"measured": True, "where": chosen.latency.where, "figures": art.MEASUREMENTS,
+                **note}
     why = (chosen.estimate or {}).get("why") or \
         "the target is not at hand and no RPC tracker was given"
     return {"measured": False, "where": "estimated", "figures": art.MEASUREMENTS,
-            "why": f"{why}: estimated from the target description (edgec.planner.costmodel)"}
+            "why": chosen.latency_note or
+            f"{why}: estimated from the target description (edgec.planner.costmodel)", **note}
+
+
+def _check_rpc(rpc: RpcConfig, choice: str) -> None:
+    """Before any work: an RPC tracker only serves backends measured over TVM RPC, and
+    it must answer with a device under the key (exit 2 otherwise)."""
+    if choice != "auto":
+        try:
+            backend = get_backend(choice)
+        except EdgecError:
+            return  # the configuration step reports an unknown backend
+        if not getattr(backend, "measures_over_rpc", False):
+            raise UsageError(Diagnostic.error(
+                f"the {choice} backend cannot be measured (or tuned) over TVM RPC: drop "
+                "--rpc-tracker/--rpc-key and measure the artifact on the device with "
+                "`edgec bench` there, or use --backend tvm or auto"))
+    from edgec.backends.tvm import check_rpc_tracker
+
+    check_rpc_tracker(rpc)
 
 
 def _judge(spec, ev, model) -> list[dict]:

@@ -79,6 +79,10 @@ def text_report(manifest: dict, measurements: dict) -> str:
         lines += [f"  {s}" for s in m.get("summary", [])]
     for note in m["backend"].get("notes", []):
         lines.append(f"note: {note}")
+    # How candidates that could not be measured over RPC were judged (once per backend).
+    for note in dict.fromkeys(c["latency_note"] for c in m["candidates"]
+                              if c.get("latency_note")):
+        lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
 
 

@@ -93,6 +93,9 @@ class TVMRunner:
 
     def __init__(self, module_path: str, details: dict, where: str | None = None):
         self.where = where
+        # A module tuned on a symbolic batch was bound to this one batch (edgec's TVM
+        # backend: MetaSchedule tunes static shapes only).
+        self.batch = details.get("batch") if type(details.get("batch")) is int else None
         self.inputs = _value_infos(details.get("inputs"), "inputs", where)
         self.outputs = _value_infos(details.get("outputs"), "outputs", where)
         self.input_names = [i.name for i in self.inputs]
@@ -134,8 +137,12 @@ class TVMRunner:
                                  f"{info.dtype}", self.where)
             if array.ndim != len(info.shape) or any(
                     isinstance(w, int) and w != h for h, w in zip(array.shape, info.shape)):
+                bound = "" if self.batch is None else (
+                    f" (it was tuned for batch {self.batch} and takes batch {self.batch} only: "
+                    "feed batches of that size, or compile with the spec's `at batch` set to "
+                    "the batch you run, or without tuning for a module that takes any batch)")
                 raise InputError(f"input '{info.name}' has shape {list(array.shape)}; the module "
-                                 f"takes {list(info.shape)}", self.where)
+                                 f"takes {list(info.shape)}{bound}", self.where)
             if self._tvm is not None:  # CUDA: copied to the GPU by TVM's runtime
                 args.append(self._tvm.runtime.tensor(array, self._device))
                 continue
@@ -179,8 +186,12 @@ class TVMRunner:
             blob = bytes(feval("main"))
             return list(struct.unpack("@" + "d" * repeat, blob))
 
-        timed(5)  # warm-up
-        times = timed(50)
+        # Warm-up, then at most about 10 s of timed runs (at least 5), as time_calls
+        # takes: 50 runs of an untuned ResNet-18 (1.5 s each) took minutes per candidate.
+        [first] = timed(1)
+        if first * 4 < 1.0:
+            timed(4)
+        times = timed(max(5, min(50, int(10.0 / max(first, 1e-9)))))
         if sum(times) < 0.5:  # fast models: more samples
             times += timed(200)
         return times

@@ -6,6 +6,7 @@ installed one and must still find `passes/` and `targets/`."""
 
 import json
 import os
+import site
 import subprocess
 import sys
 import venv
@@ -16,10 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_fresh_venv_install(tmp_path):
     env_dir = tmp_path / "venv"
-    # System site-packages provide the heavy dependencies (onnx, onnxruntime, tvm) that
-    # the test command already installed; edgec itself is built and installed fresh.
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    # The heavy dependencies (onnx, onnxruntime, tvm) come from the environment running
+    # the tests, where the test command installed them: a system Python, or a virtual
+    # environment (whose packages `system_site_packages` would not reach: it names the
+    # base interpreter's). Plain path lines, after the fresh environment's own
+    # site-packages, so its edgec is the one imported. edgec itself is built and
+    # installed fresh.
     bin_dir = env_dir / "bin"
+    [fresh_site] = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import site; print(site.getsitepackages()[0])"],
+        check=True, capture_output=True, text=True).stdout.split()
+    outer = [path for path in site.getsitepackages() + [site.getusersitepackages()]
+             if os.path.isdir(path)]
+    Path(fresh_site, "edgec-test-outer-packages.pth").write_text("\n".join(outer) + "\n")
     subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
                     str(REPO)], check=True, capture_output=True, timeout=600)
     outside = tmp_path / "elsewhere"

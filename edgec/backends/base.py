@@ -35,6 +35,9 @@ class BuildOptions:
     tuning_seconds: float | None = None
     seed: int = 0
     threads: int | None = None           # intra-op threads for measurement; None: all cores
+    # The batch the spec's latency budget is judged at (`at batch N`, default 1): tuning
+    # binds a symbolic batch dimension to it, since MetaSchedule tunes static shapes only.
+    batch: int = 1
     rpc: "RpcConfig | None" = None
     progress: Progress = no_progress
 
@@ -83,6 +86,9 @@ class BuildResult:
     details: dict[str, Any] = field(default_factory=dict)
     tuned: bool = False
     notes: list[str] = field(default_factory=list)
+    # The one batch the module takes when the backend bound the model's symbolic batch
+    # dimension (TVM tuning does); None: the model's own batch dimension, symbolic or not.
+    batch: int | None = None
 
 
 @dataclass(frozen=True)

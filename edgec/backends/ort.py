@@ -83,6 +83,7 @@ def _is_cuda(target) -> bool:
 
 class OrtBackend:
     name = "ort"
+    measures_over_rpc = False  # onnxruntime has no TVM RPC runtime: measured here only
 
     def unavailable_reason(self, target) -> str | None:
         try:
@@ -153,7 +154,7 @@ class OrtBackend:
         if options.rpc is not None:
             raise BackendError(Diagnostic.error(
                 "the ort backend cannot be measured over TVM RPC; measure it on the device "
-                "with `edgec bench` there"))
+                "with `edgec bench` there"), exit_code=2)
         runner = self.load(artifact_dir, details)
         feed = {k: inputs[k] for k in runner.input_names}
         session = runner.session

@@ -39,6 +39,7 @@ from edgec.diagnostics import Diagnostic, Location, ModelError
 
 MODULE_FILE = "model.so"
 TUNING_DIR = "tvm-tuning"
+LEDGER_FILE = "edgec-trials.json"  # trials granted per workload (see TVMBackend._tune)
 
 # Debian cross compilers by target architecture: (executable, package).
 CROSS_COMPILERS = {
@@ -49,6 +50,8 @@ CROSS_COMPILERS = {
 
 # When only a wall-time budget is given, each task is offered this many trials.
 TRIALS_PER_TASK_WITHOUT_BUDGET = 64
+# Candidates measured per search round of a task (MetaSchedule's num_trials_per_iter).
+TRIALS_PER_ROUND = 64
 
 
 def host_arch() -> str:
@@ -154,30 +157,127 @@ def _open_database(db_dir, target, notes: list[str]):
     try:
         return load()
     except Exception as error:
-        aside = db_dir / f"damaged-{int(time.time())}"
-        aside.mkdir()
-        for name in ("database_workload.json", "database_tuning_record.json",
-                     "edgec-trials.json"):
-            if (db_dir / name).exists():
-                (db_dir / name).rename(aside / name)
+        aside = _move_aside(db_dir, ("database_workload.json", "database_tuning_record.json",
+                                     LEDGER_FILE))
         notes.append(f"the tuning database could not be read ({str(error).splitlines()[0]}); "
                      f"it was moved to {aside.name} and tuning started afresh")
         return load()
 
 
-def _tune_contexts(task, target, work_dir: str, seed: int):
+def _move_aside(db_dir: Path, names) -> Path:
+    """Moves the damaged files ``names`` of a tuning database into ``damaged-<time>/``."""
+    aside = db_dir / f"damaged-{int(time.time())}"
+    aside.mkdir(exist_ok=True)
+    for name in names:
+        if (db_dir / name).exists():
+            (db_dir / name).replace(aside / name)
+    return aside
+
+
+def _read_ledger(db_dir: Path, notes: list[str]) -> dict[str, int]:
+    """The trials granted per workload so far (``edgec-trials.json``). One that does not
+    read as such (a kill while an older edgec wrote it, an edit) is moved aside with a
+    note: the database's own record counts then stand in for it."""
+    path = db_dir / LEDGER_FILE
+    try:
+        ledger = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
+        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        if isinstance(ledger, dict) and all(
+                isinstance(key, str) and type(value) is int and value >= 0
+                for key, value in ledger.items()):
+            return ledger
+        problem = "not a map of workload hashes to trial counts"
+    aside = _move_aside(db_dir, (LEDGER_FILE,))
+    notes.append(f"the tuning ledger {LEDGER_FILE} could not be read ({problem}); it was "
+                 f"moved to {aside.name}, and the database's records count the trials so far")
+    return {}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder and a
+    rename: readers see the old or the new content, never a partial one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+@contextlib.contextmanager
+def _meta_schedule_logging():
+    """Lets MetaSchedule configure its loggers, and keeps its console lines to itself.
+
+    Each tuning call runs MetaSchedule's ``create_loggers``, which lists every handler of
+    the ``tvm.s_tir.meta_schedule`` logger by name in a ``logging.config.dictConfig``: a
+    handler it did not create itself breaks it — ``None.format`` (AttributeError) for an
+    unnamed one, "Unable to add handler" for a named one. pytest 9.2 (not 9.0) attaches its
+    unnamed capture handler to every non-propagating logger, which that one is after the
+    first tuning in a process (so the second tuning test failed in a fresh venv). Such
+    handlers are detached while MetaSchedule runs and put back afterwards. MetaSchedule's
+    console handler writes to ``sys.stdout`` as it is when the handler is made: a buffer
+    here, so that "[INFO] Logging directory: ..." does not leak into edgec's output.
+    """
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    foreign = [handler for handler in logger.handlers
+               if not (handler.get_name() or "").startswith(META_SCHEDULE_LOGGER)]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for handler in foreign:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
+def _search_strategy(trials_in_database: int, trials: int) -> str:
+    """MetaSchedule's search strategy for a task.
+
+    Evolutionary search ranks its population with the cost model, which answers with
+    random scores until it has seen 100 measurements (XGBModel's warm-up), and seeds
+    the population from the database's records of the task. A task with no record,
+    tuned in one round, gains nothing from it over sampling random schedules
+    ("replay-trace"), which costs a fraction: 27-33 s against 117-168 s for a 2-trial
+    conv task on this loaded 2-core machine.
+    """
+    return "replay-trace" if trials_in_database == 0 and trials <= TRIALS_PER_ROUND \
+        else "evolutionary"
+
+
+def _tune_contexts(task, target, work_dir: str, seed: int, strategy: str = "evolutionary"):
     """MetaSchedule's tune context for one task, loading intrinsics its rules ask for."""
     from tvm.s_tir import meta_schedule as ms
 
     try:
         contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], work_dir=work_dir, seed=seed)
+            [task], work_dir=work_dir, seed=seed, strategy=strategy)
     except ValueError as error:
         if "TensorIntrin" not in str(error):
             raise
         _load_tensor_intrinsics(target, everything=True)
         contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], work_dir=work_dir, seed=seed)
+            [task], work_dir=work_dir, seed=seed, strategy=strategy)
     # MetaSchedule logs every round to the console; edgec reports through progress
     # instead (MetaSchedule's log files go to the temporary work dir).
     for name in list(logging.root.manager.loggerDict):
@@ -212,6 +312,54 @@ def _value_info(value: onnx.ValueInfoProto) -> dict:
         shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
                  for dim in tensor.shape.dim]
     return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def _bind_symbolic_batch(mod, batch: int):
+    """``mod`` with every input's symbolic leading (batch) dimension bound to ``batch``,
+    and the names of the dimensions bound (empty: the batch is fixed already)."""
+    from tvm import relax
+
+    main = mod["main"]
+    symbolic = list(relax.analysis.defined_symbolic_vars(main))
+    leading = []
+    for param in main.params:
+        values = getattr(getattr(param.ty, "shape", None), "values", None)
+        if not values:
+            continue
+        var = next((v for v in symbolic if values[0].same_as(v)), None)
+        if var is not None and not any(var.same_as(other) for other in leading):
+            leading.append(var)
+    if not leading:
+        return mod, {}
+    mod = relax.transform.BindSymbolicVars({var: batch for var in leading}, "main")(mod)
+    return mod, {str(var.name): batch for var in leading}
+
+
+def _bind_value_info(info: dict, bound: Mapping[str, int], leading: bool = False) -> dict:
+    """A `_value_info` with the dimensions tuning bound replaced by their value (an
+    unnamed leading input dimension is the batch too)."""
+    if not bound or not info["shape"]:
+        return info
+    batch = next(iter(bound.values()))
+    shape = [bound.get(dim, dim) if isinstance(dim, str) else dim for dim in info["shape"]]
+    if leading and shape[0] is None:
+        shape[0] = batch
+    return {**info, "shape": shape}
+
+
+def _is_dynamic(task_mod) -> bool:
+    """Whether a tuning task's kernel has a symbolic (non-constant) buffer dimension."""
+    import tvm
+
+    for func in task_mod.functions.values():
+        for param in getattr(func, "params", []):
+            try:
+                shape = param.shape
+            except AttributeError:
+                return True  # a scalar parameter: a shape variable passed in
+            if any(not isinstance(dim, tvm.tirx.IntImm) for dim in shape):
+                return True
+    return False
 
 
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -251,6 +399,23 @@ def _contiguous(x) -> np.ndarray:
     return x if x.flags.c_contiguous else x.copy()
 
 
+def _check_batch(names: list[str], inputs: Mapping[str, Any], batch: int | None) -> None:
+    """A module tuned on a symbolic batch takes that one batch: anything else is a usage
+    error (exit 2), not TVM's match_cast failure."""
+    if batch is None:
+        return
+    for name in names:
+        shape = np.shape(inputs[name])
+        if not shape or shape[0] != batch:
+            got = f"batch {shape[0]}" if shape else "a scalar"
+            raise BackendError(
+                f"input '{name}' has {got}, but this TVM module was tuned for batch {batch} "
+                f"and takes batch {batch} only (its symbolic batch dimension was bound for "
+                f"tuning); feed batches of {batch}, or compile with the spec's `at batch` "
+                "set to the batch you run, or without tuning for a module that takes any "
+                "batch", exit_code=2)
+
+
 # Running a module is the device runtime's job (one implementation for both sides).
 from edgec_runtime.tvm_runner import TVMRunner  # noqa: E402
 
@@ -265,6 +430,7 @@ class RemoteTVMRunner:
     vm: Any
     device: Any
     session: Any  # the RPC session: it lives as long as the runner
+    batch: int | None = None  # the one batch a module tuned on a symbolic batch takes
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -273,6 +439,7 @@ class RemoteTVMRunner:
         if missing:
             raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
                                f"{', '.join(self.input_names)}")
+        _check_batch(self.input_names, inputs, self.batch)
         # Not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d, which TVM refuses.
         return [tvm.runtime.tensor(_contiguous(inputs[name]), self.device)
                 for name in self.input_names]
@@ -283,10 +450,55 @@ class RemoteTVMRunner:
         return {name: value.numpy() for name, value in zip(self.output_names, values)}
 
 
+def check_rpc_tracker(config, timeout: float = 10.0) -> None:
+    """Raises a one-line `BackendError` (exit 2) unless ``config`` names a reachable TVM
+    RPC tracker with a device server registered under its key.
+
+    TVM's own client retries a refused connection for 60 s, logging a warning every 5 s,
+    and then fails deep inside tuning or measurement; this answers in ``timeout`` s.
+    """
+    import socket
+
+    where = f"{config.host}:{config.port}"
+    try:
+        with socket.create_connection((config.host, config.port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise BackendError(f"cannot reach the RPC tracker {where}: {reason}",
+                           exit_code=2) from None
+    try:
+        from tvm import rpc
+    except ImportError as error:
+        raise BackendError(f"TVM RPC needs apache-tvm (pip install apache-tvm): {error}",
+                           exit_code=2) from None
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # TVM's tracker client blocks on a silent peer
+    try:
+        tracker = rpc.connect_tracker(config.host, config.port)
+        try:
+            summary = tracker.summary()
+        finally:
+            tracker.close()
+    except Exception as error:  # RuntimeError "not RPC Tracker", timeouts, bad JSON
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise BackendError(f"{where} does not answer as a TVM RPC tracker: {reason}",
+                           exit_code=2) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    keys = sorted({str(entry.get("key", "")).split(":")[-1]
+                   for entry in summary.get("server_info", [])} - {""})
+    if config.key not in keys:
+        raise BackendError(f"no device server is registered under key '{config.key}' at the "
+                           f"RPC tracker {where} (keys there: {', '.join(keys) or 'none'})",
+                           exit_code=2)
+
+
 class TVMBackend:
     """Builds, loads and measures TVM modules (see the module docstring)."""
 
     name = "tvm"
+    measures_over_rpc = True  # latency and tuning reach devices through TVM RPC
 
     def __init__(self) -> None:
         # The last imported model: check_model then build imports once.
@@ -402,13 +614,26 @@ class TVMBackend:
 
         progress("import", 0, 1, "importing the model into relax")
         mod = self._import(model)
+        will_tune = bool(options.tuning_trials or options.tuning_seconds) and (
+            self._runnable_here(target) or options.rpc is not None)
+        bound: dict[str, int] = {}
+        if will_tune:
+            # MetaSchedule tunes static shapes only (a symbolic batch crashes it in
+            # parallel_for_dynamic): bind the batch to the one the spec is judged at.
+            mod, bound = _bind_symbolic_batch(mod, options.batch)
+            if bound:
+                notes.append(
+                    f"tuned for batch {options.batch}: the model's symbolic batch dimension "
+                    f"({', '.join(bound)}) is bound to the spec's latency batch, so the module "
+                    f"takes batch {options.batch} only (compile without tuning for a module "
+                    "that takes any batch)")
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.get_pipeline("zero")(mod)
         progress("import", 1, 1, "imported and fused")
 
         tuning = None
         if options.tuning_trials or options.tuning_seconds:
-            if not self._runnable_here(target) and options.rpc is None:
+            if not will_tune:
                 notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
                              "device, reached over TVM RPC (an RPC tracker and key); "
                              "the module uses TVM's default schedules")
@@ -444,8 +669,12 @@ class TVMBackend:
             "triple": target.triple,
             "accelerator": None if target.accelerator is None else {
                 "kind": target.accelerator.kind, "arch": target.accelerator.arch},
-            "inputs": [_value_info(value) for value in _graph_inputs(model)],
-            "outputs": [_value_info(value) for value in model.graph.output],
+            "inputs": [_bind_value_info(_value_info(value), bound, leading=True)
+                       for value in _graph_inputs(model)],
+            "outputs": [_bind_value_info(_value_info(value), bound)
+                        for value in model.graph.output],
+            # The one batch the module takes, when tuning bound a symbolic batch to it.
+            "batch": options.batch if bound else None,
             "tuned": bool(tuning and tuning["tasks_tuned"] > 0),
             "tuning": tuning,
             "tvm_version": tvm.__version__,
@@ -461,7 +690,8 @@ class TVMBackend:
                              + details["cuda"]["cubin_error"])
         return BuildResult(backend=self.name, files=files,
                            runnable_here=self._runnable_here(target),
-                           details=details, tuned=details["tuned"], notes=notes)
+                           details=details, tuned=details["tuned"], notes=notes,
+                           batch=details["batch"])
 
     # -- tuning -----------------------------------------------------------------------
 
@@ -476,14 +706,22 @@ class TVMBackend:
         notes: list[str] = []
         db_dir = tuning_database_dir(options.cache_dir, target)
         db_dir.mkdir(parents=True, exist_ok=True)
-        (db_dir / "target.json").write_text(json.dumps(target.tvm_target(), indent=2,
-                                                       sort_keys=True) + "\n")
+        _write_atomically(db_dir / "target.json",
+                          json.dumps(target.tvm_target(), indent=2, sort_keys=True) + "\n")
         _load_tensor_intrinsics(target)
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
+        # MetaSchedule cannot tune a kernel with a symbolic dimension (one the batch
+        # binding left, a sequence length say): those keep TVM's default schedule.
+        dynamic = [task.task_name for task in tasks if _is_dynamic(task.dispatched[0])]
+        tasks = [task for task in tasks if task.task_name not in dynamic]
+        if dynamic:
+            notes.append(f"{len(dynamic)} kernels have symbolic shapes, which MetaSchedule "
+                         f"cannot tune, and keep TVM's default schedule: {', '.join(dynamic)}")
         cost_model = "xgb" if _has_xgboost() else "random"
 
         # One process tunes a target's database at a time; others wait for it.
-        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir:
+        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir, \
+                _meta_schedule_logging():
             fcntl.flock(lock, fcntl.LOCK_EX)
             database = _open_database(db_dir, target, notes)
 
@@ -498,8 +736,8 @@ class TVMBackend:
             recorded = _records_per_workload(database)
             # Trials granted per workload so far: a task whose search space ran dry
             # records fewer trials than it was granted, and must not be retried.
-            ledger_path = db_dir / "edgec-trials.json"
-            ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+            ledger_path = db_dir / LEDGER_FILE
+            ledger = _read_ledger(db_dir, notes)
             per_task: dict[str, dict] = {}
             todo = []
             keys = {}
@@ -529,16 +767,23 @@ class TVMBackend:
                         stopped_early = True
                         break
                 progress("tune", index, len(todo), f"{task.task_name}: {trials} trials")
-                contexts, weights = _tune_contexts(task, target, work_dir, options.seed)
+                strategy = _search_strategy(per_task[task.task_name]["trials_in_database"],
+                                            trials)
+                per_task[task.task_name]["strategy"] = strategy
+                contexts, weights = _tune_contexts(task, target, work_dir, options.seed,
+                                                   strategy)
                 before = len(database)
                 ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
                               max_trials_global=trials, max_trials_per_task=trials,
-                              num_trials_per_iter=min(64, trials), builder=builder,
-                              runner=runner, database=database, cost_model=cost_model)
+                              num_trials_per_iter=min(TRIALS_PER_ROUND, trials),
+                              builder=builder, runner=runner, database=database,
+                              cost_model=cost_model)
                 per_task[task.task_name]["trials"] = len(database) - before
                 key = keys[task.task_name]
                 ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
-                ledger_path.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+                # Atomically: a kill mid-write must not leave a ledger that fails every
+                # later tuned compile for this target.
+                _write_atomically(ledger_path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
             if todo:
                 progress("tune", len(todo) if not stopped_early else index, len(todo),
                          "tuning done" if not stopped_early else "wall time spent")
@@ -564,6 +809,7 @@ class TVMBackend:
             "seconds_requested": options.tuning_seconds,
             "trials_run": sum(entry["trials"] for entry in per_task.values()),
             "tasks_total": len(tasks),
+            "tasks_dynamic": len(dynamic),
             "tasks_tuned": len(tuned_names),
             "tasks_untuned": len(untuned),
             "tasks_from_database": sum(1 for entry in per_task.values()
@@ -589,6 +835,7 @@ class TVMBackend:
 
         if options.rpc is None:
             return ms.runner.LocalRunner(timeout_sec=60)
+        check_rpc_tracker(options.rpc)
         config = ms.runner.RPCConfig(tracker_host=options.rpc.host,
                                      tracker_port=options.rpc.port,
                                      tracker_key=options.rpc.key, session_timeout_sec=60)
@@ -674,6 +921,7 @@ class TVMBackend:
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
+        _check_batch([value["name"] for value in details["inputs"]], inputs, details.get("batch"))
         runner = self.remote_runner(artifact_dir, details, options.rpc, threads=options.threads)
         return _time_vm(runner.vm, runner.device, runner._arguments(inputs),
                         where=options.rpc.where)
@@ -685,12 +933,15 @@ class TVMBackend:
         outputs come back to this host (how accuracy is scored on the module itself)."""
         from tvm import relax, rpc
 
+        check_rpc_tracker(config)
         try:
             tracker = rpc.connect_tracker(config.host, config.port)
             remote = tracker.request(config.key, session_timeout=600)
         except Exception as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
             raise BackendError(f"cannot reach a device '{config.key}' through the RPC "
-                               f"tracker {config.host}:{config.port}: {error}") from error
+                               f"tracker {config.host}:{config.port}: {reason}",
+                               exit_code=2) from None
         if threads:
             configure = remote.get_function("runtime.config_threadpool")
             configure(1, threads)
@@ -700,7 +951,8 @@ class TVMBackend:
         return RemoteTVMRunner(input_names=[value["name"] for value in details["inputs"]],
                                output_names=[value["name"] for value in details["outputs"]],
                                vm=relax.VirtualMachine(library, device), device=device,
-                               session=remote)
+                               session=remote,
+                               batch=details.get("batch"))
 
 
 def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
@@ -719,12 +971,17 @@ def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
                            "shows none (tvm.cuda(0) does not exist)", exit_code=2)
 
 
-def _time_vm(vm, device, arguments, *, where: str) -> LatencyStats:
+def _time_vm(vm, device, arguments, *, where: str, max_seconds: float = 10.0) -> LatencyStats:
     """Latency of ``main`` with the VM's time evaluator (on the device, for RPC)."""
     # The stateful form times the call without shipping outputs (tuples) back.
     vm.set_input("main", *arguments)
-    vm.time_evaluator("invoke_stateful", device, number=1, repeat=5)("main")  # warm-up
-    evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=50,
+    # Warm-up, and at most about max_seconds of timed runs (at least 5), as time_calls
+    # takes: 50 runs of an untuned ResNet-18 (1.5 s each) took over a minute per candidate.
+    [first] = vm.time_evaluator("invoke_stateful", device, number=1, repeat=1)("main").results
+    if first * 4 < max_seconds / 10:
+        vm.time_evaluator("invoke_stateful", device, number=1, repeat=4)("main")
+    repeat = max(5, min(50, int(max_seconds / max(first, 1e-9))))
+    evaluator = vm.time_evaluator("invoke_stateful", device, number=1, repeat=repeat,
                                   min_repeat_ms=0)
     times = list(evaluator("main").results)
     if sum(times) < 0.5:  # fast models: more samples, as time_calls takes
@@ -778,5 +1035,6 @@ def _has_xgboost() -> bool:
     return True
 
 
-__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "host_arch", "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "check_rpc_tracker", "host_arch",
+           "target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]

@@ -89,13 +89,16 @@ def llvm_cpu() -> str:
         name = str(codegen.llvm_get_system_cpu()) or "generic"
     except Exception:  # noqa: BLE001 - any TVM trouble just means no better name
         return "generic"
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"key": key, "cpu": name}))
         os.replace(tmp, cache)
     except OSError:
-        pass
+        try:  # a full disk must not leave the half-written file behind
+            tmp.unlink()
+        except OSError:
+            pass
     return name
 
 

@@ -15,7 +15,7 @@ import tempfile
 import onnx
 from onnx import numpy_helper
 
-from edgec.diagnostics import Diagnostic, EdgecError, Location, UsageError
+from edgec.diagnostics import Diagnostic, Location, UsageError
 from edgec.ir.core import Attr, Function, Graph, Model, Tensor, Value
 from edgec.ir.types import (MapType, OpaqueType, OptionalType, SequenceType, Shape,
                             SparseTensorType, TensorType, Type)
@@ -65,32 +65,48 @@ def save_model(model: Model, path: str) -> None:
             raise UsageError(Diagnostic.error(
                 "this model needs external data and cannot be written to standard output; "
                 "give a file name with -o"))
-        sys.stdout.buffer.write(proto.SerializeToString())
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(proto.SerializeToString())
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise UsageError(Diagnostic.error(
+                f"cannot write the model to standard output: {e.strerror}")) from None
         return
+    from edgec.publish import ensure_folder, fault_point, ordinary_mode
+
     path = os.path.abspath(path)
     out_dir = os.path.dirname(path)
-    os.makedirs(out_dir, exist_ok=True)
+    if os.path.isdir(path):
+        raise UsageError(Diagnostic.error("the output is a folder; give a file name",
+                                          Location(path=path)))
     to_move: list[tuple[str, str]] = []
     try:
+        ensure_folder(out_dir)
         if external or inline_bytes > _PROTOBUF_LIMIT:
             data_name = os.path.basename(path) + ".data"
             fd, data_tmp = tempfile.mkstemp(prefix=".edgec-", suffix=".data", dir=out_dir)
+            to_move.append((data_tmp, os.path.join(out_dir, data_name)))
             with os.fdopen(fd, "wb") as data_file:
                 _write_external(model, proto, data_file, data_name,
                                 move_large=inline_bytes > _PROTOBUF_LIMIT)
-            to_move.append((data_tmp, os.path.join(out_dir, data_name)))
         fd, model_tmp = tempfile.mkstemp(prefix=".edgec-", suffix=".onnx", dir=out_dir)
+        to_move.append((model_tmp, path))
         with os.fdopen(fd, "wb") as f:
             f.write(proto.SerializeToString())
-        to_move.append((model_tmp, path))
+        fault_point("write", os.path.basename(path))
+        # mkstemp makes 0600 files: give each the mode of the file it replaces, or the
+        # ordinary 0666 minus the umask.
+        for tmp, final in to_move:
+            os.chmod(tmp, ordinary_mode(final))
         for tmp, final in to_move:
             os.replace(tmp, final)
     except OSError as e:
         for tmp, _ in to_move:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        raise EdgecError(Diagnostic.error(f"cannot write the model: {e.strerror}",
+        raise UsageError(Diagnostic.error(f"cannot write the model: {e.strerror}",
                                           Location(path=path))) from None
 
 

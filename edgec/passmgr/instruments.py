@@ -72,14 +72,27 @@ class DumpEach(Instrument):
     def __init__(self, directory: str):
         self.directory = directory
         self.count = 0
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            self._refuse(e)
+
+    def _refuse(self, e: OSError):
+        from edgec.diagnostics import Diagnostic, Location, UsageError
+        reason = ("it exists and is not a folder" if isinstance(e, FileExistsError)
+                  else e.strerror)
+        raise UsageError(Diagnostic.error(f"cannot write the IR dumps: {reason}",
+                                          Location(path=self.directory))) from None
 
     def run_after_pass(self, invocation, model, record):
+        from edgec.artifact import write_if_changed
         from edgec.ir.printer import print_model
         self.count += 1
         path = os.path.join(self.directory, f"{self.count:03d}_{invocation.name}.txt")
-        with open(path, "w") as f:
-            f.write(print_model(model))
+        try:
+            write_if_changed(path, print_model(model))
+        except OSError as e:
+            self._refuse(e)
 
 
 def timing_table(records: list[PassRecord]) -> str:

@@ -18,6 +18,7 @@ from edgec.testing import models
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
+DIGITS_DATA = REPO / "spec_examples" / "data" / "digits.npz"
 
 pytest.importorskip("tvm")
 
@@ -190,3 +191,57 @@ def test_exporter_style_model_cross_compiles_for_tvm(tmp_path, legalize_tvm_regi
     described = subprocess.run(["file", str(tmp_path / "out" / "model.so")], capture_output=True,
                                text=True).stdout
     assert "ARM aarch64" in described
+
+
+@pytest.fixture(scope="module")
+def tuned_digits(tmp_path_factory):
+    """digits.onnx (input ``N``x1x8x8, N symbolic) compiled with `backend tvm` and `tuning 2
+    trials` (MetaSchedule crashed on the symbolic batch: exit 1 in task 0). The folder."""
+    tmp = tmp_path_factory.mktemp("tuned-digits")
+    spec = tmp / "s.edge"
+    spec.write_text('target host\naccuracy {\n  metric top1-agreement\n  tolerance 1 %\n'
+                    f'  data "{DIGITS_DATA}"\n}}\noptimize {{\n  backend tvm\n'
+                    '  tuning 2 trials\n}\n')
+    built = edgec_cli("compile", DIGITS, "--spec", spec, "-o", "out", "--cache-dir", "cache",
+                      "-q", cwd=tmp)
+    assert built.returncode == 0, built.stderr
+    return tmp / "out"
+
+
+def test_tuning_binds_symbolic_batch_to_spec_batch(tuned_digits, tmp_path):
+    manifest = json.loads((tuned_digits / "manifest.json").read_text())
+    backend = manifest["backend"]
+    details = backend["details"]
+    assert backend["name"] == "tvm" and backend["tuned"]
+    assert details["tuning"]["tasks_untuned"] == 0 and details["tuning"]["tasks_dynamic"] == 0
+    assert details["batch"] == 1
+    assert details["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 1, 8, 8]}]
+    assert any("takes batch 1 only" in note and "(N)" in note for note in backend["notes"])
+    assert "takes batch 1 only" in (tuned_digits / "report.txt").read_text()
+    assert manifest["accuracy"]["held"]  # scored batch by batch on every evaluation sample
+
+    x = np.load(DIGITS_DATA)["input"][:1]
+    np.savez(tmp_path / "one.npz", input=x)
+    ran = edgec_cli("run", tuned_digits, "--inputs", "one.npz", "-o", "y.npz", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    want = ort.InferenceSession(str(DIGITS)).run(None, {"input": x})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_module_bound_to_a_batch_runs_other_batches_a_batch_at_a_time(tuned_digits, tmp_path):
+    # The runtime runs a fixed-batch module B rows at a time (DESIGN's batch-leading
+    # layout): all 359 samples go through the batch-1 module and match onnxruntime.
+    data = np.load(DIGITS_DATA)["input"]
+    ran = edgec_cli("run", tuned_digits, "--inputs", DIGITS_DATA, "-o", "y.npz", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    want = ort.InferenceSession(str(DIGITS)).run(None, {"input": data})[0]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["logits"], want, rtol=1e-4, atol=1e-4)
+    # Fed another batch directly, the module says why it takes one batch only (exit 2).
+    from edgec_runtime.errors import InputError
+    from edgec_runtime.tvm_runner import TVMRunner
+
+    details = json.loads((tuned_digits / "manifest.json").read_text())["backend"]["details"]
+    runner = TVMRunner(str(tuned_digits / details["module"]), details)
+    with pytest.raises(InputError) as caught:
+        runner.run({"input": data[:3]})
+    assert caught.value.exit_code == 2 and "takes batch 1 only" in str(caught.value)

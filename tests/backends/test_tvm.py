@@ -3,6 +3,7 @@ loading, measurement on the host and over loopback RPC, and import errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ from edgec.dsl import load_spec  # noqa: E402
 from edgec.testing import models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "spec_examples" / "digits.onnx"
+DIGITS_DATA = ROOT / "spec_examples" / "data" / "digits.npz"
 
 
 def spec_target(name: str):
@@ -156,14 +159,22 @@ def test_tuning_cross_target_without_rpc_builds_untuned(tmp_path):
     assert any("RPC" in note for note in result.notes)
 
 
-def test_tuning_fills_database_and_rebuild_runs_no_trials(tmp_path, host):
-    model = matmul_model(64)
-    cache = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def tuned_matmul(tmp_path_factory, host):
+    """matmul_model(64) tuned with 2 trials into a fresh cache: the cache, the result, the
+    progress events and the seconds the build took."""
+    tmp = tmp_path_factory.mktemp("tuned-matmul")
+    cache = tmp / "cache"
     seen = []
     start = time.perf_counter()
-    first = TVMBackend().build(model, host, str(tmp_path / "a"), BuildOptions(
+    first = TVMBackend().build(matmul_model(64), host, str(tmp / "a"), BuildOptions(
         str(cache), tuning_trials=2, progress=lambda *event: seen.append(event)))
-    first_seconds = time.perf_counter() - start
+    return cache, first, seen, time.perf_counter() - start
+
+
+def test_tuning_fills_database_and_rebuild_runs_no_trials(tmp_path, host, tuned_matmul):
+    model = matmul_model(64)
+    cache, first, seen, first_seconds = tuned_matmul
     tuning = first.details["tuning"]
     assert first.tuned and tuning["tasks_total"] == 1 and tuning["tasks_untuned"] == 0
     assert tuning["trials_run"] >= 1 and tuning["per_task"][0]["trials"] >= 1
@@ -280,6 +291,101 @@ def test_a_damaged_tuning_database_is_moved_aside(tmp_path, host):
     assert len(notes) == 1 and "moved to damaged-" in notes[0]
     [aside] = [p for p in db_dir.iterdir() if p.name.startswith("damaged-")]
     assert (aside / "database_tuning_record.json").exists()
+
+
+def test_untuned_build_keeps_the_symbolic_batch(tmp_path, host):
+    result = TVMBackend().build(onnx.load(DIGITS), host, str(tmp_path),
+                                BuildOptions(str(tmp_path)))
+    assert result.batch is None and result.details["batch"] is None
+    assert result.details["inputs"][0]["shape"] == ["N", 1, 8, 8]
+    x = np.load(DIGITS_DATA)["input"][:5]
+    got = TVMBackend().load(str(tmp_path), result.details).run({"input": x})["logits"]
+    np.testing.assert_allclose(got, reference(onnx.load(DIGITS), {"input": x})[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_corrupt_tuning_ledger_is_moved_aside(tmp_path, host, tuned_matmul):
+    # A kill while an older edgec wrote the ledger left it cut short: every later tuned
+    # compile for the target failed. Now it is set aside and the records stand in for it.
+    cache = tmp_path / "cache"
+    shutil.copytree(tuned_matmul[0], cache)
+    db = tuning_database_dir(cache, host)
+    (db / "edgec-trials.json").write_text('{\n "1234": 2,\n "56')
+    result = TVMBackend().build(matmul_model(64), host, str(tmp_path / "out"),
+                                BuildOptions(str(cache), tuning_trials=2))
+    assert result.tuned and result.details["tuning"]["trials_run"] == 0
+    [note] = [note for note in result.notes if "edgec-trials.json" in note]
+    assert "could not be read" in note and "moved to damaged-" in note
+    [aside] = [p for p in db.iterdir() if p.name.startswith("damaged-")]
+    assert (aside / "edgec-trials.json").read_text().endswith('"56')
+    assert not (db / "edgec-trials.json").exists()  # no trial ran: nothing to record
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'{"1": "two"}', b'{"1": -3}', b"\xff\xfe{",
+                                     b"", b"null"])
+def test_a_tuning_ledger_of_the_wrong_shape_is_moved_aside(tmp_path, content):
+    from edgec.backends.tvm import _read_ledger
+
+    (tmp_path / "edgec-trials.json").write_bytes(content)
+    notes: list[str] = []
+    assert _read_ledger(tmp_path, notes) == {}
+    assert len(notes) == 1 and "moved to damaged-" in notes[0]
+    assert not (tmp_path / "edgec-trials.json").exists()
+
+
+def test_tuning_ledger_is_written_atomically(tmp_path, monkeypatch):
+    from edgec.backends import tvm as tvm_backend
+
+    path = tmp_path / "edgec-trials.json"
+    tvm_backend._write_atomically(path, '{"1": 2}\n')
+    assert json.loads(path.read_text()) == {"1": 2}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    def killed(fd):  # the process dies before the new content is complete
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tvm_backend.os, "fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tvm_backend._write_atomically(path, '{"1": 2, "3": 4}\n')
+    assert json.loads(path.read_text()) == {"1": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["edgec-trials.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_meta_schedule_logging_survives_foreign_handlers(tmp_path):
+    # pytest 9.2 (not 9.0) attaches its unnamed capture handler to every non-propagating logger,
+    # MetaSchedule's among them after the first tuning: its create_loggers then raised
+    # AttributeError: 'NoneType' object has no attribute 'format' (test_tuning_through_rpc
+    # failed in a fresh venv).
+    import logging
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    from edgec.backends.tvm import META_SCHEDULE_LOGGER, _meta_schedule_logging
+
+    logger = logging.getLogger(META_SCHEDULE_LOGGER)
+    unnamed, named = logging.Handler(), logging.Handler()
+    named.set_name("someone-else")
+    for handler in (unnamed, named):
+        logger.addHandler(handler)
+    try:
+        with pytest.raises((AttributeError, ValueError)):
+            get_loggers_from_work_dir(str(tmp_path / "bare"), ["task"])
+        for handler in (unnamed, named):  # dictConfig dropped them on the way
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        with _meta_schedule_logging():
+            for _ in range(2):  # once per task
+                get_loggers_from_work_dir(str(tmp_path / "work"), ["task"])
+        assert unnamed in logger.handlers and named in logger.handlers
+    finally:
+        for handler in (unnamed, named):
+            logger.removeHandler(handler)
 
 
 def test_import_error_names_the_rewrite_that_is_needed():

@@ -87,6 +87,22 @@ MANIFEST_DAMAGE = {
     "settings-a-list": lambda m: m["backend"]["details"].__setitem__("settings", [1]),
     "unknown-backend": lambda m: m["backend"].__setitem__("name", "mystery"),
 }
+# Damage that leaves the artifact runnable: it must not crash what reads it after the run.
+HARMLESS_DAMAGE = {
+    "target-a-list": lambda m: m.__setitem__("target", ["host"]),
+    "spec-a-string": lambda m: m.__setitem__("spec", "fast"),
+    "budget-batch-a-string": lambda m: m["spec"]["budget"].__setitem__("latency", {"batch": "x"}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(HARMLESS_DAMAGE))
+@pytest.mark.parametrize("command", ["run", "bench"])
+def test_harmless_manifest_damage_still_runs(ort_artifact, capsys, damage, command):
+    edit_manifest(ort_artifact, HARMLESS_DAMAGE[damage])
+    argv = [command, str(ort_artifact)] + (["--inputs", str(DIGITS_DATA)] if command == "run" else [])
+    code = edgec_main(argv)
+    err = capsys.readouterr().err
+    assert code == 0 and "internal error" not in err, err
 
 
 @pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))

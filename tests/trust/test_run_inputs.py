@@ -226,3 +226,13 @@ def test_an_array_over_the_memory_limit_is_refused_before_reading(built, tmp_pat
     monkeypatch.setenv("EDGEC_MAX_INPUT_BYTES", "1000")
     err = one_line_exit_2(capsys, ["run", built("ort"), "--inputs", DIGITS_DATA])
     assert "EDGEC_MAX_INPUT_BYTES" in err
+
+
+def test_bench_over_rpc_refuses_before_connecting(built, tmp_path, capsys):
+    """An ort artifact over RPC, and bad inputs for a TVM one: one line, no connection tried."""
+    one_line_exit_2(capsys, ["bench", built("ort"), "--rpc-tracker", "127.0.0.1:9", "--rpc-key",
+                             "x"])
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((2, 3), np.float32))
+    one_line_exit_2(capsys, ["bench", built("tvm"), "--inputs", bad, "--rpc-tracker",
+                             "127.0.0.1:9", "--rpc-key", "x"])
