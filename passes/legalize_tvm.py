@@ -7,8 +7,10 @@ to be Shape"), operators it has no converter for or whose converter is another d
 (ONNX ``Attention`` reaches the com.microsoft converter: ``KeyError: 'num_heads'``), and
 values whose type is missing. The group runs, in order:
 
-1. ``bind-dims`` (only under ``edgec compile``, where the spec gives the batch): the
-   inputs' symbolic batch dimension becomes the spec's batch;
+1. ``bind-dims`` (only under ``edgec compile``, where the spec gives the batch, and only
+   where the graph reads shapes): the inputs' symbolic batch dimension becomes the
+   spec's batch; the model records it (``edgec.legalize-tvm.bound-batch``) and the tvm
+   backend's module then takes that batch only, run a batch at a time;
 2. then, until nothing changes (at most ``max-iterations`` rounds): ``infer-shapes``;
    ``widen-half`` (float16 MatMul, Attention, Softmax computed in float32, as onnxruntime does);
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
@@ -433,6 +435,18 @@ class BindDims(Pass):
         return PassResult(bound > 0, {"inputs-bound": bound})
 
 
+BOUND_BATCH_KEY = "edgec.legalize-tvm.bound-batch"
+
+
+def _shape_reads_symbolic_input(model: Model) -> bool:
+    """Whether binding the batch can help: a graph input has a symbolic leading
+    dimension and the graph reads shapes (Shape, Size) that it could flow into."""
+    symbolic = any(isinstance(v.type, TensorType) and v.type.shape is not None and v.type.shape.dims
+                   and not isinstance(v.type.shape.dims[0], int)
+                   for v in model.graph.inputs if not v.is_initializer())
+    return symbolic and any(n.op_type in ("Shape", "Size") for n in model.graph)
+
+
 def _spec_batch(ctx: PassContext) -> int | None:
     spec = ctx.spec
     latency = getattr(getattr(spec, "budget", None), "latency", None)
@@ -450,7 +464,8 @@ class LegalizeTVM(Pass):
 
     name: ClassVar[str] = "legalize-tvm"
     bind_batch: bool = field(default=True, metadata={
-        "help": "bind the inputs' symbolic batch dimension to the spec's batch (only with a spec)"})
+        "help": "bind the inputs' symbolic batch dimension to the spec's batch, where the "
+                "graph reads shapes (only with a spec; the module then takes that batch only)"})
     expand: tuple[str, ...] = field(default=DEFAULT_EXPANDED_OPS, metadata={
         "help": "the ops expand-functions expands"})
     max_iterations: int = field(default=4, metadata={
@@ -476,8 +491,11 @@ class LegalizeTVM(Pass):
             return result.modified
 
         guarded_bitshifts = False
-        if self.bind_batch and ctx.spec is not None:
-            step(BindDims())
+        if self.bind_batch and ctx.spec is not None and _shape_reads_symbolic_input(model):
+            if step(BindDims()):
+                # The tvm backend records it: the module then takes that batch only, and
+                # edgec runs it a batch at a time (BuildResult.batch).
+                model.metadata_props[BOUND_BATCH_KEY] = str(_spec_batch(ctx) or 1)
         for _ in range(self.max_iterations):
             # Context-dependent function bodies need their inputs' types, and a body
             # may hold another op to expand (SoftmaxCrossEntropyLoss holds

@@ -394,6 +394,14 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
+def _legalized_batch(model: onnx.ModelProto) -> int | None:
+    """The batch legalize-tvm bound the model's symbolic batch to, if it did."""
+    for prop in model.metadata_props:
+        if prop.key == "edgec.legalize-tvm.bound-batch" and prop.value.isdigit():
+            return int(prop.value)
+    return None
+
+
 def _contiguous(x) -> np.ndarray:
     x = np.asarray(x)
     return x if x.flags.c_contiguous else x.copy()
@@ -674,7 +682,7 @@ class TVMBackend:
             "outputs": [_bind_value_info(_value_info(value), bound)
                         for value in model.graph.output],
             # The one batch the module takes, when tuning bound a symbolic batch to it.
-            "batch": options.batch if bound else None,
+            "batch": options.batch if bound else _legalized_batch(model),
             "tuned": bool(tuning and tuning["tasks_tuned"] > 0),
             "tuning": tuning,
             "tvm_version": tvm.__version__,

@@ -172,6 +172,7 @@ def test_exporter_style_model_compiles_for_tvm_and_matches_onnxruntime(tmp_path,
                         cache_dir=str(tmp_path / "cache"))
     assert art.manifest["backend"]["name"] == "tvm"
     assert "legalize-tvm" in art.manifest["configuration"]["pipeline"]
+    assert art.manifest["backend"]["details"]["batch"] == 1  # legalize-tvm bound it
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     want = ort.InferenceSession(proto.SerializeToString()).run(None, {"image": x})[0]
     got = art.run({"image": x})["probs"]
