@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil  # noqa: F401 - kept for merges; publishing moved to edgec.publish
 import stat
-import tempfile  # noqa: F401
-from contextlib import contextmanager  # noqa: F401
-from typing import Any, Iterator, Mapping  # noqa: F401
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+# One verification for the compiler (up-to-date, cache) and the device runtime (load).
+from edgec_runtime.artifact import plain_name, verify_files  # noqa: F401 (re-exported)
 from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
                                UsageError)
 
@@ -71,12 +71,6 @@ def sha256_file(path: str) -> str:
 MANIFEST_LIMIT = 64 << 20
 
 
-def plain_name(name: object) -> bool:
-    """A file name an artifact may list: one path component, no '.', '..', NUL or '/'."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\\" not in name and "\0" not in name)
-
-
 def read_manifest(folder: str, *, dir_fd: int | None = None) -> dict | None:
     """``folder``'s manifest.json when it is an edgec manifest (a JSON object with
     ``format_version``, ``edgec_version``, ``cache_key`` and a ``files`` table), else
@@ -100,53 +94,6 @@ def read_manifest(folder: str, *, dir_fd: int | None = None) -> dict | None:
             and isinstance(manifest.get("files"), dict)):
         return None
     return manifest
-
-
-def verify_files(folder: str, manifest: Mapping, *, dir_fd: int | None = None) -> list[str]:
-    """What in ``folder`` does not match ``manifest``: each file its ``files`` table
-    lists must be a regular file there (not a link), named by one plain path component,
-    of the recorded size and sha256. An empty list: every file is as recorded.
-    ``dir_fd``: an open descriptor of the folder, read instead of its path (a
-    consistent view while the path is swapped to another folder)."""
-    files = manifest.get("files") if isinstance(manifest, Mapping) else None
-    if not isinstance(files, Mapping):
-        return ["the manifest has no 'files' table"]
-    problems = []
-    for name, digest in sorted(files.items()):
-        if not plain_name(name):
-            problems.append(f"{name!r}: not a plain file name")
-            continue
-        if not (isinstance(digest, Mapping) and isinstance(digest.get("bytes"), int)
-                and isinstance(digest.get("sha256"), str)):
-            problems.append(f"{name}: the manifest records no size and sha256 for it")
-            continue
-        path = name if dir_fd is not None else os.path.join(folder, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-        except FileNotFoundError:
-            problems.append(f"{name}: missing")
-            continue
-        except OSError as e:
-            problems.append(f"{name}: {e.strerror}")
-            continue
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                problems.append(f"{name}: not a regular file")
-                continue
-            if st.st_size != digest["bytes"]:
-                problems.append(f"{name}: {st.st_size} bytes, the manifest says {digest['bytes']}")
-                continue
-            h = hashlib.sha256()
-            try:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            except OSError as e:
-                problems.append(f"{name}: {e.strerror}")
-                continue
-            if h.hexdigest() != digest["sha256"]:
-                problems.append(f"{name}: its sha256 differs from the manifest's")
-    return problems
 
 
 def write_depfile(path: str, target: str, deps: list[str]) -> None:

@@ -30,7 +30,8 @@ from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
 from edgec.backends.logs import backend_output_to
-from edgec.data import (InputSpec, load_labels, load_samples, model_inputs, synthetic_samples)
+from edgec.data import (InputSpec, check_labels, load_labels, load_samples, model_inputs,
+                        synthetic_samples)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
 from edgec.metrics import cannot_discriminate, evaluate
@@ -104,7 +105,7 @@ class _Inputs:
 def _read_inputs(model_path: str, spec, options: CompileOptions) -> _Inputs:
     from edgec.data import data_files
     from edgec.dsl import load_spec
-    from edgec.frontend.onnx_import import parse_model_bytes, read_model_bytes
+    from edgec.frontend.onnx_import import external_data_files, parse_model_bytes, read_model_bytes
 
     if not isinstance(spec, str) and not isinstance(spec, os.PathLike):
         spec_obj = spec
@@ -113,27 +114,13 @@ def _read_inputs(model_path: str, spec, options: CompileOptions) -> _Inputs:
     model_bytes, _ = read_model_bytes(model_path)
     proto = parse_model_bytes(model_bytes, model_path)
     base = os.path.dirname(os.path.abspath(model_path))
-    external = sorted({os.path.join(base, e.value) for t in _all_tensor_protos(proto)
-                       for e in t.external_data if e.key == "location"})
+    # Confined and checked before anything hashes them or lists them in the depfile.
+    external = external_data_files(proto, base, model_path)
     pattern = options.data if options.data is not None else spec_obj.accuracy.data
     files = data_files(pattern) if pattern else []
     labels = data_files(spec_obj.accuracy.labels) if spec_obj.accuracy.labels else []
     return _Inputs(model_path, model_bytes, external, spec_obj, list(spec_obj.sources),
                    pattern, files, labels)
-
-
-def _all_tensor_protos(proto: onnx.ModelProto):
-    def graph(g):
-        yield from g.initializer
-        for n in g.node:
-            for a in n.attribute:
-                if a.HasField("t"):
-                    yield a.t
-                if a.HasField("g"):
-                    yield from graph(a.g)
-                for sub in a.graphs:
-                    yield from graph(sub)
-    yield from graph(proto.graph)
 
 
 def _spec_record(spec) -> dict:
@@ -365,17 +352,28 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     nodes_before = model.node_count()
 
     in_specs = model_inputs(original)
+    batch = spec.budget.latency.batch if spec.budget.latency else 1
+    _check_input_sizes(in_specs, batch, inputs.model_path)
     if inputs.data_pattern:
         samples = load_samples(inputs.data_pattern, in_specs)
         count = len(next(iter(samples.values())))
         data_note = f"{count} samples from {os.path.basename(inputs.data_pattern)}"
     else:
-        samples = synthetic_samples(in_specs, SYNTHETIC_SAMPLES, spec.optimize.seed)
-        count = SYNTHETIC_SAMPLES
-        data_note = (f"{SYNTHETIC_SAMPLES} synthetic samples drawn from the input types "
+        # A model with a fixed batch is fed whole batches: draw at least two of them.
+        count = max(SYNTHETIC_SAMPLES, 2 * (_fixed_batch(original) or 0))
+        samples = synthetic_samples(in_specs, count, spec.optimize.seed)
+        data_note = (f"{count} synthetic samples drawn from the input types "
                      f"(seed {spec.optimize.seed}); the spec gives no data")
         sink.warning("accuracy is checked on synthetic inputs: the spec gives no data")
     labels = load_labels(spec.accuracy.labels) if spec.accuracy.labels else None
+    if labels is not None and not inputs.data_pattern:
+        raise UsageError(Diagnostic.error(
+            "the spec gives labels but no data: labels name the classes of the data's samples, "
+            "so they need the data (accuracy.data or --data)",
+            Location(path=spec.accuracy.labels)))
+    if labels is not None:
+        check_labels(labels, count, None, spec.accuracy.labels)  # one per sample
+    all_labels = labels
     # Calibrate on the even samples and score on the odd ones, so that quantization is
     # never judged on the very samples it was calibrated with.
     if count >= 16:
@@ -385,12 +383,16 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         data_note += "; calibration on the even-numbered half, accuracy on the odd-numbered half"
     else:
         calibration = evaluation = samples
-    batch = spec.budget.latency.batch if spec.budget.latency else 1
+    reference = _reference_outputs(inputs.model_path, original, evaluation)
+    if labels is not None:
+        first = reference[0] if reference else None
+        classes = int(np.prod(first.shape[1:])) if first is not None and first.ndim > 1 else None
+        check_labels(all_labels, len(all_labels), classes, spec.accuracy.labels)  # its classes
     ctx = _Context(
         inputs=inputs, spec=spec, staging=staging, cache_dir=cache_dir, options=options,
         sink=sink, original=original, base_dir=base_dir,
         calibration=calibration, evaluation=evaluation,
-        reference=_reference_outputs(inputs.model_path, original, evaluation), labels=labels,
+        reference=reference, labels=labels,
         bench_inputs=_batch_inputs(samples, in_specs, batch), at_hand=_target_at_hand(target),
         build_options=BuildOptions(
             cache_dir=cache_dir, tuning_trials=spec.optimize.tuning.trials,
@@ -575,11 +577,14 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
         ev.error = f"backend {config.backend} unavailable: {reason}"
         return attempt
     try:
-        backend.check_model(optimized)
+        # With the file's path: external weights resolve in the candidate's own folder.
+        model_file = os.path.join(folder, "model.onnx")
+        backend.check_model(optimized, model_path=model_file)
         # The backend's own console output (TVM's C++ warnings, MetaSchedule's logging)
         # goes to a log file under the cache; edgec's progress still reaches stderr.
         with backend_output_to(os.path.join(ctx.cache_dir, "logs", f"{config.backend}.log")):
-            result = backend.build(optimized, spec.target, folder, ctx.build_options)
+            result = backend.build(optimized, spec.target, folder, ctx.build_options,
+                                   model_path=model_file)
     except ModelError as e:
         if explicit_backend:
             raise
@@ -748,8 +753,38 @@ def _reference_outputs(model_path: str, original: onnx.ModelProto,
         raise ModelError(Diagnostic.error(
             f"onnxruntime cannot run the original model, so accuracy cannot be checked: "
             f"{str(e).splitlines()[0]}")) from None
-    return _run_all(lambda feed: session.run(None, feed), samples,
-                    [i.name for i in session.get_inputs()], _fixed_batch(original))
+    try:
+        return _run_all(lambda feed: session.run(None, feed), samples,
+                        [i.name for i in session.get_inputs()], _fixed_batch(original))
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise ModelError(Diagnostic.error(
+            f"onnxruntime cannot run the original model, so accuracy cannot be checked: "
+            f"{_ort_message(e)}", Location(path=model_path))) from None
+
+
+def _ort_message(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# One sample of one input, in bytes: beyond this the model is not one edgec can check
+# (a declared dimension of 2**31, say), and nothing is allocated for it.
+MAX_SAMPLE_BYTES = 256 << 20
+
+
+def _check_input_sizes(in_specs: list[InputSpec], batch: int, model_path: str) -> None:
+    for spec in in_specs:
+        count = 1
+        for axis, d in enumerate(spec.shape):
+            count *= d if isinstance(d, int) and d > 0 else (batch if axis == 0 else 1)
+        nbytes = count * np.dtype(spec.dtype).itemsize
+        if nbytes > MAX_SAMPLE_BYTES:
+            shown = [d if d is not None else "?" for d in spec.shape]
+            raise ModelError(Diagnostic.error(
+                f"input '{spec.name}' of shape {shown} takes {nbytes} bytes per run, over the "
+                f"limit of {MAX_SAMPLE_BYTES >> 20} MiB", Location(path=model_path)))
 
 
 def _fixed_batch(proto: onnx.ModelProto) -> int | None:
@@ -763,6 +798,9 @@ def _fixed_batch(proto: onnx.ModelProto) -> int | None:
 def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int | None,
              chunk: int = 64) -> list[np.ndarray]:
     total = len(next(iter(samples.values())))
+    if fixed and total < fixed:
+        raise UsageError(Diagnostic.error(
+            f"the model takes a fixed batch of {fixed} samples, but the data holds only {total}"))
     step = fixed or chunk
     outs: list[list[np.ndarray]] = []
     for start in range(0, total - (total % step if fixed else 0), step):

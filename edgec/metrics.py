@@ -132,7 +132,7 @@ def plugin_metrics() -> dict[str, Callable]:
         for ep in importlib.metadata.entry_points(group="edgec.metrics"):
             try:
                 _plugins[ep.name] = ep.load()
-            except Exception:  # a broken plugin metric must not break the built-ins
+            except (Exception, SystemExit):  # a broken plugin metric must not break the built-ins
                 continue
     return _plugins
 

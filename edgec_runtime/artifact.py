@@ -4,6 +4,7 @@ folder, and whether it can run decided here, on this machine."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -96,34 +97,52 @@ def plain_name(name: Any) -> bool:
         name not in UNLISTED
 
 
-def verify_files(folder: str, manifest: dict) -> list[str]:
-    """Each file the manifest lists checked by type, size and sha256; the problems found
-    (an empty list: the folder holds exactly what was built)."""
+def verify_files(folder: str, manifest: Mapping, *, dir_fd: int | None = None) -> list[str]:
+    """What in ``folder`` does not match ``manifest``: each file its ``files`` table lists
+    must be a regular file there (not a link), named by one plain path component, of the
+    recorded size and sha256. An empty list: the folder holds exactly what was built.
+    ``dir_fd``: an open descriptor of the folder, read instead of its path (a consistent
+    view while the path is swapped to another folder, as the compiler's publish does)."""
+    files = manifest.get("files") if isinstance(manifest, Mapping) else None
+    if not isinstance(files, Mapping):
+        return ["the manifest has no 'files' table"]
     problems = []
-    for name, entry in sorted(manifest.get("files", {}).items()):
-        path = os.path.join(folder, name)
+    for name, digest in sorted(files.items()):
+        if not plain_name(name):
+            problems.append(f"{name!r}: not a plain file name")
+            continue
+        if not (isinstance(digest, Mapping) and isinstance(digest.get("bytes"), int)
+                and isinstance(digest.get("sha256"), str)):
+            problems.append(f"{name}: the manifest records no size and sha256 for it")
+            continue
+        path = name if dir_fd is not None else os.path.join(folder, name)
         try:
-            st = os.lstat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
         except FileNotFoundError:
             problems.append(f"{name} is missing")
             continue
         except OSError as e:
-            problems.append(f"{name} cannot be read: {e.strerror or e}")
+            reason = ("is a symbolic link; artifact files are regular files"
+                      if e.errno == errno.ELOOP else f"cannot be read: {e.strerror or e}")
+            problems.append(f"{name} {reason}")
             continue
-        if stat.S_ISLNK(st.st_mode):
-            problems.append(f"{name} is a symbolic link; artifact files are regular files")
-        elif not stat.S_ISREG(st.st_mode):
-            problems.append(f"{name} is not a regular file")
-        elif st.st_size != entry.get("bytes"):
-            problems.append(f"{name} is {st.st_size} bytes; the manifest says "
-                            f"{entry.get('bytes')} (modified or damaged after the build)")
-        else:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{name} is not a regular file")
+                continue
+            if st.st_size != digest["bytes"]:
+                problems.append(f"{name} is {st.st_size} bytes; the manifest says "
+                                f"{digest['bytes']} (modified or damaged after the build)")
+                continue
+            h = hashlib.sha256()
             try:
-                digest = sha256_file(path)
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
             except OSError as e:
                 problems.append(f"{name} cannot be read: {e.strerror or e}")
                 continue
-            if digest != entry.get("sha256"):
+            if h.hexdigest() != digest["sha256"]:
                 problems.append(f"{name}: its sha256 differs from the manifest's (modified or "
                                 "damaged after the build)")
     return problems

@@ -161,5 +161,6 @@ class ConvertFp16(Pass):
             if array.dtype.kind == "f" and array.size and float(np.abs(array).max()) > limit:
                 found.add(name)
 
-        observe(proto, {k: v[:32] for k, v in samples.items()}, names, check)
+        observe(proto, {k: v[:32] for k, v in samples.items()}, names, check,
+                base_dir=model.base_dir)
         return found

@@ -8,7 +8,11 @@ onnxruntime in one session whose outputs are the constant values the rest of the
 graph reads; when onnxruntime cannot run some node, the region is split until the
 culprit is isolated and left alone, so one odd node never blocks the rest. A folded
 value larger than ``max-size`` elements stays unfolded unless the constants it makes
-dead are at least as large: folding never balloons the model. If/Loop/Scan bodies
+dead are at least as large: folding never balloons the model. Nothing is run before
+its size is known: each value's shape is inferred (onnx shape inference with data
+propagation) from the actual shapes and values of the constants, never from the shapes
+the model declares, and a node whose output would be larger than both ``max-size`` and
+its largest input, or whose size cannot be known before running it, is not evaluated. If/Loop/Scan bodies
 are folded too (constants of enclosing graphs are constants inside); function bodies
 are not.
 """
@@ -114,6 +118,8 @@ class _Folder:
                 region.append(node)
                 pending.update(id(o) for o in node.outputs)
         if region:
+            region = self.bound_region(region)
+        if region:
             self.fold_region(g, region)
         for node in g:
             loop = in_loop or node.op_type in ("Loop", "Scan")
@@ -166,6 +172,130 @@ class _Folder:
 
     def removable(self, v: Value) -> bool:
         return not v.is_graph_output() and id(v) not in self.returned and v.const.sparse_proto is None
+
+    # -- bounding a region's sizes before running it
+    def bound_region(self, region: list[Node]) -> list[Node]:
+        """The nodes of ``region`` whose outputs' sizes are known, before anything runs,
+        to stay within ``max(max_size, largest input)`` elements; the others (and what
+        reads them) are set aside as too large or not evaluable. Where a size depends on
+        values computed in the region (ConstantOfShape of a Concat of Identity ...), those
+        values are computed first, bounded the same way, and inference runs again."""
+        known: dict[int, np.ndarray] = {}
+        produced = {id(o): n for n in region for o in n.outputs}
+        while True:
+            shapes = self.infer_region(region, known)
+            keep: list[Node] = []
+            unavailable: set[int] = set()
+            waiting: list[Value] = []
+            for node in region:
+                outs = [o for o in node.outputs if o.name]
+                if any(v is not None and id(v) in unavailable for v in node.inputs):
+                    unavailable.update(id(o) for o in node.outputs)
+                    continue
+                sizes = [_numel(shapes.get(id(o))) for o in outs]
+                if any(s is None for s in sizes):
+                    pending = [v for v in node.inputs if v is not None and id(v) in produced
+                               and id(v) not in known]
+                    if pending:
+                        waiting.extend(pending)
+                    else:
+                        self.not_evaluable.add(id(node))
+                    unavailable.update(id(o) for o in node.outputs)
+                    continue
+                largest = max((_numel(shapes.get(id(v))) or 0 for v in node.inputs
+                               if v is not None), default=0)
+                if max(sizes, default=0) > max(self.max_size, largest):
+                    self.too_large.add(id(node))
+                    unavailable.update(id(o) for o in node.outputs)
+                    continue
+                keep.append(node)
+            kept = {id(n) for n in keep}
+            needed = list({id(v): v for v in waiting if id(produced[id(v)]) in kept}.values())
+            if not needed:
+                for v in waiting:
+                    self.not_evaluable.add(id(produced[id(v)]))
+                return keep
+            got, _ = self.evaluate(_cone(keep, needed), needed, known)
+            if not got:
+                for v in needed:
+                    self.not_evaluable.add(id(produced[id(v)]))
+                return [n for n in keep if not any(id(o) in {id(v) for v in needed}
+                                                   for o in n.outputs)]
+            known.update(got)
+
+    def infer_region(self, region: list[Node], known: dict[int, np.ndarray]
+                     ) -> dict[int, tuple | None]:
+        """Shapes of the region's inputs and outputs, from the constants' actual shapes
+        and (small ones') values and the values in ``known``: onnx shape inference with
+        data propagation on a model of the region alone, holding no declared shapes."""
+        shapes: dict[int, tuple | None] = {}
+        proto = onnx.ModelProto()
+        proto.ir_version = self.model.ir_version
+        for domain, version in self.model.opset_imports.items():
+            op = proto.opset_import.add()
+            op.domain, op.version = domain, version
+        gp = proto.graph
+        gp.name = "fold_constants_shapes"
+        produced = {id(o) for n in region for o in n.outputs}
+        fed: set[int] = set()
+        by_name: dict[str, Value] = {}
+
+        def feed(v: Value, array: np.ndarray | None, tensor: Tensor | None) -> None:
+            fed.add(id(v))
+            dims = tuple(array.shape) if array is not None else tuple(tensor.dims)
+            shapes[id(v)] = dims
+            dtype = array.dtype if array is not None else None
+            if array is not None and array.size <= _INFER_DATA_LIMIT:
+                gp.initializer.append(numpy_helper.from_array(array, v.name))
+            elif tensor is not None and _numel(dims) is not None \
+                    and _numel(dims) <= _INFER_DATA_LIMIT and tensor.sparse_proto is None:
+                gp.initializer.append(_tensor_proto(tensor, v.name))
+            else:
+                elem = (onnx.helper.np_dtype_to_tensor_dtype(dtype) if dtype is not None
+                        else int(tensor.dtype))
+                gp.input.append(onnx.helper.make_tensor_value_info(v.name, elem, list(dims)))
+
+        try:
+            for i, node in enumerate(region):
+                if all(id(o) in known for o in node.outputs if o.name):
+                    for o in node.outputs:
+                        if o.name and id(o) not in fed:
+                            feed(o, known[id(o)], None)
+                    continue
+                for v in node.inputs:
+                    if v is None or id(v) in fed or (id(v) in produced and id(v) not in known):
+                        continue
+                    if id(v) in known:
+                        feed(v, known[id(v)], None)
+                    elif v.is_constant():
+                        feed(v, None, v.const)
+                np_ = gp.node.add()
+                np_.name = f"{_NODE_PREFIX}{i}"
+                np_.op_type = node.op_type
+                if node.domain:
+                    np_.domain = node.domain
+                np_.input.extend("" if v is None else v.name for v in node.inputs)
+                np_.output.extend(o.name or "" for o in node.outputs)
+                for a in node.attributes.values():
+                    _attribute(a, np_.attribute.add())
+                for o in node.outputs:
+                    if o.name:
+                        by_name[o.name] = o
+                        gp.output.add().name = o.name
+            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False,
+                                                         data_prop=True)
+        except Exception:  # noqa: BLE001 - anything onnx cannot infer is not evaluated
+            return shapes
+        for vi in list(inferred.graph.output) + list(inferred.graph.value_info):
+            v = by_name.get(vi.name)
+            if v is None or id(v) in shapes:
+                continue
+            tt = vi.type.tensor_type
+            if vi.type.WhichOneof("value") != "tensor_type" or not tt.HasField("shape"):
+                continue
+            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+            shapes[id(v)] = dims
+        return shapes
 
     # -- folding a region
     def fold_region(self, g: Graph, region: list[Node]) -> None:
@@ -326,6 +456,21 @@ class _Folder:
         # of the same width (uint8): such an array would change the value's type.
         return {id(v): a if _ORT_TENSOR_TYPES.get(t) == getattr(a, "dtype", None) else None
                 for v, a, t in zip(wanted, arrays, declared)}
+
+
+# Constants up to this many elements are handed to shape inference with their values
+# (shape arithmetic needs them); larger ones only with their shapes.
+_INFER_DATA_LIMIT = 1 << 16
+
+
+def _numel(dims: tuple | None) -> int | None:
+    """Elements of a shape whose every dimension is known (Python ints: no overflow)."""
+    if dims is None or any(not isinstance(d, int) or d < 0 for d in dims):
+        return None
+    count = 1
+    for d in dims:
+        count *= d
+    return count
 
 
 def _returned_from_enclosing_scope(model: Model) -> dict[int, list[tuple[Graph, int]]]:

@@ -259,7 +259,8 @@ def _recalibrate(model: Model, reference, rewrite: "_Rewrite", samples: dict[str
     if not targets:
         return 0
     names = [node.outputs[0].name for node in targets]
-    reference_stats = dict(zip(names, _channel_statistics(reference, names, samples)))
+    reference_stats = dict(zip(names, _channel_statistics(reference, names, samples,
+                                                          model.base_dir)))
     changed = 0
     for node in targets:
         out = node.outputs[0]
@@ -267,7 +268,8 @@ def _recalibrate(model: Model, reference, rewrite: "_Rewrite", samples: dict[str
         kept = rewrite.indices(out)
         if kept is not None:
             mean_ref, std_ref = mean_ref[kept], std_ref[kept]
-        ((mean, std),) = _channel_statistics(export_model(model), [out.name], samples)
+        ((mean, std),) = _channel_statistics(export_model(model), [out.name], samples,
+                                             model.base_dir)
         if mean.shape != mean_ref.shape:
             continue
         live = (std > 1e-6 * max(float(std_ref.max(initial=0.0)), 1e-12)) & (std_ref > 0)
@@ -299,7 +301,8 @@ def _recalibrate(model: Model, reference, rewrite: "_Rewrite", samples: dict[str
     return changed
 
 
-def _channel_statistics(proto, names: list[str], samples: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _channel_statistics(proto, names: list[str], samples: dict[str, np.ndarray],
+                        base_dir: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per-channel (axis 1) mean and standard deviation of each named value over the samples."""
     from edgec.quantization.observe import run
 
@@ -307,7 +310,7 @@ def _channel_statistics(proto, names: list[str], samples: dict[str, np.ndarray])
     probe.CopyFrom(proto)
     del probe.graph.output[:]
     probe.graph.output.extend([onnx.ValueInfoProto(name=name) for name in names])
-    outputs = run(probe, samples)
+    outputs = run(probe, samples, base_dir=base_dir)
     stats = []
     for array in outputs:
         axes = tuple(i for i in range(array.ndim) if i != 1)

@@ -29,9 +29,11 @@ def get_backend(name: str) -> Backend:
             f"unknown backend '{name}' (installed: {', '.join(backend_names()) or 'none'})"))
     try:
         return ep.load()()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # a plugin's sys.exit() is a broken plugin
+        from edgec.passmgr.registry import plugin_failure
+
         raise UsageError(Diagnostic.error(
-            f"backend '{name}' failed to load: {type(e).__name__}: {e}".splitlines()[0])) from None
+            f"backend '{name}' failed to load: {plugin_failure(e)}")) from None
 
 
 __all__ = ["Backend", "BackendError", "BuildOptions", "BuildResult", "LatencyStats", "RpcConfig",

@@ -153,12 +153,17 @@ class Backend(Protocol):
     def unavailable_reason(self, target) -> str | None:
         """Why this backend cannot build for ``target`` here (None: it can)."""
 
-    def check_model(self, model: onnx.ModelProto) -> None:
-        """Raise `ModelError` naming the op and node if the model cannot be taken."""
+    def check_model(self, model: onnx.ModelProto, *, model_path: str | None = None) -> None:
+        """Raise `ModelError` naming the op and node if the model cannot be taken.
+
+        ``model_path`` is the file ``model`` was read from: tensors with external data
+        (``model`` holds only their references) resolve in its folder, never in the
+        current directory."""
 
     def build(self, model: onnx.ModelProto, target, out_dir: str,
-              options: BuildOptions) -> BuildResult:
-        """Write the backend's files into ``out_dir`` (the artifact's temporary folder)."""
+              options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
+        """Write the backend's files into ``out_dir`` (the artifact's temporary folder).
+        ``model_path`` as for `check_model`."""
 
     def load(self, artifact_dir: str, details: dict[str, Any]) -> Runner:
         """Load a built artifact to run on this host (raise BackendError if it cannot)."""
@@ -167,6 +172,12 @@ class Backend(Protocol):
                 inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
         """Latency of the artifact on ``inputs``: on this host, or over RPC if
         ``options.rpc`` is set."""
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    from edgec.frontend.onnx_import import _all_tensor_protos
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensor_protos(model))
 
 
 class BackendError(EdgecError):

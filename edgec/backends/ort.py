@@ -19,7 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from edgec.backends.base import BackendError, BuildOptions, BuildResult, LatencyStats, time_calls
+from edgec.backends.base import (BackendError, BuildOptions, BuildResult, LatencyStats, time_calls,
+                                 uses_external_data)
 from edgec.diagnostics import Diagnostic, ModelError
 
 SESSION_FILE = "session.json"
@@ -92,11 +93,16 @@ class OrtBackend:
             return "onnxruntime is not installed"
         return None
 
-    def check_model(self, model: onnx.ModelProto) -> None:
+    def check_model(self, model: onnx.ModelProto, *, model_path: str | None = None) -> None:
         import onnxruntime as ort
 
+        # A model with external data is opened from its file, so that its weights resolve
+        # in its own folder (from bytes, onnxruntime would look in the current directory),
+        # and so that a model over protobuf's 2 GB limit is never serialized.
+        source = model_path if model_path is not None and uses_external_data(model) \
+            else model.SerializeToString()
         try:
-            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            ort.InferenceSession(source, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelError(Diagnostic.error(
                 f"onnxruntime cannot run the model: {str(e).splitlines()[0]}")) from None
@@ -111,7 +117,7 @@ class OrtBackend:
                 "providers": providers}
 
     def build(self, model: onnx.ModelProto, target, out_dir: str,
-              options: BuildOptions) -> BuildResult:
+              options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
         # The compile driver has already written model.onnx; the backend adds how to run it.
         settings = self.settings(options, target, model)
         with open(os.path.join(out_dir, SESSION_FILE), "w") as f:

@@ -34,7 +34,8 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from edgec.backends.base import (BackendError, BuildOptions, BuildResult, LatencyStats)
+from edgec.backends.base import (BackendError, BuildOptions, BuildResult, LatencyStats,
+                                 uses_external_data)
 from edgec.diagnostics import Diagnostic, Location, ModelError
 
 MODULE_FILE = "model.so"
@@ -367,8 +368,39 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [value for value in model.graph.input if value.name not in initializers]
 
 
-def _model_digest(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+def _model_digest(model: onnx.ModelProto, model_path: str | None = None) -> str:
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    if model_path is not None and uses_external_data(model):
+        # The references alone do not say what the weights are: hash the files they name.
+        from edgec.frontend.onnx_import import external_data_files
+
+        for path in external_data_files(model, os.path.dirname(os.path.abspath(model_path)),
+                                        model_path):
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _with_external_data(model: onnx.ModelProto, model_path: str | None) -> onnx.ModelProto:
+    """``model`` with its external weights read in from ``model_path``'s folder (TVM's
+    importer would otherwise read them relative to the current directory)."""
+    if not uses_external_data(model):
+        return model
+    if model_path is None:
+        raise ModelError(Diagnostic.error(
+            "the model's weights are in external data, and the TVM backend was not told the "
+            "folder they are in"))
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from edgec.frontend.onnx_import import external_data_files
+
+    folder = os.path.dirname(os.path.abspath(model_path))
+    external_data_files(model, folder, model_path)  # confined, regular files: or ModelError
+    loaded = onnx.ModelProto()
+    loaded.CopyFrom(model)
+    load_external_data_for_model(loaded, folder)
+    return loaded
 
 
 def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProto | None:
@@ -549,13 +581,14 @@ class TVMBackend:
 
     # -- import -----------------------------------------------------------------------
 
-    def check_model(self, model: onnx.ModelProto) -> None:
-        self._import(model)
+    def check_model(self, model: onnx.ModelProto, *, model_path: str | None = None) -> None:
+        self._import(model, model_path)
 
-    def _import(self, model: onnx.ModelProto):
-        digest = _model_digest(model)
+    def _import(self, model: onnx.ModelProto, model_path: str | None = None):
+        digest = _model_digest(model, model_path)
         if self._imported is not None and self._imported[0] == digest:
             return self._imported[1]
+        model = _with_external_data(model, model_path)
         from tvm.relax.frontend import onnx as relax_onnx
 
         self._refuse_miscompiled(model)
@@ -609,7 +642,7 @@ class TVMBackend:
     # -- build ------------------------------------------------------------------------
 
     def build(self, model: onnx.ModelProto, target, out_dir: str,
-              options: BuildOptions) -> BuildResult:
+              options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
         import tvm
         from tvm import relax
 
@@ -621,7 +654,7 @@ class TVMBackend:
         tvm_target = tvm.target.Target(tvm_target_json(target))
 
         progress("import", 0, 1, "importing the model into relax")
-        mod = self._import(model)
+        mod = self._import(model, model_path)
         will_tune = bool(options.tuning_trials or options.tuning_seconds) and (
             self._runnable_here(target) or options.rpc is not None)
         bound: dict[str, int] = {}

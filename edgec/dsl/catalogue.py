@@ -89,9 +89,11 @@ def _plugin_entries() -> list[TargetEntry]:
                 provided = entry_point.load()
                 if callable(provided) and not isinstance(provided, (str, os.PathLike)):
                     provided = provided()
-            except Exception as error:  # noqa: BLE001 - any plugin failure is reported
+            except (Exception, SystemExit) as error:  # noqa: BLE001 - any plugin failure
+                from edgec.passmgr.registry import plugin_failure  # is reported
+
                 raise TargetLoadError(f"{origin} failed to load: "
-                                      f"{type(error).__name__}: {error}") from error
+                                      f"{plugin_failure(error)}") from error
             if isinstance(provided, os.PathLike):
                 try:
                     return Path(provided).read_text(encoding="utf-8"), str(provided)

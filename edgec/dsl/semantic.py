@@ -1,7 +1,9 @@
 """Meaning of a parsed spec: includes merged, names resolved, units checked -> `Spec`.
 
 Statements apply in order and a later value replaces an earlier one, so a spec that
-includes a team's base spec overrides it line by line. Every problem is collected as
+includes a team's base spec overrides it line by line. A file is applied once, where it
+is first included (like ``#pragma once``): including it again does nothing, so
+diamond-shaped includes cost one read each. Every problem is collected as
 a diagnostic pointing into the file that holds it; resolution goes on past errors so
 that one run reports them all.
 """
@@ -38,6 +40,13 @@ DEFAULT_TOLERANCES = {
     "sqnr": Quantity(30.0, "dB"),
 }
 MAX_INCLUDE_DEPTH = 16
+# Latency is measured on inputs of the budget's batch, held in memory: a batch beyond
+# this is a typo (100000000 would allocate 25 GB for an 8x8 image model).
+MAX_BATCH = 1024
+# Bounds on the work one spec can ask for: the files it may include in all (each is
+# read and applied once, however often it is included), and each file's size.
+MAX_INCLUDED_FILES = 64
+MAX_SPEC_FILE_BYTES = 1 << 20
 ACCELERATOR_KINDS = ("cuda",)
 FLOAT_ABIS = ("hard", "soft", "softfp")
 
@@ -93,6 +102,7 @@ class Resolver:
         self.diagnostics: list[Diagnostic] = []
         self._targets: dict[str, dict | None] = {}
         self._syntax_errors_in: set[str] = set()
+        self._included: set[str] = set()
 
     # -- entry points -------------------------------------------------------------
 
@@ -137,9 +147,11 @@ class Resolver:
 
     def _read(self, path: Path, failure: tuple[SourceText, ast.Span] | None,
               written: str | None = None) -> tuple[str | None, str]:
+        from edgec.safeio import read_regular_file
+
         shown = str(path)
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path, MAX_SPEC_FILE_BYTES)
         except OSError as error:
             message = f"cannot read {shown}: {error.strerror or error}"
             notes: tuple[str, ...] = ()
@@ -222,12 +234,26 @@ class Resolver:
             self.error(source, statement.path.span,
                        f"includes nest deeper than {MAX_INCLUDE_DEPTH} files", "spec.include-depth")
             return
+        if real in self._included:
+            return  # applied where it was first included
+        if len(self._included) >= MAX_INCLUDED_FILES:
+            self.error(source, statement.path.span,
+                       f"this spec includes more than {MAX_INCLUDED_FILES} files in all",
+                       "spec.include-limit")
+            return
+        self._included.add(real)
         if path.is_dir():
             self.error(source, statement.path.span, f"{path} is a directory, not a spec file",
                        "spec.include-missing")
             return
         text, shown = self._read(path, (source, statement.path.span), relative)
         if text is None:
+            return
+        if not _looks_like_a_spec(text, shown):
+            # Its syntax errors would quote its lines: one line instead, at the include.
+            self.error(source, statement.path.span,
+                       f"{relative} is not a spec file (its first line does not parse as a "
+                       "spec statement)", "spec.include-not-spec")
             return
         self._apply_file(text, shown, state, stack + (real,))
 
@@ -250,7 +276,8 @@ class Resolver:
                     self.error(source, extra.span, f"unknown percentile {extra.text}",
                                "spec.percentile")
             else:
-                batch = self._integer(extra, source, "a batch size", minimum=1)
+                batch = self._integer(extra, source, "a batch size", minimum=1,
+                                      maximum=MAX_BATCH)
         if limit is _INVALID or batch is _INVALID:
             return _INVALID
         return Latency(limit, percentile, batch)
@@ -478,7 +505,7 @@ class Resolver:
         return quantity
 
     def _integer(self, literal: ast.QuantityLiteral, source: SourceText, what: str,
-                 minimum: int):
+                 minimum: int, maximum: int | None = None):
         if literal.unit is not None:
             self.error(source, literal.unit.span, f"{what} is a plain count, without a unit",
                        "spec.unit-mismatch")
@@ -490,6 +517,9 @@ class Resolver:
             return _INVALID
         if value < minimum:
             self.error(source, literal.span, f"{what} must be at least {minimum}", "spec.range")
+            return _INVALID
+        if maximum is not None and value > maximum:
+            self.error(source, literal.span, f"{what} must be at most {maximum}", "spec.range")
             return _INVALID
         return int(value)
 
@@ -789,6 +819,22 @@ _INVALID: Any = _Invalid()
 
 def _describe(dimensions: tuple[Dimension, ...]) -> str:
     return " or ".join(d.description for d in dimensions)
+
+
+def _looks_like_a_spec(text: str, path: str) -> bool:
+    """False when the file's very first statement does not parse: an included file that
+    is not a spec at all (a password file, a binary), not a spec with a typo further on."""
+    result = _parse_cached(text, path)
+    errors = [d for d in result.diagnostics if d.is_error]
+    if not errors or errors[0].code == "spec.too-large":
+        return True
+    stripped = re.sub(r"#[^\n]*", "", text)
+    first = re.search(r"\S", stripped)
+    if first is None:
+        return True
+    line = stripped.count("\n", 0, first.start()) + 1
+    location = errors[0].location
+    return location is None or (location.line or 0) > line
 
 
 def _real(path: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
@@ -37,14 +39,24 @@ def load_model(path: str, *, check: bool = True) -> Model:
 def read_model_bytes(path: str) -> tuple[bytes, str]:
     """The bytes of a model file (``-``: standard input) and the folder its external
     data is relative to."""
+    from edgec.safeio import read_regular_file
+
     if path == "-":
-        return sys.stdin.buffer.read(), os.getcwd()
+        data = sys.stdin.buffer.read(MAX_MODEL_BYTES + 1)
+        if len(data) > MAX_MODEL_BYTES:
+            raise ModelError(Diagnostic.error("the model on standard input is over protobuf's "
+                                              "2 GiB limit", Location(path="<stdin>")))
+        return data, os.getcwd()
     try:
-        with open(path, "rb") as f:
-            return f.read(), os.path.dirname(os.path.abspath(path))
+        # A regular file (not /dev/zero, a FIFO or a terminal) within protobuf's limit:
+        # weights beyond it live in external data.
+        return read_regular_file(path, MAX_MODEL_BYTES), os.path.dirname(os.path.abspath(path))
     except OSError as e:
         raise ModelError(Diagnostic.error(f"cannot read the model: {e.strerror}",
                                           Location(path=path))) from None
+
+
+MAX_MODEL_BYTES = 2 << 30
 
 
 def parse_model_bytes(data: bytes, display: str = "<model>") -> onnx.ModelProto:
@@ -59,7 +71,53 @@ def parse_model_bytes(data: bytes, display: str = "<model>") -> onnx.ModelProto:
         raise ModelError(Diagnostic.error(
             "not an ONNX model: it has no graph (empty, truncated or not a model file)",
             Location(path=display)))
+    bad = _non_utf8_string(proto)
+    if bad is not None:
+        raise ModelError(Diagnostic.error(
+            f"not a valid ONNX model: {bad} is not UTF-8 text", Location(path=display)))
     return proto
+
+
+def _non_utf8_string(message, where: str = "") -> str | None:
+    """Where a string field holds bytes that are not UTF-8 (protobuf hands those back as
+    bytes, which no later assignment accepts); None when every string is text. Tensor
+    data is not visited (it is bytes by design, and may be large)."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    stack = [(message, where or "model")]
+    while stack:
+        msg, path = stack.pop()
+        is_tensor = isinstance(msg, onnx.TensorProto)
+        for field, value in (_tensor_fields(msg) if is_tensor else msg.ListFields()):
+            here = f"{path}.{field.name}"
+            values = value if _repeated(field) else [value]
+            if field.type == F.TYPE_STRING:
+                if any(isinstance(v, bytes) for v in values):
+                    return here
+            elif field.type == F.TYPE_MESSAGE:
+                stack.extend((v, here) for v in values)
+    return None
+
+
+def _tensor_fields(tp: onnx.TensorProto):
+    for name in ("name", "doc_string", "external_data", "metadata_props"):
+        field = tp.DESCRIPTOR.fields_by_name.get(name)
+        if field is None:
+            continue
+        value = getattr(tp, name)
+        if _repeated(field) and not len(value):
+            continue
+        if not _repeated(field) and not tp.HasField(name):
+            continue
+        yield field, value
+
+
+def _repeated(field) -> bool:
+    # protobuf 5 and later: is_repeated; older releases only have label.
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    return field.label == field.LABEL_REPEATED
 
 
 def import_model(proto: onnx.ModelProto, *, base_dir: str | None = None,
@@ -205,7 +263,7 @@ class _Importer:
             graph.add_initializer(v)
         for sp in gp.sparse_initializer:
             name = sp.values.name
-            tensor = Tensor(name=name, dtype=DataType(sp.values.data_type), dims=tuple(sp.dims))
+            tensor = Tensor(name=name, dtype=self.dtype(sp.values.data_type), dims=tuple(sp.dims))
             tensor.sparse_proto = sp
             v = scope.values.get(name)
             if v is None:
@@ -316,7 +374,18 @@ class _Importer:
         external = None
         if tp.data_location == onnx.TensorProto.EXTERNAL:
             external = self.external_data(tp)
+        problem = _tensor_size_problem(tp, external)
+        if problem:
+            self.error(problem, f"tensor '{tp.name}'")
+            return Tensor(np.zeros(0, np.float32), name=tp.name)  # the import fails anyway
         return Tensor.from_proto(tp, external)
+
+    def dtype(self, code: int) -> DataType:
+        try:
+            return DataType(code)
+        except ValueError:
+            self.error(f"unknown element type {code}")
+            return DataType.UNDEFINED
 
     def external_data(self, tp: onnx.TensorProto) -> ExternalData | None:
         info = {e.key: e.value for e in tp.external_data}
@@ -357,11 +426,11 @@ class _Importer:
         which = tp.WhichOneof("value")
         if which == "tensor_type":
             tt = tp.tensor_type
-            return TensorType(DataType(tt.elem_type),
+            return TensorType(self.dtype(tt.elem_type),
                               _shape(tt.shape) if tt.HasField("shape") else None)
         if which == "sparse_tensor_type":
             tt = tp.sparse_tensor_type
-            return SparseTensorType(DataType(tt.elem_type),
+            return SparseTensorType(self.dtype(tt.elem_type),
                                     _shape(tt.shape) if tt.HasField("shape") else None)
         if which == "sequence_type":
             st = tp.sequence_type
@@ -371,11 +440,64 @@ class _Importer:
             return OptionalType(self.type(ot.elem_type) if ot.HasField("elem_type") else None)
         if which == "map_type":
             mt = tp.map_type
-            return MapType(DataType(mt.key_type),
+            return MapType(self.dtype(mt.key_type),
                            self.type(mt.value_type) if mt.HasField("value_type") else None)
         if which == "opaque_type":
             return OpaqueType(tp.opaque_type.domain, tp.opaque_type.name)
         return None
+
+
+def _tensor_size_problem(tp: onnx.TensorProto, external: ExternalData | None) -> str | None:
+    """Why ``tp``'s data cannot be what its dims and type say (None: it can). Checked at
+    import, so that no pass ever reshapes or allocates from a size the bytes do not back."""
+    if any(d < 0 for d in tp.dims):
+        return f"has a negative dimension {list(tp.dims)}"
+    count = 1
+    for d in tp.dims:
+        count *= d
+    try:
+        dtype = DataType(tp.data_type)
+    except ValueError:
+        return f"has an unknown element type {tp.data_type}"
+    if dtype is DataType.UNDEFINED:
+        return "has no element type"
+    if dtype is DataType.STRING:
+        held = len(tp.string_data)
+        return None if held == count or tp.data_location == onnx.TensorProto.EXTERNAL else \
+            f"declares {list(tp.dims)} ({count} strings) but holds {held}"
+    bits = dtype.itemsize_bits
+    nbytes = (count * bits + 7) // 8
+    if tp.data_location == onnx.TensorProto.EXTERNAL:
+        if external is None:
+            return None  # reported by external_data
+        # Exactly: the bytes read are `length`, or the rest of the file without one.
+        available = external.length if external.length is not None else None
+        if available is None:
+            try:
+                available = os.path.getsize(external.path) - external.offset
+            except OSError:
+                return None
+        return None if available == nbytes else \
+            f"declares {list(tp.dims)} {dtype.name} ({nbytes} bytes) but its external data " \
+            f"holds {max(0, available)} bytes"
+    if tp.HasField("raw_data"):
+        held = len(tp.raw_data)
+        return None if held == nbytes else \
+            f"declares {list(tp.dims)} {dtype.name} ({nbytes} bytes) but holds {held} bytes"
+    try:
+        field = onnx.helper.tensor_dtype_to_field(tp.data_type)
+    except (KeyError, ValueError, TypeError):
+        return f"has an element type {tp.data_type} with no data field"
+    held = len(getattr(tp, field))
+    if dtype in (DataType.COMPLEX64, DataType.COMPLEX128):
+        want = 2 * count
+    elif bits < 8:
+        want = nbytes  # packed: a byte (two values) per entry
+    else:
+        want = count
+    if held == want or (held == 0 and count == 0):
+        return None
+    return f"declares {list(tp.dims)} ({count} elements) but holds {held} values"
 
 
 def _shape(sp: onnx.TensorShapeProto) -> Shape:
@@ -400,10 +522,61 @@ def _decode(raw: bytes) -> str | bytes:
         return raw
 
 
+def external_data_files(proto: onnx.ModelProto, base_dir: str, source: str = "<model>") -> list[str]:
+    """The real paths of the files ``proto``'s external data lives in, each confined to
+    ``base_dir`` (by `_resolve_inside`, the importer's own check) and a regular file,
+    before anything opens, hashes or lists them. Raises `ModelError` (exit 3) naming the
+    tensor otherwise."""
+    files: set[str] = set()
+    for tp in _all_tensor_protos(proto):
+        if tp.data_location != onnx.TensorProto.EXTERNAL and not len(tp.external_data):
+            continue
+        info = {e.key: e.value for e in tp.external_data}
+        location = info.get("location", "")
+        where = Location(path=source, obj=f"tensor '{tp.name}'")
+        if not location:
+            raise ModelError(Diagnostic.error("external data has no location", where))
+        resolved = _resolve_inside(base_dir, location)
+        if resolved is None:
+            raise ModelError(Diagnostic.error(
+                f"external data location '{location}' points outside the model's folder; "
+                "refusing to read it", where))
+        if not os.path.isfile(resolved):
+            what = "does not exist" if not os.path.exists(resolved) else "is not a regular file"
+            raise ModelError(Diagnostic.error(
+                f"external data file '{location}' {what}", where))
+        files.add(resolved)
+    return sorted(files)
+
+
+def _all_tensor_protos(proto: onnx.ModelProto):
+    def graph(g):
+        yield from g.initializer
+        for st in g.sparse_initializer:
+            yield st.values
+            yield st.indices
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from graph(a.g)
+                for sub in a.graphs:
+                    yield from graph(sub)
+    yield from graph(proto.graph)
+    for f in proto.functions:
+        for n in f.node:
+            for a in n.attribute:
+                if a.HasField("t"):
+                    yield a.t
+
+
 def _resolve_inside(base_dir: str, location: str) -> str | None:
     """The real path of ``location`` under ``base_dir``, or None if it escapes it
     (absolute paths, ``..``, symlinks pointing elsewhere)."""
-    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location \
+            or "\x00" in location:
         return None
     base = os.path.realpath(base_dir)
     target = os.path.realpath(os.path.join(base, location))

@@ -9,6 +9,7 @@ command that replays them), as MLIR's crash reproducers do.
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import time
 import traceback
@@ -208,7 +209,8 @@ class PassManager:
         with open(os.path.join(path, "pipeline.txt"), "w") as f:
             f.write(prefix + "\n")
         with open(os.path.join(path, "command.sh"), "w") as f:
-            f.write(f"edgec opt input.onnx -p '{prefix}' --verify-each -o /dev/null\n")
+            # Quoted for the shell: option values are the user's text (quotes included).
+            f.write(f"edgec opt input.onnx -p {shlex.quote(prefix)} --verify-each -o /dev/null\n")
         with open(os.path.join(path, "error.txt"), "w") as f:
             f.write(f"while running '{invocation}'\n{message}\n")
             if trace:

@@ -62,8 +62,10 @@ class PassRegistry:
         who = "built-in pass" if source == "built-in" else f"plugin '{dist}'"
         try:
             obj = ep.load()
-        except Exception as e:  # a plugin's import error must not take the others down
-            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        except (Exception, SystemExit) as e:  # a plugin's import error must not take the
+            # others down; nor may its sys.exit() end edgec with "success" having done
+            # nothing. KeyboardInterrupt still stops edgec.
+            reason = plugin_failure(e)
             self._broken[ep.name] = f"{who} failed to load ({reason})"
             self.problems.append(Diagnostic.warning(
                 f"{who} failed to load entry point '{described}': {reason}",
@@ -220,6 +222,14 @@ def _contract_problem(name: str, obj: object) -> str | None:
     if obj.run is Pass.run:
         return "it does not implement run(model, ctx)"
     return None
+
+
+def plugin_failure(error: BaseException) -> str:
+    """One line saying why loading a plugin failed."""
+    if isinstance(error, SystemExit):
+        return f"it called sys.exit({error.code!r}) while loading"
+    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) \
+        else type(error).__name__
 
 
 def _dist_name(ep: importlib.metadata.EntryPoint) -> str:

@@ -24,8 +24,14 @@ Progress = Callable[[str, int, int, str], None]
 BATCH = 16
 
 
-def session(proto: onnx.ModelProto, *, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
+def session(proto: onnx.ModelProto, *, optimize: bool = True, threads: int = 0,
+            base_dir: str | None = None) -> ort.InferenceSession:
+    """A session on ``proto``; its external data (if any) is read from ``base_dir`` (the
+    IR's ``model.base_dir``), never from the current directory."""
     options = ort.SessionOptions()
+    if base_dir is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         base_dir)
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
@@ -64,9 +70,9 @@ def feed_batches(proto_inputs: list[onnx.ValueInfoProto], samples: dict[str, np.
 
 
 def run(proto: onnx.ModelProto, samples: dict[str, np.ndarray], *, optimize: bool = True,
-        batch: int = BATCH) -> list[np.ndarray]:
+        batch: int = BATCH, base_dir: str | None = None) -> list[np.ndarray]:
     """The model's outputs on every sample, concatenated along the leading axis."""
-    sess = session(proto, optimize=optimize)
+    sess = session(proto, optimize=optimize, base_dir=base_dir)
     names = [o.name for o in sess.get_outputs()]
     wanted = {i.name for i in sess.get_inputs()}
     parts: list[list[np.ndarray]] = [[] for _ in names]
@@ -77,16 +83,18 @@ def run(proto: onnx.ModelProto, samples: dict[str, np.ndarray], *, optimize: boo
 
 
 def observe(proto: onnx.ModelProto, samples: dict[str, np.ndarray], wanted: set[str],
-            observer: Observer, *, progress: Progress | None = None, batch: int = BATCH) -> None:
+            observer: Observer, *, progress: Progress | None = None, batch: int = BATCH,
+            base_dir: str | None = None) -> None:
     """Call ``observer(name, array)`` for every value in ``wanted`` on every run."""
     initializers = {t.name for t in proto.graph.initializer}
     inputs = [vi for vi in proto.graph.input if vi.name not in initializers]
     feeds = feed_batches(inputs, samples, batch)
-    _observe_graph(proto, proto.graph, feeds, wanted, observer, progress)
+    _observe_graph(proto, proto.graph, feeds, wanted, observer, progress, base_dir)
 
 
 def _observe_graph(model: onnx.ModelProto, graph: onnx.GraphProto, feeds: list[dict],
-                   wanted: set[str], observer: Observer, progress: Progress | None) -> None:
+                   wanted: set[str], observer: Observer, progress: Progress | None,
+                   base_dir: str | None = None) -> None:
     defined = _defined(graph)
     here = [n for n in sorted(wanted & defined)]
     branches = []  # (If node, branch attr name, branch graph, captured names)
@@ -112,7 +120,7 @@ def _observe_graph(model: onnx.ModelProto, graph: onnx.GraphProto, feeds: list[d
     names = [n for n in outputs if n in extra] + exposed
     if not names:  # nothing to observe (and onnxruntime reads no names as "every output")
         return
-    sess = session(probe, optimize=False)
+    sess = session(probe, optimize=False, base_dir=base_dir)
     input_names = {i.name for i in sess.get_inputs()}
     kept: list[dict[str, np.ndarray]] = []
     for done, feed in enumerate(feeds):
@@ -134,7 +142,7 @@ def _observe_graph(model: onnx.ModelProto, graph: onnx.GraphProto, feeds: list[d
             [helper.make_tensor_value_info(c, helper.np_dtype_to_tensor_dtype(branch_feeds[0][c].dtype), None)
              for c in captured],
             list(branch.output), list(branch.initializer))
-        _observe_graph(model, standalone, branch_feeds, wanted, observer, progress)
+        _observe_graph(model, standalone, branch_feeds, wanted, observer, progress, base_dir)
 
 
 def _defined(graph: onnx.GraphProto) -> set[str]:

@@ -311,11 +311,12 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
         else:
             observed[name] = [lo, hi]
 
-    observe(proto, samples, wanted, minmax, progress=progress)
+    observe(proto, samples, wanted, minmax, progress=progress, base_dir=model.base_dir)
     ranges = {k: (v[0], v[1]) for k, v in observed.items()}
     if config.calibration in ("percentile", "entropy"):
         hists = {k: cal.Histogram(max(abs(lo), abs(hi))) for k, (lo, hi) in ranges.items()}
-        observe(proto, samples, set(hists), lambda n, a: hists[n].add(a), progress=progress)
+        observe(proto, samples, set(hists), lambda n, a: hists[n].add(a), progress=progress,
+                base_dir=model.base_dir)
         for k, h in hists.items():
             if config.calibration == "percentile":
                 ranges[k] = cal.percentile_range(h, config.percentile, ranges[k])

@@ -62,7 +62,7 @@ class _Trials:
         self.config = config
         self.calibration = calibration or calibrate(self.base, samples, config, progress)
         self.eval_samples = eval_samples if eval_samples is not None else samples
-        self.reference = run(export_model(model), self.eval_samples)
+        self.reference = run(export_model(model), self.eval_samples, base_dir=model.base_dir)
 
     def layers(self) -> list[str]:
         seen = dict.fromkeys(n.name for n in candidate_nodes(self.base, self.config) if n.name)
@@ -71,6 +71,8 @@ class _Trials:
     def outputs(self, config: QuantConfig) -> list[np.ndarray]:
         model = _copy(self.base)
         apply(model, self.calibration, config)
+        if self.run is run:  # external weights resolve in the model's folder
+            return run(export_model(model), self.eval_samples, base_dir=model.base_dir)
         return self.run(export_model(model), self.eval_samples)
 
     def score(self, config: QuantConfig, metric: str, tolerance, labels=None):
