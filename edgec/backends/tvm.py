@@ -426,6 +426,19 @@ def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProt
     return None
 
 
+def _legalized_batch(model: onnx.ModelProto) -> int | None:
+    """The batch legalize-tvm bound the model's symbolic batch to, if it did."""
+    for prop in model.metadata_props:
+        if prop.key == "edgec.legalize-tvm.bound-batch" and prop.value.isdigit():
+            return int(prop.value)
+    return None
+
+
+def _contiguous(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy()
+
+
 def _check_batch(names: list[str], inputs: Mapping[str, Any], batch: int | None) -> None:
     """A module tuned on a symbolic batch takes that one batch: anything else is a usage
     error (exit 2), not TVM's match_cast failure."""
@@ -467,7 +480,8 @@ class RemoteTVMRunner:
             raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
                                f"{', '.join(self.input_names)}")
         _check_batch(self.input_names, inputs, self.batch)
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device)
+        # Not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d, which TVM refuses.
+        return [tvm.runtime.tensor(_contiguous(inputs[name]), self.device)
                 for name in self.input_names]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -577,6 +591,7 @@ class TVMBackend:
         model = _with_external_data(model, model_path)
         from tvm.relax.frontend import onnx as relax_onnx
 
+        self._refuse_miscompiled(model)
         # The importer prints "Error converting operator ..." and warns; edgec reports
         # the problem itself, once, as a diagnostic.
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -589,7 +604,26 @@ class TVMBackend:
         return mod
 
     @staticmethod
+    def _refuse_miscompiled(model: onnx.ModelProto) -> None:
+        """A model with a construct TVM imports but computes wrongly is refused."""
+        from edgec.backends.tvm_legality import miscompiled
+
+        found = miscompiled(model)
+        if not found:
+            return
+        node, why = found[0]
+        index = next((i for i, other in enumerate(model.graph.node) if other is node), None)
+        name = node.name or (f"#{index}" if index is not None else "?")
+        more = f" (and {len(found) - 1} more such node(s))" if len(found) > 1 else ""
+        raise ModelError(Diagnostic.error(
+            f"TVM would compute node '{name}' ({node.op_type}) wrongly: {why}{more}",
+            Location(obj=f"node '{name}' ({node.op_type})"), code="tvm.miscompiled",
+            notes=["the onnxruntime backend (backend ort) computes it correctly"]))
+
+    @staticmethod
     def _import_error(error: Exception, model: onnx.ModelProto) -> ModelError:
+        from edgec.backends.tvm_legality import needed_rewrite
+
         reason = " ".join(str(error).split()) or type(error).__name__
         node = _failing_node(error, model)
         if node is None:
@@ -598,7 +632,8 @@ class TVMBackend:
         else:
             index = next((i for i, other in enumerate(model.graph.node) if other == node), None)
             name = node.name or (f"#{index}" if index is not None else "?")
-            message = f"TVM cannot import node '{name}' ({node.op_type}): {reason}"
+            message = (f"TVM cannot import node '{name}' ({node.op_type}): {reason} "
+                       f"[{needed_rewrite(node.op_type, reason)}]")
             location = Location(obj=f"node '{name}' ({node.op_type})")
         return ModelError(Diagnostic.error(
             message, location, code="tvm.unsupported-model",
@@ -680,7 +715,7 @@ class TVMBackend:
             "outputs": [_bind_value_info(_value_info(value), bound)
                         for value in model.graph.output],
             # The one batch the module takes, when tuning bound a symbolic batch to it.
-            "batch": options.batch if bound else None,
+            "batch": options.batch if bound else _legalized_batch(model),
             "tuned": bool(tuning and tuning["tasks_tuned"] > 0),
             "tuning": tuning,
             "tvm_version": tvm.__version__,

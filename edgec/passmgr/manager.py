@@ -32,12 +32,22 @@ DEFAULT_PIPELINE = "fixed-point(fold-constants,cse,dce),infer-shapes,fuse,fixed-
 _BACKEND_FUSE_OPTIONS = {"tvm": "fuse{exclude=attention}"}
 
 
+# Passes run last for a backend, when installed: TVM's importer needs shapes folded to
+# constants, ops it lacks expanded, and types populated (passes/legalize_tvm.py).
+_BACKEND_LEGALIZE = {"tvm": "legalize-tvm"}
+
+
 def default_pipeline(backend: str | None = None) -> str:
     """The default pipeline, adjusted to what ``backend`` can take."""
     fuse = _BACKEND_FUSE_OPTIONS.get(backend or "")
-    if fuse is None:
-        return DEFAULT_PIPELINE
-    return ",".join(fuse if part == "fuse" else part for part in DEFAULT_PIPELINE.split(","))
+    text = DEFAULT_PIPELINE if fuse is None else \
+        ",".join(fuse if part == "fuse" else part for part in DEFAULT_PIPELINE.split(","))
+    legalize = _BACKEND_LEGALIZE.get(backend or "")
+    # An install whose metadata predates the pass (an editable install not yet
+    # reinstalled) keeps the pipeline it had rather than failing on an unknown pass.
+    if legalize is not None and legalize in default_registry().names():
+        text += "," + legalize
+    return text
 DEFAULT_MAX_ITERATIONS = 10
 
 

@@ -12,6 +12,14 @@ NaN), strings compared exactly, sequences element by element, empty optionals as
     python -m edgec.testing.conformance --sample 200 --json
     python -m edgec.testing.conformance --constant-inputs   # inputs as initializers: folding runs the op
     python -m edgec.testing.conformance --pipeline quantize-int8 --lossy int8   # a lossy pass
+    python -m edgec.testing.conformance --backend tvm --cases node  # legalize-tvm, then TVM
+    python -m edgec.testing.conformance --backend tvm --cases node --no-legalize  # raw TVM
+
+With ``--backend tvm`` the model edgec hands over (after ``legalize-tvm``, or as onnx
+wrote it) is imported by TVM's relax ONNX frontend, built for llvm and run on this host
+in a worker process (``edgec.testing.tvm_runner``); a case TVM cannot import, build or
+run, or that edgec refuses because TVM is known to compute it wrongly, is "backend fails
+on edgec output", and the report groups every failure by cause.
 
 A lossy pass (quantization, fp16) is run with the case's own inputs as calibration data
 (``PassContext.calibration_data``, one sample) and judged with a ``LossyTolerance``: a
@@ -32,6 +40,7 @@ import functools
 import glob
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -62,6 +71,8 @@ __all__ = [
     "run_cases",
     "run_original",
     "sample",
+    "stop_tvm_workers",
+    "tvm_backend",
     "calibration_samples",
     "with_constant_inputs",
     "main",
@@ -84,12 +95,16 @@ class Outcome(str, enum.Enum):
     # edgec produced a model onnxruntime refuses or cannot run: an edgec defect,
     # counted with the edgec errors but labelled apart.
     ORT_FAILS_ON_EDGEC_OUTPUT = "ORT fails on edgec output"
+    # The backend under test (TVM with --backend tvm) cannot import, build or run
+    # edgec's output: counted with the edgec errors, labelled apart.
+    BACKEND_FAILS = "backend fails on edgec output"
     ORT_FAILS_ORIGINAL = "ORT fails on original"
     TRAINING_ONLY = "training-only"
 
     @property
     def is_edgec_defect(self) -> bool:
-        return self in (Outcome.WRONG_RESULT, Outcome.EDGEC_ERROR, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT)
+        return self in (Outcome.WRONG_RESULT, Outcome.EDGEC_ERROR, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT,
+                        Outcome.BACKEND_FAILS)
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,10 @@ class Transformation:
     apply: Callable[..., onnx.ModelProto]
     calibration: bool = False
     lossy: LossyTolerance | None = None
+    # What runs the transformed model: None for onnxruntime; else
+    # ``executor(proto, case) -> outputs per data set``, raising on failure (an
+    # executor failure is "backend fails on edgec output").
+    executor: Callable[[onnx.ModelProto, "Case"], list[list[Any]]] | None = None
 
 
 # --------------------------------------------------------------------------- cases
@@ -363,6 +382,44 @@ def calibration_samples(case: Case) -> dict[str, np.ndarray]:
     inputs = case.data_sets[0][0] if case.data_sets else ()
     return {name: x[None] for name, x in zip(fed, inputs)
             if isinstance(x, np.ndarray) and not _is_exotic(x)}
+
+
+def tvm_backend(legalize: bool = True, *, timeout: float | None = None) -> Transformation:
+    """The case through TVM: (import -> ``legalize-tvm`` -> export, unless ``legalize`` is
+    False: the case as onnx wrote it) -> relax ONNX import -> build for llvm -> run on
+    this host, in a worker process (see ``edgec.testing.tvm_runner``). With ``legalize``
+    the tvm backend's refusals apply too (``edgec.backends.tvm_legality.miscompiled``)."""
+    from edgec.testing.tvm_runner import DEFAULT_TIMEOUT, TVMWorker
+
+    worker = _tvm_workers.setdefault(timeout or DEFAULT_TIMEOUT, TVMWorker(timeout or DEFAULT_TIMEOUT))
+
+    def execute(proto: onnx.ModelProto, case: Case) -> list[list[Any]]:
+        # Raw: TVM alone, without the refusals of constructs it computes wrongly.
+        return worker.run(proto.SerializeToString(), [inputs for inputs, _ in case.data_sets],
+                          refuse=legalize)
+
+    if not legalize:
+        return Transformation("tvm (raw import, no legalize-tvm)", lambda proto, base_dir: proto,
+                              executor=execute)
+
+    def legalize_tvm(proto: onnx.ModelProto, base_dir: str | None) -> onnx.ModelProto:
+        from edgec.frontend import export_model, import_model
+        from edgec.passes.legalize_tvm import LegalizeTVM
+        from edgec.passmgr.base import PassContext
+
+        model = import_model(proto, base_dir=base_dir, check=True)
+        result = LegalizeTVM().run(model, PassContext())
+        return export_model(result.model if result.model is not None else model)
+    return Transformation("tvm after legalize-tvm", legalize_tvm, executor=execute)
+
+
+_tvm_workers: dict[float, Any] = {}
+
+
+def stop_tvm_workers() -> None:
+    for worker in _tvm_workers.values():
+        worker.stop()
+    _tvm_workers.clear()
 
 
 def default_pipeline() -> Transformation:
@@ -564,14 +621,16 @@ def _ort_failure(e: BaseException) -> str:
 
 
 def _check(case: Case, model: onnx.ModelProto,
-           lossy: LossyTolerance | None = None) -> tuple[str | None, str | None, bool]:
-    """(onnxruntime failure, mismatch, whether ``lossy`` was needed): at most one of the
+           lossy: LossyTolerance | None = None,
+           executor: Callable[[onnx.ModelProto, Case], list[list[Any]]] | None = None,
+           ) -> tuple[str | None, str | None, bool]:
+    """(executor failure, mismatch, whether ``lossy`` was needed): at most one of the
     first two is set. With ``lossy``, outputs outside the case's tolerance are compared
-    again with it."""
+    again with it. The executor is onnxruntime unless one is given."""
     try:
-        results = _run_ort(model, case)
+        results = (executor or _run_ort)(model, case)
     except Exception as e:  # onnxruntime raises its own and plain exception types
-        return _ort_failure(e), None, False
+        return (_ort_failure(e) if executor is None else str(e)), None, False
     needed = False
     for (_, expected), actual in zip(case.data_sets, results):
         problem = compare_outputs(expected, actual, case.rtol, case.atol)
@@ -624,9 +683,12 @@ def run_case(case: Case, transformation: Transformation) -> CaseResult:
             modified = transformed.SerializeToString(deterministic=True) != plain.SerializeToString(deterministic=True)
         except Exception:
             modified = True
-    failure, mismatch, lossy = _check(case, transformed, transformation.lossy if modified else None)
+    failure, mismatch, lossy = _check(case, transformed, transformation.lossy if modified else None,
+                                      transformation.executor)
     if failure:
-        return CaseResult(case.name, Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, failure, modified)
+        outcome = Outcome.ORT_FAILS_ON_EDGEC_OUTPUT if transformation.executor is None else \
+            Outcome.BACKEND_FAILS
+        return CaseResult(case.name, outcome, failure, modified)
     if mismatch:
         return CaseResult(case.name, Outcome.WRONG_RESULT, mismatch, modified)
     return CaseResult(case.name, Outcome.LOSSY_PASS if lossy else Outcome.PASS, "", modified)
@@ -660,9 +722,21 @@ class Report:
             "pass": by_outcome[Outcome.PASS],
             **lossy,
             "wrong result": by_outcome[Outcome.WRONG_RESULT],
-            "edgec error": by_outcome[Outcome.EDGEC_ERROR] + by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT],
+            "edgec error": by_outcome[Outcome.EDGEC_ERROR] + by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT]
+            + by_outcome[Outcome.BACKEND_FAILS],
             "of which ORT fails on edgec output": by_outcome[Outcome.ORT_FAILS_ON_EDGEC_OUTPUT],
+            **({"of which the backend fails": by_outcome[Outcome.BACKEND_FAILS]}
+               if by_outcome[Outcome.BACKEND_FAILS] else {}),
         }
+
+    def causes(self) -> list[tuple[str, int, list[str]]]:
+        """edgec's defects grouped by cause (the reason with numbers and quoted names
+        blurred): (cause, count, case names), most frequent first."""
+        groups: dict[str, list[str]] = {}
+        for r in self.defects:
+            groups.setdefault(_cause(r), []).append(r.name)
+        return sorted(((c, len(names), names) for c, names in groups.items()),
+                      key=lambda item: (-item[1], item[0]))
 
     @property
     def defects(self) -> list[CaseResult]:
@@ -677,11 +751,18 @@ class Report:
         lines = [f"edgec conformance: {self.transformation} ({self.seconds:.0f} s)"]
         lines += [f"  {k:<{width}}  {v:>5}" for k, v in counts.items()]
         lines.append(f"  pass rate where onnxruntime passes the original: {rate}")
+        causes = self.causes()
+        if causes:
+            lines.append("failures by cause:")
+            for cause, count, names in causes:
+                example = names[0] + (f" (+{count - 1})" if count > 1 else "")
+                lines.append(f"  {count:>5}  {cause}  [{example}]")
         shown = [r for r in self.results if r.outcome not in (Outcome.PASS, Outcome.LOSSY_PASS)]
         if not list_all:
             shown = self.defects
         order = {o: i for i, o in enumerate([Outcome.WRONG_RESULT, Outcome.EDGEC_ERROR,
-                                             Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, Outcome.ORT_FAILS_ORIGINAL,
+                                             Outcome.ORT_FAILS_ON_EDGEC_OUTPUT, Outcome.BACKEND_FAILS,
+                                             Outcome.ORT_FAILS_ORIGINAL,
                                              Outcome.TRAINING_ONLY])}
         for r in sorted(shown, key=lambda r: (order[r.outcome], r.name)):
             lines.append(f"{r.outcome.value}: {r.name}: {r.reason}")
@@ -689,7 +770,22 @@ class Report:
 
     def to_json(self) -> dict:
         return {"transformation": self.transformation, "seconds": round(self.seconds, 1),
-                "counts": self.counts(), "results": [r.to_json() for r in self.results]}
+                "counts": self.counts(),
+                "causes": [{"cause": c, "count": n, "cases": names} for c, n, names in self.causes()],
+                "results": [r.to_json() for r in self.results]}
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"(?<![A-Za-z_])-?\d+(\.\d+)?(e-?\d+)?")
+
+
+def _cause(result: CaseResult) -> str:
+    """A failure's reason with what differs between cases of one cause blurred: quoted
+    names, numbers, and the details after "values differ"."""
+    reason = result.reason
+    if result.outcome is Outcome.WRONG_RESULT:
+        return "wrong result: " + _NUMBER.sub("N", reason.split(" (")[0])
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", reason))[:160]
 
 
 def run_cases(cases: Iterable[Case], transformation: Transformation,
@@ -728,13 +824,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the pipeline is lossy: give it each case's inputs as calibration "
                              "data and accept modified cases within this tolerance "
                              f"({', '.join(sorted(LOSSY_TOLERANCES))})")
+    parser.add_argument("--backend", choices=("ort", "tvm"), default="ort",
+                        help="what runs edgec's output: onnxruntime (the pass pipeline's "
+                             "conformance), or TVM: legalize-tvm, relax ONNX import, build for "
+                             "llvm, run on this host (--pipeline does not apply)")
+    parser.add_argument("--no-legalize", action="store_true",
+                        help="with --backend tvm: hand TVM the case as onnx wrote it (the "
+                             "before figure)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="with --backend tvm: seconds one case may take (default 300)")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="only every N-th case starting at the I-th (0-based), to run a "
+                             "sweep in N processes")
+    parser.add_argument("--progress", action="store_true",
+                        help="print each case's outcome to stderr as it is known")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--defects-only", action="store_true",
                         help="list only edgec's defects, not ORT's failures and training-only cases")
     args = parser.parse_args(argv)
 
-    transformation = no_passes() if args.no_passes else pipeline(
-        args.pipeline, calibration=args.lossy is not None, lossy=args.lossy)
+    if args.backend == "tvm":
+        if args.pipeline or args.no_passes or args.lossy:
+            parser.error("--backend tvm runs legalize-tvm only: --pipeline, --no-passes and "
+                         "--lossy do not apply")
+        transformation = tvm_backend(not args.no_legalize, timeout=args.timeout)
+    elif args.no_legalize:
+        parser.error("--no-legalize needs --backend tvm")
+    else:
+        transformation = no_passes() if args.no_passes else pipeline(
+            args.pipeline, calibration=args.lossy is not None, lossy=args.lossy)
     cases: list[Case] = []
     if args.cases in ("all", "node"):
         nodes = list(node_cases())
@@ -743,9 +861,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases += light_cases()
     if args.k:
         cases = [c for c in cases if args.k in c.name]
+    if args.shard:
+        try:
+            index, count = (int(part) for part in args.shard.split("/"))
+            if not 0 <= index < count:
+                raise ValueError
+        except ValueError:
+            parser.error(f"--shard takes I/N with 0 <= I < N, not '{args.shard}'")
+        cases = cases[index::count]
     if args.constant_inputs:
         cases = [v for v in (with_constant_inputs(c) if c.source == "node" else c for c in cases) if v is not None]
-    report = run_cases(cases, transformation)
+    progress = None
+    if args.progress:
+        def progress(result: CaseResult) -> None:
+            print(f"{result.outcome.value}: {result.name}: {result.reason}", file=sys.stderr, flush=True)
+    try:
+        report = run_cases(cases, transformation, progress)
+    finally:
+        stop_tvm_workers()
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

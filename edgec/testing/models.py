@@ -28,6 +28,7 @@ __all__ = [
     "scaling_model",
     "conv_bn_relu",
     "mlp",
+    "exporter_style_cnn",
 ]
 
 
@@ -533,4 +534,46 @@ def mlp(batch: int = 1, sizes: tuple[int, ...] = (64, 128, 10), seed: int = 0) -
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, sizes[0]])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, sizes[-1]])],
         f"MLP {list(sizes)}, random weights (seed {seed}).",
+    )
+
+
+def exporter_style_cnn(seed: int = 0) -> onnx.ModelProto:
+    """``image`` [N,3,16,16] (N symbolic) -> Conv -> Relu -> Resize to twice the size ->
+    GlobalAveragePool -> Reshape -> MatMul -> Softmax -> ``probs`` [N,10].
+
+    Written as jax2tf and Paddle2ONNX write graphs: the Reshape's new shape is computed at
+    run time (``Shape → Gather → Concat``), the Resize's ``sizes`` too
+    (``Shape → Slice`` of the batch and channels, concatenated with twice the spatial
+    size, computed with ``Mul``), the output types are left unpopulated, and a CastLike
+    casts the scale. TVM 0.27's importer refuses it as written ("Reshape requires the
+    input new shape to be Shape"); ``legalize-tvm`` with a bound batch makes it importable.
+    """
+    b = _GraphBuilder("exporter_style_cnn", np.random.default_rng(seed))
+    w = b.rng.normal(0.0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    h = b.node("Conv", ["image", b.initializer("conv.weight", w)], "/conv", pads=[1, 1, 1, 1])
+    h = b.node("Relu", [h], "/relu")
+    shape = b.node("Shape", [h], "/resize/shape")
+    head = b.node("Slice", [shape, b.initializer("c0", np.array([0], np.int64)),
+                            b.initializer("c2", np.array([2], np.int64))], "/resize/head")
+    spatial = b.node("Slice", [shape, b.initializer("c2b", np.array([2], np.int64)),
+                               b.initializer("c4", np.array([4], np.int64))], "/resize/spatial")
+    doubled = b.node("Mul", [spatial, b.initializer("two", np.array([2], np.int64))], "/resize/mul")
+    sizes = b.node("Concat", [head, doubled], "/resize/sizes", axis=0)
+    h = b.node("Resize", [h, "", "", sizes], "/resize", mode="linear")
+    h = b.node("GlobalAveragePool", [h], "/pool")
+    batch = b.node("Gather", [b.node("Shape", [h], "/flat/shape"),
+                              b.initializer("zero", np.array([0], np.int64))], "/flat/gather", axis=0)
+    new_shape = b.node("Concat", [batch, b.initializer("minus_one", np.array([-1], np.int64))],
+                       "/flat/concat", axis=0)
+    h = b.node("Reshape", [h, new_shape], "/flat")
+    fc = b.rng.normal(0.0, 0.3, (8, 10)).astype(np.float32)
+    h = b.node("MatMul", [h, b.initializer("fc.weight", fc)], "/fc")
+    scale = b.node("CastLike", [b.initializer("scale", np.array(0.5, np.float64)), h], "/scale/cast")
+    h = b.node("Mul", [h, scale], "/scale")
+    h = b.node("Softmax", [h], "/softmax", axis=-1)
+    _rename_output(b, h, "probs")
+    return b.model(
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])],
+        f"exporter-style CNN with run-time shape computations, random weights (seed {seed}).",
     )

@@ -134,6 +134,66 @@ def test_bench_over_rpc_measures_the_same_artifact_there(tmp_path, rpc_tracker):
         assert 0 < stats["p50_ms"] <= stats["p90_ms"] and stats["mean_ms"] > 0
 
 
+@pytest.fixture
+def legalize_tvm_registered():
+    """legalize-tvm and its passes in the process's registry even where the installed
+    metadata predates them (an editable install not reinstalled since)."""
+    from edgec.passes import legalize_tvm
+    from edgec.passmgr import default_registry
+
+    registry = default_registry()
+    added = []
+    for cls in (legalize_tvm.LegalizeTVM, legalize_tvm.ExpandFunctions, legalize_tvm.LowerCastLike,
+                legalize_tvm.BindDims, legalize_tvm.MaxAtLowest, legalize_tvm.WidenHalf,
+                legalize_tvm.LowerIsInf, legalize_tvm.GuardBitShift):
+        if cls.name not in registry.names():
+            registry.register(cls)
+            added.append(cls.name)
+    yield
+    for name in added:
+        registry._entries.pop(name, None)
+
+
+def test_exporter_style_model_compiles_for_tvm_and_matches_onnxruntime(tmp_path, legalize_tvm_registered):
+    """A jax2tf/Paddle2ONNX-style graph (run-time Reshape shape and Resize sizes) that TVM
+    refuses as written: the tvm candidate's legalize-tvm binds the batch and folds them."""
+    from edgec.backends.tvm import TVMBackend
+    from edgec.diagnostics import ModelError
+
+    proto = models.exporter_style_cnn()
+    with pytest.raises(ModelError) as raw:
+        TVMBackend().check_model(proto)
+    assert "fold-constants" in raw.value.diagnostics[0].message  # the rewrite it needs
+    onnx.save(proto, tmp_path / "cnn.onnx")
+    spec = tmp_path / "host.edge"
+    spec.write_text("target host\nbudget {\n  latency < 10 s p50 at batch 1\n}\n"
+                    "optimize {\n  backend tvm\n}\n")
+    art = edgec.compile(tmp_path / "cnn.onnx", spec, out=tmp_path / "out",
+                        cache_dir=str(tmp_path / "cache"))
+    assert art.manifest["backend"]["name"] == "tvm"
+    assert "legalize-tvm" in art.manifest["configuration"]["pipeline"]
+    assert art.manifest["backend"]["details"]["batch"] == 1  # legalize-tvm bound it
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString()).run(None, {"image": x})[0]
+    got = art.run({"image": x})["probs"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("target", ["raspberry-pi-4",
+                                    pytest.param("jetson-orin-nano", marks=pytest.mark.slow)])
+def test_exporter_style_model_cross_compiles_for_tvm(tmp_path, legalize_tvm_registered, target):
+    onnx.save(models.exporter_style_cnn(), tmp_path / "cnn.onnx")
+    spec = tmp_path / "device.edge"
+    spec.write_text(f"target {target}\nbudget {{\n  latency < 10 s p50 at batch 1\n}}\n"
+                    "optimize {\n  backend tvm\n}\n")
+    art = edgec.compile(tmp_path / "cnn.onnx", spec, out=tmp_path / "out",
+                        cache_dir=str(tmp_path / "cache"), allow_over_budget=True)
+    assert art.manifest["backend"]["name"] == "tvm"
+    described = subprocess.run(["file", str(tmp_path / "out" / "model.so")], capture_output=True,
+                               text=True).stdout
+    assert "ARM aarch64" in described
+
+
 @pytest.fixture(scope="module")
 def tuned_digits(tmp_path_factory):
     """digits.onnx (input ``N``x1x8x8, N symbolic) compiled with `backend tvm` and `tuning 2

@@ -386,3 +386,33 @@ def test_meta_schedule_logging_survives_foreign_handlers(tmp_path):
     finally:
         for handler in (unnamed, named):
             logger.removeHandler(handler)
+
+
+def test_import_error_names_the_rewrite_that_is_needed():
+    with pytest.raises(ModelError) as caught:
+        TVMBackend().check_model(resize_with_runtime_scales())
+    message = caught.value.diagnostics[0].message
+    assert "needs fold-constants (Resize's scales/sizes must be constants)" in message
+
+
+def test_a_construct_tvm_computes_wrongly_is_refused():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], name="to_fp8", to=TensorProto.FLOAT8E4M3FN)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    with pytest.raises(ModelError) as caught:
+        TVMBackend().check_model(model)
+    message = caught.value.diagnostics[0].message
+    assert message.startswith("TVM would compute node 'to_fp8' (Cast) wrongly: ")
+    assert "float8" in message and caught.value.diagnostics[0].code == "tvm.miscompiled"
+
+
+def test_needed_rewrite_table():
+    from edgec.backends.tvm_legality import needed_rewrite
+
+    assert "expand-functions" in needed_rewrite("Attention", "KeyError: 'num_heads'")
+    assert needed_rewrite("Swish", "OpNotImplemented: ...") == \
+        "needs expand-functions{ops=Swish} (its ONNX function body)"
+    assert needed_rewrite("Scan", "OpNotImplemented: ...").startswith("no edgec rewrite")
+    assert "fold-constants" in needed_rewrite("Div", "Node cannot handle ShapeExpr inputs.")
