@@ -806,7 +806,15 @@ def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int |
     for start in range(0, total - (total % step if fixed else 0), step):
         feed = {n: samples[n][start:start + step] for n in names}
         outs.append([np.asarray(r) for r in run(feed)])
-    return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+    return _join_chunks(outs)
+
+
+def _join_chunks(outs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each output's chunks joined along the batch axis; an output without one (a scalar,
+    e.g. a loss or a count over the whole feed) gives one value per chunk, stacked, so
+    the reference and the candidate are still compared value for value."""
+    return [np.stack(parts) if parts[0].ndim == 0 else np.concatenate(parts, axis=0)
+            for parts in ([o[i] for o in outs] for i in range(len(outs[0])))]
 
 
 def _in_batches_of(run, batch: int):
@@ -822,8 +830,9 @@ def _in_batches_of(run, batch: int):
                 if len(part) < batch:
                     part = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
                 chunk[name] = part
-            outs.append([np.asarray(r)[:min(batch, total - start)] for r in run(chunk)])
-        return [np.concatenate([o[i] for o in outs], axis=0) for i in range(len(outs[0]))]
+            outs.append([r if r.ndim == 0 else r[:min(batch, total - start)]
+                         for r in map(np.asarray, run(chunk))])
+        return _join_chunks(outs)
     return run_batched
 
 

@@ -211,3 +211,28 @@ def test_kill_9_during_compile_leaves_no_partial_output(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out" / "manifest.json").exists()
     assert not [n for n in os.listdir(tmp_path) if ".edgec-tmp-" in n]
+
+
+def test_a_model_with_a_scalar_output_compiles(tmp_path):
+    """An output with no batch axis (a sum over the whole feed) is compared chunk by chunk
+    instead of crashing the accuracy check ('zero-dimensional arrays cannot be
+    concatenated')."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("ReduceSum", ["y"], ["total"], keepdims=0)],
+        "scalar_output",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("total", TensorProto.FLOAT, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "scalar.onnx"
+    path.write_bytes(model.SerializeToString())
+    spec = tmp_path / "s.edge"
+    spec.write_text("target host\naccuracy {\n  metric max-abs-error\n  tolerance 0.001\n}\n"
+                    "optimize {\n  backend ort\n}\n")
+    result = edgec_cli("compile", path, "--spec", spec, "-o", tmp_path / "out",
+                       "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    outputs = edgec.load(tmp_path / "out").run({"x": np.ones((3, 4), np.float32)})
+    assert float(outputs["total"]) == 12.0
