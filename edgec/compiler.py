@@ -163,9 +163,23 @@ def _cache_key(inputs: _Inputs, options: CompileOptions) -> tuple[str, dict]:
         "plugins": _plugin_versions(),
         "rpc": None if options.rpc is None else [options.rpc.host, options.rpc.port, options.rpc.key,
                                                  options.rpc.emulated],
+        # int8 accuracy is scored on an exact path where this host's onnxruntime saturates
+        # and the target does not: the same inputs scored on another host may differ.
+        "host_int8_saturates": _host_int8_saturates(inputs.spec),
     }
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     return key, digests
+
+
+def _host_int8_saturates(spec) -> bool | None:
+    """This host's int8 arithmetic (measured once per machine, cached) when the spec allows
+    int8; None otherwise, so an fp32-only compile does not measure it."""
+    optimize = getattr(spec, "optimize", None)
+    if "int8" not in tuple(getattr(optimize, "precisions", ()) or ()):
+        return None
+    from edgec.dsl.host import onnxruntime_saturates
+
+    return onnxruntime_saturates()
 
 
 def _dependencies(inputs: _Inputs) -> list[str]:

@@ -8,6 +8,7 @@ arithmetic done in numpy.
 """
 
 import json
+from pathlib import Path
 import os
 
 import numpy as np
@@ -370,3 +371,20 @@ def test_exact_path_reaches_into_if_branches():
         ort_out = session(quantized).run(None, feed)[0]
         exact_out = exact_session(quantized).run(None, feed)[0]
         assert np.abs(ort_out - exact_out).max() <= 1e-4 * np.abs(ort_out).max()
+
+
+def test_cache_key_depends_on_this_hosts_int8_arithmetic(monkeypatch):
+    """A cache shared by a saturating and a non-saturating host must not hand one the
+    other's artifact: their int8 candidates are scored on different paths."""
+    import edgec.dsl.host as host
+    from edgec.compiler import CompileOptions, _cache_key, _read_inputs
+
+    repo = Path(__file__).resolve().parents[2]
+    options = CompileOptions()
+    inputs = _read_inputs(str(repo / "spec_examples" / "digits.onnx"),
+                          str(repo / "spec_examples" / "rpi4.edge"), options)
+    keys = {}
+    for saturates in (True, False):
+        monkeypatch.setattr(host, "onnxruntime_saturates", lambda s=saturates: s)
+        keys[saturates] = _cache_key(inputs, options)[0]
+    assert keys[True] != keys[False]
