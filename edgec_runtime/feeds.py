@@ -50,7 +50,8 @@ def conform(arrays: Mapping[str, object], inputs: list[InputInfo], path: str | N
                              "arrays (bool, int, uint, float)", path)
         layouts.add(check_header(info.name, array.dtype, array.shape, np.dtype(info.dtype),
                                  list(info.shape), path, ("batch", "sample")))
-        out[info.name] = np.ascontiguousarray(array.astype(info.dtype, copy=False))
+        # Not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d.
+        out[info.name] = np.asarray(array.astype(info.dtype, copy=False), order="C")
     return _one_layout(layouts, out, inputs, path), out
 
 

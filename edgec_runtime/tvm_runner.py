@@ -131,7 +131,8 @@ class TVMRunner:
 
         args = []
         for info in self.inputs:
-            array = np.ascontiguousarray(inputs[info.name])
+            # Not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d.
+            array = np.asarray(inputs[info.name], order="C")
             if array.dtype != info.dtype:
                 raise InputError(f"input '{info.name}' is {array.dtype}; the module takes "
                                  f"{info.dtype}", self.where)

@@ -283,3 +283,15 @@ def test_builtin_targets_run_on_their_boards(target, cpu, ok):
                            triple=t.triple, accelerator=None)
     facts = HostFacts("aarch64", frozenset(cpu), {"tvm": "0.27.0"})
     assert (host.problems("tvm", details, facts) == []) is ok, host.problems("tvm", details, facts)
+
+
+def test_a_scalar_feed_stays_a_scalar():
+    """A 0-d input (a sample rate, a threshold) is fed as 0-d: numpy's ascontiguousarray
+    would make it 1-d, a shape the model refuses."""
+    from edgec_runtime.feeds import InputInfo, conform
+
+    inputs = [InputInfo("x", np.dtype(np.float32), ("N", 4)),
+              InputInfo("rate", np.dtype(np.int64), ())]
+    _, arrays = conform({"x": np.ones((2, 4), np.float32), "rate": np.int64(16000)}, inputs)
+    assert arrays["rate"].shape == ()
+    assert arrays["x"].shape == (2, 4)
