@@ -681,7 +681,16 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
         names = [i.name for i in session.get_inputs()]
     if runner is not None and result.batch is not None:
         run_fn = _in_batches_of(run_fn, result.batch)  # a module bound to one batch
-    candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
+    try:
+        candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
+    except MemoryError:
+        ev.error = ("its outputs over the evaluation samples take more memory than this "
+                    "machine allows")
+        return attempt
+    mismatch = _outputs_mismatch(ctx.reference, candidate)
+    if mismatch:
+        ev.error = f"its outputs do not match the original model's in shape: {mismatch}"
+        return attempt
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
     ev.accuracy_value, ev.accuracy_held, ev.accuracy_detail = metric.value, metric.held, metric.detail
@@ -821,6 +830,18 @@ def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int |
         feed = {n: samples[n][start:start + step] for n in names}
         outs.append([np.asarray(r) for r in run(feed)])
     return _join_chunks(outs)
+
+
+def _outputs_mismatch(reference: list[np.ndarray], candidate: list[np.ndarray]) -> str | None:
+    """Why the candidate's outputs cannot be scored against the reference's (a count or a
+    shape that differs), or None."""
+    if len(reference) != len(candidate):
+        return f"{len(candidate)} outputs, the original has {len(reference)}"
+    for index, (want, got) in enumerate(zip(reference, candidate)):
+        if np.shape(want) != np.shape(got):
+            return (f"output {index} has shape {list(np.shape(got))}, the original's "
+                    f"{list(np.shape(want))}")
+    return None
 
 
 def _join_chunks(outs: list[list[np.ndarray]]) -> list[np.ndarray]:

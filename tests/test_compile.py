@@ -236,3 +236,16 @@ def test_a_model_with_a_scalar_output_compiles(tmp_path):
     assert result.returncode == 0, result.stderr
     outputs = edgec.load(tmp_path / "out").run({"x": np.ones((3, 4), np.float32)})
     assert float(outputs["total"]) == 12.0
+
+
+def test_candidate_outputs_of_another_shape_are_a_candidate_error_not_a_crash():
+    """Found by the mutated-ONNX campaign: a candidate whose outputs differ in shape from
+    the original's made the metric crash (exit 1) on a broadcast error; it is now that
+    candidate's error, named."""
+    from edgec.compiler import _outputs_mismatch
+
+    same = [np.zeros((4, 10))]
+    assert _outputs_mismatch(same, [np.ones((4, 10))]) is None
+    assert "shape [32, 8, 16, 16], the original's [256, 16, 16]" in _outputs_mismatch(
+        [np.zeros((256, 16, 16))], [np.zeros((32, 8, 16, 16))])
+    assert "2 outputs, the original has 1" in _outputs_mismatch(same, same * 2)
