@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         error = runtime_error(e)
         _report(error.diagnostics, json_mode=getattr(args, "json", False))
         return int(error.exit_code)
+    except MemoryError:  # a model whose own computation does not fit: not a bug
+        _report([Diagnostic.error(
+            "out of memory: running the model (or a candidate) on the samples needs more "
+            "memory than this machine allows", notes=["fewer samples (--data), a smaller "
+                                                      "batch, or a machine with more memory"])],
+            json_mode=getattr(args, "json", False))
+        return ExitCode.MODEL
     except KeyboardInterrupt:
         print("edgec: interrupted", file=sys.stderr)
         return 130

@@ -249,3 +249,22 @@ def test_candidate_outputs_of_another_shape_are_a_candidate_error_not_a_crash():
     assert "shape [32, 8, 16, 16], the original's [256, 16, 16]" in _outputs_mismatch(
         [np.zeros((256, 16, 16))], [np.zeros((32, 8, 16, 16))])
     assert "2 outputs, the original has 1" in _outputs_mismatch(same, same * 2)
+
+
+def test_out_of_memory_is_one_line_exit_3(tmp_path, monkeypatch, capsys):
+    """A model whose own computation does not fit in memory (found by the mutated-ONNX
+    campaign under a 2 GB limit) is one line, exit 3: not 'internal error: this is a bug'."""
+    import edgec.cli
+    import edgec.compiler
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError((100000, 1000))
+
+    monkeypatch.setattr(edgec.compiler, "compile_model", exhausted)
+    code = edgec.cli.main(["compile", str(DIGITS), "--spec", str(REPO / "spec_examples" / "host.edge"),
+                           "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.splitlines()[0] == "error: out of memory: running the model (or a candidate) on " \
+        "the samples needs more memory than this machine allows"
+    assert "internal error" not in err
