@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-from edgec.metrics import format_value
+from edgec.metrics import format_value, metric_name
 
 
 def _candidate_latencies(measurements: dict) -> dict[str, tuple[float, str]]:
@@ -211,7 +211,7 @@ def _tradeoff_chart(m: dict, measurements: dict) -> str:
               if c["label"] in latencies and isinstance(c.get("accuracy"), (int, float))
               and math.isfinite(c["accuracy"]) and latencies[c["label"]][0] > 0]
     spec = m["spec"]
-    metric = m["accuracy"]["metric"]
+    metric = metric_name(m["accuracy"]["metric"])
     lat_budget = spec["budget"].get("latency")
     limit_ms = None
     if lat_budget:
@@ -232,9 +232,10 @@ def _tradeoff_chart(m: dict, measurements: dict) -> str:
         y0, y1 = y0 - 0.01 * (abs(y0) or 1), y1 + 0.01 * (abs(y1) or 1)
     pad = (y1 - y0) * 0.12
     y0, y1 = y0 - pad, y1 + pad
-    if metric in ("top1-agreement", "accuracy", "cosine-similarity"):
+    if metric in ("top1-agreement", "accuracy", "cosine-similarity", "sequence-agreement",
+                  "iou", "dice"):
         y1 = min(y1, 1.0)   # nothing agrees more than all of it
-    percent = metric in ("top1-agreement", "accuracy")
+    percent = metric in ("top1-agreement", "accuracy", "sequence-agreement")
 
     def sx(x):
         return L + (math.log10(x) - x0) / (x1 - x0) * (W - L - R)
@@ -360,8 +361,8 @@ def _accuracy_threshold(spec: dict) -> float | None:
     acc = spec["accuracy"]
     tol = acc["tolerance"]
     frac = tol["value"] / 100 if tol["unit"] == "%" else tol["value"]
-    metric = acc["metric"]
-    if metric in ("top1-agreement", "cosine-similarity"):
+    metric = metric_name(acc["metric"])
+    if metric in ("top1-agreement", "cosine-similarity", "sequence-agreement", "iou", "dice"):
         return 1.0 - frac
     if metric == "sqnr":
         return tol["value"]

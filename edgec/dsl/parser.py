@@ -160,7 +160,7 @@ _FIELD_KEYS = {
     "a_arch": "arch", "a_sm_count": "sm-count",
     "b_latency": "latency", "b_memory": "memory", "b_size": "size",
     "c_metric": "metric", "c_tolerance": "tolerance", "c_data": "data",
-    "c_labels": "labels",
+    "c_labels": "labels", "c_layout": "layout",
     "o_precision": "precision", "o_fallback": "fallback", "o_prune": "prune",
     "o_prune_none": "prune", "o_tuning": "tuning", "o_tuning_none": "tuning",
     "o_backend": "backend", "o_pipeline": "pipeline", "o_seed": "seed",
@@ -229,6 +229,13 @@ class _BuildAst(Transformer):
 
     def batch(self, meta, children):
         return children[0]
+
+    def metric_option(self, meta, children):
+        number = children[1]
+        unit = self._value(children[2]) if len(children) > 2 else None
+        text = number.value + (" " + unit.text if unit else "")
+        return (self._value(children[0]),
+                ast.QuantityLiteral(float(number.value), unit, text, _token_span(number)))
 
     def tuning_limit(self, meta, children):
         trials = self._value(children[1]) if len(children) > 1 else None

@@ -31,13 +31,20 @@ from edgec.dsl.spec import (ARCHITECTURES, BACKENDS, INT8_ACCUMULATIONS, PERCENT
                             default_int8_accumulation)
 from edgec.dsl.units import UNITS, Dimension, Quantity, suggest_unit
 
-BUILTIN_METRICS = ("top1-agreement", "max-abs-error", "cosine-similarity", "sqnr", "accuracy")
+BUILTIN_METRICS = ("top1-agreement", "max-abs-error", "cosine-similarity", "sqnr", "accuracy",
+                   "sequence-agreement", "iou", "dice")
+# Options a built-in metric takes after its name (`metric iou threshold 0.3`), as
+# edgec.metrics reads them.
+METRIC_OPTIONS = {"sequence-agreement": ("blank",), "iou": ("threshold",),
+                  "dice": ("threshold",)}
+DATA_LAYOUTS = ("auto", "per-sample", "batch")
 METRIC_ENTRY_POINT_GROUP = "edgec.metrics"
 # The tolerance a metric gets when the spec names the metric but no tolerance.
 DEFAULT_TOLERANCES = {
     "top1-agreement": Quantity(1.0, "%"), "accuracy": Quantity(1.0, "%"),
     "cosine-similarity": Quantity(0.1, "%"), "max-abs-error": Quantity(0.001),
-    "sqnr": Quantity(30.0, "dB"),
+    "sqnr": Quantity(30.0, "dB"), "sequence-agreement": Quantity(1.0, "%"),
+    "iou": Quantity(1.0, "%"), "dice": Quantity(1.0, "%"),
 }
 MAX_INCLUDE_DEPTH = 16
 # Latency is measured on inputs of the budget's batch, held in memory: a batch beyond
@@ -298,7 +305,46 @@ class Resolver:
                        f"unknown metric '{word.text}'{did_you_mean(word.text, known)}",
                        "spec.unknown-metric", (f"known metrics: {', '.join(known)}",))
             return _INVALID
-        return (word.text, word.span)
+        # The metric's text, options included ("iou threshold 0.3"): edgec.metrics reads it.
+        text = word.text
+        takes = METRIC_OPTIONS.get(word.text, ())
+        seen: set[str] = set()
+        for key, literal in item.values[1:]:
+            if key.text not in takes:
+                hint = did_you_mean(key.text, takes) if takes else ""
+                self.error(source, key.span,
+                           f"metric '{word.text}' has no option '{key.text}'{hint}",
+                           "spec.metric-option",
+                           (f"'{word.text}' takes: {', '.join(takes)}" if takes else
+                            f"'{word.text}' takes no options",))
+                return _INVALID
+            if key.text in seen:
+                self.error(source, key.span, f"option '{key.text}' is given twice",
+                           "spec.metric-option")
+                return _INVALID
+            seen.add(key.text)
+            if key.text == "blank":
+                value = self._integer(literal, source, "the blank class index", minimum=0)
+                shown = value
+            else:
+                value = self._quantity(literal, source, "a threshold",
+                                       (Dimension.NUMBER, Dimension.RATIO))
+                shown = value if value is _INVALID else f"{value.base:g}"
+            if value is _INVALID:
+                return _INVALID
+            text += f" {key.text} {shown}"
+        return (text, word.span)
+
+    def _accuracy_layout(self, item: ast.Field, source: SourceText):
+        word = item.values[0]
+        if word.text not in DATA_LAYOUTS:
+            self.error(source, word.span,
+                       f"unknown data layout '{word.text}'{did_you_mean(word.text, DATA_LAYOUTS)}",
+                       "spec.layout", ("per-sample: each entry of an array is one complete "
+                                       "feed ([S, *input shape]); batch: the leading axis is "
+                                       "the model's batch axis; auto: read from the shapes",))
+            return _INVALID
+        return word.text
 
     def _accuracy_tolerance(self, item: ast.Field, source: SourceText):
         # Which units fit depends on the metric, known only once every file is merged.
@@ -750,10 +796,11 @@ class Resolver:
                                         source.path in self._syntax_errors_in)
 
         metric, metric_span = get("accuracy.metric", ("top1-agreement", None))
+        metric_name = metric.split()[0]
         tolerance = get("accuracy.tolerance")
         labels = get("accuracy.labels")
         if tolerance is None:
-            tolerance = DEFAULT_TOLERANCES.get(metric)
+            tolerance = DEFAULT_TOLERANCES.get(metric_name)
             if tolerance is None:
                 setting = settings["accuracy.metric"]
                 self.error(setting.source, setting.span, f"metric '{metric}' comes from a "
@@ -761,7 +808,7 @@ class Resolver:
                            "spec.tolerance")
         else:
             setting = settings["accuracy.tolerance"]
-            self._check_tolerance(metric, tolerance, setting)
+            self._check_tolerance(metric_name, tolerance, setting)
         if metric == "accuracy" and labels is None and metric_span is not None:
             setting = settings["accuracy.metric"]
             self.error(setting.source, metric_span, "metric 'accuracy' compares with labels; "
@@ -772,7 +819,8 @@ class Resolver:
         return Spec(
             target=target,
             budget=Budget(get("budget.latency"), get("budget.memory"), get("budget.size")),
-            accuracy=Accuracy(metric, tolerance, get("accuracy.data"), labels),
+            accuracy=Accuracy(metric, tolerance, get("accuracy.data"), labels,
+                              get("accuracy.layout", "auto")),
             optimize=Optimize(
                 # A GPU's fast path is fp16 (TensorRT, tensor cores): without a
                 # 'precision' line, a CUDA target tries it after fp32.
@@ -793,7 +841,8 @@ class Resolver:
             self.error(setting.source, setting.span, message, "spec.tolerance")
 
         unit = tolerance.unit
-        if metric in ("top1-agreement", "accuracy", "cosine-similarity"):
+        if metric in ("top1-agreement", "accuracy", "cosine-similarity", "sequence-agreement",
+                      "iou", "dice"):
             if unit == "dB":
                 bad(f"a {metric} tolerance is a drop in % (e.g. '1 %') or a fraction, not dB")
             elif not 0 <= tolerance.base <= 1:

@@ -163,13 +163,22 @@ class Accuracy:
     ``tolerance`` keeps its unit: % and plain fractions for agreement and similarity
     drops, a plain number (absolute) or % (relative) for max-abs-error, dB for the SQNR
     floor. ``data`` and ``labels`` are absolute paths or globs; None means synthetic
-    inputs drawn from the model's input types.
+    inputs drawn from the model's input types. ``metric`` is the metric's text, options
+    included (``"sequence-agreement blank 0"``: `edgec.metrics.parse_metric` reads it).
+    ``layout`` says how the data's arrays are read: ``auto`` (from their shapes),
+    ``per-sample`` (``[S, *input shape]``, one complete feed per entry) or ``batch``
+    (the leading axis is the model's batch axis).
     """
 
     metric: str = "top1-agreement"
     tolerance: Quantity = Quantity(1.0, "%")
     data: str | None = None
     labels: str | None = None
+    layout: str = "auto"
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.split()[0]
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,8 @@ class Spec:
         acc = self.accuracy
         out += ["accuracy {", f"  metric {acc.metric}", f"  tolerance {acc.tolerance}",
                 f"  data {quote(acc.data) if acc.data else 'none'}",
-                f"  labels {quote(acc.labels) if acc.labels else 'none'}", "}"]
+                f"  labels {quote(acc.labels) if acc.labels else 'none'}",
+                f"  layout {acc.layout}", "}"]
 
         opt = self.optimize
         out += ["optimize {", "  precision " + ", ".join(opt.precisions),

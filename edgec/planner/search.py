@@ -78,6 +78,11 @@ class Evaluation:
         return "; ".join(f"{b['name']} {b['status']}: {b['detail']}" for b in self.missed())
 
 
+def _metric_text(metric: str) -> str:
+    """A metric as a pass option's value: quoted when it has options ("iou threshold 0.3")."""
+    return f'"{metric}"' if " " in metric else metric
+
+
 def _tolerance_text(tolerance) -> str:
     value, unit = getattr(tolerance, "value", tolerance), getattr(tolerance, "unit", "")
     return f"{value:g}{unit or ''}"
@@ -122,7 +127,8 @@ def configurations(spec, target, backend_choice: str,
                 tol = _tolerance_text(spec.accuracy.tolerance)
                 base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
                              [f"quantize-int8{{ops=Conv,MatMul,Gemm fallback=per-layer "
-                              f"metric={spec.accuracy.metric} tolerance={tol} {reduce}}}"]))
+                              f"metric={_metric_text(spec.accuracy.metric)} tolerance={tol} "
+                              f"{reduce}}}"]))
     levels = [0.0]
     prune_pass = None
     if opt.pruning.sparsity is not None:
