@@ -30,8 +30,8 @@ from edgec._version import __version__
 from edgec.backends import get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
 from edgec.backends.logs import backend_output_to
-from edgec.data import (InputSpec, check_labels, load_labels, load_samples, model_inputs,
-                        synthetic_samples)
+from edgec.data import (PER_SAMPLE, InputSpec, check_labels, feeds, load_data, load_labels,
+                        model_inputs, synthetic_data)
 from edgec.diagnostics import (BudgetError, Diagnostic, DiagnosticSink, EdgecError, Location,
                                ModelError, UsageError)
 from edgec.metrics import cannot_discriminate, evaluate
@@ -332,6 +332,7 @@ class _Context:
     bench_inputs: dict[str, np.ndarray]
     at_hand: bool
     build_options: BuildOptions
+    layout: str = "batch"  # of the samples: batch-leading, or per-sample feeds (edgec.data)
 
 
 @dataclass
@@ -369,16 +370,19 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     batch = spec.budget.latency.batch if spec.budget.latency else 1
     _check_input_sizes(in_specs, batch, inputs.model_path)
     if inputs.data_pattern:
-        samples = load_samples(inputs.data_pattern, in_specs)
-        count = len(next(iter(samples.values())))
+        data = load_data(inputs.data_pattern, in_specs, layout=spec.accuracy.layout)
+        count = data.count
         data_note = f"{count} samples from {os.path.basename(inputs.data_pattern)}"
     else:
         # A model with a fixed batch is fed whole batches: draw at least two of them.
         count = max(SYNTHETIC_SAMPLES, 2 * (_fixed_batch(original) or 0))
-        samples = synthetic_samples(in_specs, count, spec.optimize.seed)
+        data = synthetic_data(in_specs, count, spec.optimize.seed)
         data_note = (f"{count} synthetic samples drawn from the input types "
                      f"(seed {spec.optimize.seed}); the spec gives no data")
         sink.warning("accuracy is checked on synthetic inputs: the spec gives no data")
+    samples, layout = data.arrays, data.layout
+    data_note += f"; {data.describe()}: {data.how}" + (
+        ", fed one feed at a time" if layout == PER_SAMPLE else "")
     labels = load_labels(spec.accuracy.labels) if spec.accuracy.labels else None
     if labels is not None and not inputs.data_pattern:
         raise UsageError(Diagnostic.error(
@@ -397,7 +401,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         data_note += "; calibration on the even-numbered half, accuracy on the odd-numbered half"
     else:
         calibration = evaluation = samples
-    reference = _reference_outputs(inputs.model_path, original, evaluation)
+    reference = _reference_outputs(inputs.model_path, original, evaluation, layout)
     if labels is not None:
         first = reference[0] if reference else None
         classes = int(np.prod(first.shape[1:])) if first is not None and first.ndim > 1 else None
@@ -407,7 +411,9 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         sink=sink, original=original, base_dir=base_dir,
         calibration=calibration, evaluation=evaluation,
         reference=reference, labels=labels,
-        bench_inputs=_batch_inputs(samples, in_specs, batch), at_hand=_target_at_hand(target),
+        bench_inputs=(_batch_inputs(samples, in_specs, batch) if layout != PER_SAMPLE
+                      else {k: v[0, ...] for k, v in samples.items()}),  # one whole feed, 0-d kept
+        at_hand=_target_at_hand(target), layout=layout,
         build_options=BuildOptions(
             cache_dir=cache_dir, tuning_trials=spec.optimize.tuning.trials,
             tuning_seconds=(spec.optimize.tuning.wall_time.to("s")
@@ -479,6 +485,8 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                       if spec.optimize.search == "fastest" else "holds every budget")
         candidates.append({**e.config.to_json(), "status": status, "reason": reason,
                            "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
+                           **({"accuracy_figures": e.accuracy_figures}
+                              if e.accuracy_figures else {}),
                            "accuracy_scored_on": e.accuracy_scored_on,
                            "size_bytes": e.size_bytes, "latency_where": e.latency_where,
                            **({"latency_note": t.latency_note} if t.latency_note else {}),
@@ -505,6 +513,8 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         **({"int8": chosen.int8} if chosen.int8 else {}),
         "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
                      "held": ev.accuracy_held, "detail": ev.accuracy_detail, "data": data_note,
+                     "layout": {"layout": layout, "how": data.how},
+                     **({"figures": ev.accuracy_figures} if ev.accuracy_figures else {}),
                      "scored_on": ev.accuracy_scored_on, "scored_where": ev.accuracy_scored_where,
                      **({"caveat": caveat} if caveat else {})},
         "latency": _latency_record(chosen),
@@ -679,10 +689,10 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     else:
         run_fn = lambda feed: session.run(None, feed)  # noqa: E731
         names = [i.name for i in session.get_inputs()]
-    if runner is not None and result.batch is not None:
+    if runner is not None and result.batch is not None and ctx.layout != PER_SAMPLE:
         run_fn = _in_batches_of(run_fn, result.batch)  # a module bound to one batch
     try:
-        candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized))
+        candidate = _run_all(run_fn, ctx.evaluation, names, _fixed_batch(optimized), ctx.layout)
     except MemoryError:
         ev.error = ("its outputs over the evaluation samples take more memory than this "
                     "machine allows")
@@ -694,6 +704,7 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     metric = evaluate(spec.accuracy.metric, spec.accuracy.tolerance, ctx.reference, candidate,
                       ctx.labels)
     ev.accuracy_value, ev.accuracy_held, ev.accuracy_detail = metric.value, metric.held, metric.detail
+    ev.accuracy_figures = _json_figures(metric.figures)
     if ev.accuracy_scored_on == "exact-int8":
         ev.accuracy_detail += f" ({score.note})"
     elif ev.accuracy_scored_on == "onnx-proxy":
@@ -763,7 +774,7 @@ def _int8_record(records, spec, score) -> dict | None:
 
 
 def _reference_outputs(model_path: str, original: onnx.ModelProto,
-                       samples: dict[str, np.ndarray]) -> list[np.ndarray]:
+                       samples: dict[str, np.ndarray], layout: str = "batch") -> list[np.ndarray]:
     """The fp32 model's outputs on every sample, through onnxruntime."""
     import onnxruntime as ort
 
@@ -778,7 +789,7 @@ def _reference_outputs(model_path: str, original: onnx.ModelProto,
             f"{str(e).splitlines()[0]}")) from None
     try:
         return _run_all(lambda feed: session.run(None, feed), samples,
-                        [i.name for i in session.get_inputs()], _fixed_batch(original))
+                        [i.name for i in session.get_inputs()], _fixed_batch(original), layout)
     except Exception as e:
         if not type(e).__module__.startswith("onnxruntime"):
             raise
@@ -819,17 +830,39 @@ def _fixed_batch(proto: onnx.ModelProto) -> int | None:
 
 
 def _run_all(run, samples: dict[str, np.ndarray], names: list[str], fixed: int | None,
-             chunk: int = 64) -> list[np.ndarray]:
+             layout: str = "batch", chunk: int = 64) -> list[np.ndarray]:
+    """Outputs on every sample: batch-leading rows joined along axis 0; per-sample feeds'
+    outputs stacked, [S, *output shape]."""
     total = len(next(iter(samples.values())))
+    if layout == PER_SAMPLE:
+        outs = [[np.asarray(r) for r in run(feed)] for feed in feeds(samples, names, layout, 1)]
+        return _stack_feeds(outs)
     if fixed and total < fixed:
         raise UsageError(Diagnostic.error(
             f"the model takes a fixed batch of {fixed} samples, but the data holds only {total}"))
-    step = fixed or chunk
-    outs: list[list[np.ndarray]] = []
-    for start in range(0, total - (total % step if fixed else 0), step):
-        feed = {n: samples[n][start:start + step] for n in names}
-        outs.append([np.asarray(r) for r in run(feed)])
+    outs = [[np.asarray(r) for r in run(feed)]
+            for feed in feeds(samples, names, layout, fixed or chunk, whole_batches=bool(fixed))]
     return _join_chunks(outs)
+
+
+def _stack_feeds(outs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each output of per-sample feeds stacked along a new axis 0; an output whose shape
+    changes from one feed to the next cannot be compared value for value (exit 3)."""
+    stacked = []
+    for index, parts in enumerate([o[i] for o in outs] for i in range(len(outs[0]))):
+        if len({p.shape for p in parts}) > 1:
+            raise ModelError(Diagnostic.error(
+                f"output {index} changes shape from one feed to the next "
+                f"({list(parts[0].shape)}, then {next(list(p.shape) for p in parts if p.shape != parts[0].shape)}), "
+                "so the fp32 model's and a candidate's outputs cannot be compared value for "
+                "value; give feeds of one shape"))
+        stacked.append(np.stack(parts))
+    return stacked
+
+
+def _json_figures(figures: dict) -> dict:
+    return {k: (v if not isinstance(v, float) or np.isfinite(v) else str(v))
+            for k, v in figures.items()}
 
 
 def _outputs_mismatch(reference: list[np.ndarray], candidate: list[np.ndarray]) -> str | None:

@@ -1,6 +1,14 @@
 """Sample data for accuracy checks, calibration and `edgec run`: `.npz` files keyed by the
-model's input names, leading axis = sample; a directory or glob is their concatenation.
-Without data, inputs are drawn from the model's input types (seeded), and callers say so.
+model's input names; a directory or glob is their concatenation. Without data, inputs are
+drawn from the model's input types (seeded), and callers say so.
+
+Two layouts, decided per file from the shapes (or set by the spec's ``layout``):
+batch-leading (each array has its input's rank; the leading axis is the model's batch
+axis, and rows are fed a batch at a time) and per-sample feeds (each array has its
+input's rank + 1, ``[S, *input shape]``; each entry is one complete feed, fed on its
+own — the only layout for scalar inputs and for inputs whose batch is not on axis 0,
+such as an RNN state ``[2, N, 128]``). In both, axis 0 of every array counts samples, so
+slicing samples is the same in both; feeding them is not (`feeds`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,28 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple  # ints, or str/None for symbolic and unknown dims
+    ranked: bool = True  # False: the model declares no shape at all (any rank)
+
+
+BATCH, PER_SAMPLE = "batch", "per-sample"
+
+
+@dataclass(frozen=True)
+class SampleData:
+    """Arrays for every model input (axis 0 counts samples in either layout), the
+    layout they are in, and how that was decided (for the report)."""
+
+    arrays: dict
+    layout: str  # BATCH or PER_SAMPLE
+    how: str
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def describe(self) -> str:
+        return ("per-sample feeds ([S, *input shape], one complete feed each)"
+                if self.layout == PER_SAMPLE else "batch-leading arrays (axis 0 = batch)")
 
 
 def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -43,7 +73,7 @@ def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
             raise ModelError(Diagnostic.error(
                 f"input '{vi.name}' ({what}, element type {tt.elem_type}) is not a tensor "
                 "edgec can feed")) from None
-        out.append(InputSpec(vi.name, dtype, dims))
+        out.append(InputSpec(vi.name, dtype, dims, ranked=tt.HasField("shape")))
     return out
 
 
@@ -97,7 +127,8 @@ def read_npz(path: str, names: list[str] | None = None, *, what: str = "data",
                     raise UsageError(Diagnostic.error(
                         f"{what} file: its arrays take over the limit of {max_bytes >> 20} MiB "
                         "for data", Location(path=path)))
-            return {name: np.ascontiguousarray(npz.read(name, max_bytes)) for name in wanted}
+            # Not np.ascontiguousarray: it makes a 0-d array (a scalar) 1-d.
+            return {name: np.asarray(npz.read(name, max_bytes), order="C") for name in wanted}
     except RuntimeFailure as e:
         message = e.message
         if message.startswith(f"{what} file is not an .npz"):
@@ -112,13 +143,25 @@ def read_npz(path: str, names: list[str] | None = None, *, what: str = "data",
                                           "can take", Location(path=path))) from None
 
 
-def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -> dict[str, np.ndarray]:
-    """Arrays for every model input, concatenated over the files ``pattern`` names."""
+def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data",
+                 layout: str = "auto") -> dict[str, np.ndarray]:
+    """Arrays for every model input, concatenated over the files ``pattern`` names
+    (axis 0 = sample; per-sample feeds keep their extra axis: see `load_data`)."""
+    return load_data(pattern, inputs, what=what, layout=layout).arrays
+
+
+def load_data(pattern: str, inputs: list[InputSpec], *, what: str = "data",
+              layout: str = "auto") -> SampleData:
+    """The arrays of the files ``pattern`` names, each file's layout read from its shapes
+    (``layout`` "auto") or the one given ("batch", "per-sample"); every array checked
+    against its input (names, rank, fixed dims, dtype, sample counts). Anything wrong is
+    one `UsageError` (exit 2) naming the file, the input and the shape expected and got."""
     files = data_files(pattern)
     if not files:
         raise UsageError(Diagnostic.error(f"{what} '{pattern}' names no .npz file",
                                           Location(path=pattern)))
     parts: dict[str, list[np.ndarray]] = {i.name: [] for i in inputs}
+    chosen: tuple[str, str, str] | None = None  # layout, how, first file
     for path in files:
         arrays = read_npz(path, [i.name for i in inputs], what=what)
         missing = [i.name for i in inputs if i.name not in arrays]
@@ -127,10 +170,26 @@ def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -
             raise UsageError(Diagnostic.error(
                 f"{what} file has no array for model input '{missing[0]}' "
                 f"(it has: {', '.join(sorted(keys)) or 'nothing'})", Location(path=path)))
+        file_layout, how = _file_layout(arrays, inputs, layout, path, what)
+        if chosen is None:
+            chosen = (file_layout, how, path)
+        elif file_layout != chosen[0]:
+            raise UsageError(Diagnostic.error(
+                f"{what} file holds {_layout_words(file_layout)}, but "
+                f"{os.path.basename(chosen[2])} holds {_layout_words(chosen[0])}; the files "
+                "of one data set use one layout", Location(path=path)))
+        _check_counts(arrays, inputs, file_layout, path, what)
         for spec in inputs:
-            parts[spec.name].append(_conform(arrays[spec.name], spec, path))
+            array = _conform(arrays[spec.name], spec, path, file_layout)
+            if parts[spec.name] and parts[spec.name][0].shape[1:] != array.shape[1:]:
+                first = parts[spec.name][0]
+                raise UsageError(Diagnostic.error(
+                    f"array '{spec.name}' has shape {list(array.shape)}, but the earlier "
+                    f"files' have {list(first.shape)}: to be joined, the arrays of one input "
+                    "agree on every axis but the first", Location(path=path)))
+            parts[spec.name].append(array)
     samples = {name: np.concatenate(arrays, axis=0) for name, arrays in parts.items()}
-    if inputs and not any(len(a) for a in samples.values()):
+    if inputs and not any(len(a) for a in samples.values() if np.ndim(a)):
         raise UsageError(Diagnostic.error(f"{what} holds no samples (its arrays are empty)",
                                           Location(path=pattern)))
     counts = {len(a) for a in samples.values()}
@@ -138,7 +197,86 @@ def load_samples(pattern: str, inputs: list[InputSpec], *, what: str = "data") -
         raise UsageError(Diagnostic.error(
             f"{what} arrays have different sample counts: "
             + ", ".join(f"{k}: {len(v)}" for k, v in samples.items()), Location(path=pattern)))
-    return samples
+    layout_read, how, _ = chosen if chosen else (BATCH, "no inputs", "")
+    return SampleData(samples, layout_read, how)
+
+
+def _layout_words(layout: str) -> str:
+    return "per-sample feeds" if layout == PER_SAMPLE else "batch-leading arrays"
+
+
+def _shape_text(spec: InputSpec) -> str:
+    if not spec.ranked:
+        return "of any shape"
+    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+
+
+def _file_layout(arrays: dict[str, np.ndarray], inputs: list[InputSpec], layout: str,
+                 path: str, what: str) -> tuple[str, str]:
+    """The layout of one file's arrays, and how it was decided, from their ranks: equal
+    to the input's is batch-leading, one more is per-sample. Inputs of unknown rank do
+    not tell; when none tells, the spec's layout decides, else batch-leading."""
+    where = Location(path=path)
+    votes: dict[str, str] = {}
+    for spec in inputs:
+        if not spec.ranked:
+            continue
+        array, rank = arrays[spec.name], len(spec.shape)
+        if array.ndim == rank + 1:
+            votes[spec.name] = PER_SAMPLE
+        elif array.ndim == rank and rank > 0:
+            votes[spec.name] = BATCH
+        elif array.ndim == rank:  # a 0-d array for a scalar input
+            raise UsageError(Diagnostic.error(
+                f"array '{spec.name}' holds one value (shape []), but the model's input "
+                f"'{spec.name}' is a scalar: give one value per sample, shape [S] "
+                "(per-sample feeds, with every other input as [S, *input shape])", where))
+        else:
+            ways = (f"[S, {', '.join(_shape_text(spec)[1:-1].split(', '))}] (per-sample)"
+                    if rank else "[S] (per-sample)")
+            batch = f"rank {rank} (batch-leading) or " if rank else ""
+            raise UsageError(Diagnostic.error(
+                f"array '{spec.name}' has shape {list(array.shape)}; the model's input "
+                f"'{spec.name}' is {_shape_text(spec)}, so give {batch}{ways}", where))
+    if layout in (BATCH, PER_SAMPLE):
+        wrong = [name for name, vote in votes.items() if vote != layout]
+        if wrong:
+            spec = next(i for i in inputs if i.name == wrong[0])
+            want = len(spec.shape) + (1 if layout == PER_SAMPLE else 0)
+            raise UsageError(Diagnostic.error(
+                f"the spec's layout is {layout}, but array '{spec.name}' has shape "
+                f"{list(arrays[spec.name].shape)}: for the input {_shape_text(spec)} that "
+                f"layout takes rank {want}", where))
+        if not votes:
+            return layout, f"the spec's 'layout {layout}' (the shapes do not tell)"
+        return layout, f"the spec's 'layout {layout}', as the shapes say"
+    kinds = set(votes.values())
+    if len(kinds) > 1:
+        batch = next(n for n, v in votes.items() if v == BATCH)
+        sample = next(n for n, v in votes.items() if v == PER_SAMPLE)
+        show = {i.name: i for i in inputs}
+        raise UsageError(Diagnostic.error(
+            f"arrays in different layouts: '{batch}' {list(arrays[batch].shape)} is "
+            f"batch-leading (the rank of input {_shape_text(show[batch])}), '{sample}' "
+            f"{list(arrays[sample].shape)} per-sample (one more); give every input in one "
+            "layout (per-sample: [S, *input shape] for each)", where))
+    if not kinds:
+        return BATCH, ("batch-leading: the shapes do not tell (no input declares its rank); "
+                       "write 'layout per-sample' in the spec's accuracy block if each entry "
+                       "is one complete feed")
+    found = kinds.pop()
+    return found, f"read from the shapes ({_layout_words(found)})"
+
+
+def _check_counts(arrays: dict[str, np.ndarray], inputs: list[InputSpec], layout: str,
+                  path: str, what: str) -> None:
+    counts = {spec.name: arrays[spec.name].shape[0] for spec in inputs
+              if np.ndim(arrays[spec.name])}
+    if len(set(counts.values())) > 1:
+        unit = "feeds" if layout == PER_SAMPLE else "rows"
+        raise UsageError(Diagnostic.error(
+            f"{what} arrays hold different numbers of {unit} (axis 0): "
+            + ", ".join(f"'{k}' {v}" for k, v in counts.items()), Location(path=path)))
 
 
 def load_labels(pattern: str) -> np.ndarray:
@@ -194,16 +332,26 @@ def _npz_names(path: str) -> list[str]:
         return []
 
 
-def _conform(array: np.ndarray, spec: InputSpec, path: str) -> np.ndarray:
-    if array.ndim != len(spec.shape):
+def _conform(array: np.ndarray, spec: InputSpec, path: str, layout: str = BATCH) -> np.ndarray:
+    """``array`` checked against its input (fixed dims) and cast to its dtype."""
+    if spec.ranked:
+        per_feed = array.shape[1:] if layout == PER_SAMPLE else array.shape
+        first = 0 if layout == PER_SAMPLE else 1  # batch-leading: axis 0 is the rows
+        offset = 1 if layout == PER_SAMPLE else 0
+        for axis in range(first, len(spec.shape)):
+            have, want = per_feed[axis], spec.shape[axis]
+            if isinstance(want, int) and want > 0 and have != want:
+                expected = (f"[S, {_shape_text(spec)[1:]}" if layout == PER_SAMPLE
+                            else f"[rows, {', '.join(_shape_text(spec)[1:-1].split(', ')[1:])}]")
+                raise UsageError(Diagnostic.error(
+                    f"array '{spec.name}' has shape {list(array.shape)}; as "
+                    f"{_layout_words(layout)} for the input {_shape_text(spec)} it must be "
+                    f"{expected} ({want} along axis {axis + offset}, not {have})",
+                    Location(path=path)))
+    elif array.ndim == 0:
         raise UsageError(Diagnostic.error(
-            f"array '{spec.name}' has shape {list(array.shape)}, but the model's input has "
-            f"rank {len(spec.shape)} (leading axis = sample)", Location(path=path)))
-    for axis, (have, want) in enumerate(zip(array.shape[1:], spec.shape[1:]), start=1):
-        if isinstance(want, int) and want > 0 and have != want:
-            raise UsageError(Diagnostic.error(
-                f"array '{spec.name}' has {have} along axis {axis}; the model wants {want}",
-                Location(path=path)))
+            f"array '{spec.name}' holds one value (shape []); give one entry per sample along "
+            "axis 0", Location(path=path)))
     if array.dtype != spec.dtype:
         if np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
             array = array.astype(spec.dtype)
@@ -234,6 +382,62 @@ def synthetic_samples(inputs: list[InputSpec], count: int, seed: int,
             raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
                              f"{spec.dtype}; give data in the spec or with --data")
     return out
+
+
+def needs_per_sample(inputs: list[InputSpec]) -> bool:
+    """Whether the model's inputs cannot share one batch axis 0, so that only per-sample
+    feeds can hold its samples: a scalar input, an input of unknown rank, or inputs whose
+    leading dims differ (a state [2, N, 128] beside an input [N, 512])."""
+    leading = set()
+    for spec in inputs:
+        if not spec.ranked or not spec.shape:
+            return True
+        first = spec.shape[0]
+        leading.add(first if isinstance(first, int) and first > 0 else ("symbolic", first))
+    return len(leading) > 1
+
+
+def synthetic_data(inputs: list[InputSpec], count: int, seed: int, batch: int = 1) -> SampleData:
+    """``count`` samples drawn from the input types, batch-leading where the inputs share
+    a batch axis 0, else ``count`` per-sample feeds: each a whole feed, a symbolic dim that
+    leads some input set to ``batch`` (in every input that names it), others to 1."""
+    if not needs_per_sample(inputs):
+        return SampleData(synthetic_samples(inputs, count, seed, batch), BATCH,
+                          "drawn batch-leading (the inputs share a batch axis 0)")
+    rng = np.random.default_rng(seed)
+    leading = {spec.shape[0] for spec in inputs if spec.shape and isinstance(spec.shape[0], str)}
+    out = {}
+    for spec in inputs:
+        dims = [d if isinstance(d, int) and d > 0 else
+                (batch if (d in leading or (d is None and axis == 0)) else 1)
+                for axis, d in enumerate(spec.shape)]
+        shape = (count, *dims)
+        if np.issubdtype(spec.dtype, np.floating):
+            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        elif np.issubdtype(spec.dtype, np.integer):
+            out[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+        else:
+            raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
+                             f"{spec.dtype}; give data in the spec or with --data")
+    return SampleData(out, PER_SAMPLE, "drawn as per-sample feeds (the inputs share no batch "
+                                       "axis 0: a scalar, a state or an input of unknown rank)")
+
+
+def feeds(samples: dict[str, np.ndarray], names: list[str], layout: str, step: int,
+          whole_batches: bool = False):
+    """The runs that feed every sample: one complete feed per entry for per-sample data;
+    for batch-leading data, ``step`` rows at a time (``whole_batches``: a model with a
+    fixed batch takes no remainder)."""
+    total = len(next(iter(samples.values()))) if samples else 0
+    if layout == PER_SAMPLE:
+        for index in range(total):
+            yield {n: samples[n][index, ...] for n in names}  # [i, ...]: a scalar stays a 0-d array
+        return
+    end = total - (total % step) if whole_batches else total
+    for start in range(0, end, step):
+        yield {n: samples[n][start:start + step] for n in names}
 
 
 def example_inputs(inputs: list[InputSpec], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

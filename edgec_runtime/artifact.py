@@ -308,7 +308,7 @@ class Artifact:
             return synthetic(runner.inputs, self.batch())
         arrays = read_npz(path, {i.name: i.wanted for i in runner.inputs})
         if layout_of(arrays, runner.inputs, path) == "sample":
-            return {k: v[0] for k, v in arrays.items()}
+            return {k: v[0, ...] for k, v in arrays.items()}  # a scalar stays 0-d
         fixed = [i.shape[0] for i in runner.inputs
                  if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0]
         if fixed:

@@ -83,7 +83,9 @@ def run_all(run: Callable[[dict], dict], arrays: Mapping[str, np.ndarray],
         return run({})
     if layout == "sample":
         count = len(arrays[inputs[0].name])
-        results = [run({i.name: arrays[i.name][s] for i in inputs}) for s in range(count)]
+        # [s, ...], not [s]: a scalar input's entry must stay a 0-d array (onnxruntime
+        # refuses a numpy scalar).
+        results = [run({i.name: arrays[i.name][s, ...] for i in inputs}) for s in range(count)]
         return _join(results, stack=True)
     fixed = None
     for info in inputs:

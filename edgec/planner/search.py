@@ -56,6 +56,7 @@ class Evaluation:
     accuracy_value: float | None = None
     accuracy_held: bool | None = None
     accuracy_detail: str = ""
+    accuracy_figures: dict | None = None      # the metric's other figures (per sample, ...)
     accuracy_scored_on: str | None = None     # module | onnx-proxy
     accuracy_scored_where: str | None = None  # host | rpc://...
     size_bytes: int | None = None

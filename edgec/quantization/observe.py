@@ -45,14 +45,15 @@ def feed_batches(proto_inputs: list[onnx.ValueInfoProto], samples: dict[str, np.
     """Split samples (leading axis = sample) into feeds the model accepts: slices of the
     fixed leading dimension, or batches of up to ``batch`` where it is symbolic.
 
-    Where every sample array has one axis more than its input's declared rank, each
-    sample is a whole input (a model without a batch axis): it is fed as it is, one run
-    per sample. A model that reads none of the samples' inputs runs once."""
+    Where every sample array has one axis more than its input's declared rank (inputs
+    that declare none aside), each sample is a whole feed (per-sample feeds: scalars,
+    states whose batch is not on axis 0): it is fed as it is, one run per sample. A model that reads none of the samples' inputs runs once."""
     if not samples:
         return [{}] if not any(vi.name for vi in proto_inputs) else []
     ranks = {vi.name: len(vi.type.tensor_type.shape.dim) for vi in proto_inputs
              if vi.name in samples and vi.type.tensor_type.HasField("shape")}
-    if len(ranks) == len(samples) and all(np.ndim(samples[k]) == r + 1 for k, r in ranks.items()):
+    # Inputs that declare no shape do not tell (as in edgec.data's per-file reading).
+    if ranks and all(np.ndim(samples[k]) == r + 1 for k, r in ranks.items()):
         count = min(len(a) for a in samples.values())
         return [{k: v[i, ...] for k, v in samples.items()} for i in range(count)]  # 0-d stays an array
     count = min(len(a) for a in samples.values())
