@@ -386,8 +386,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     with translated_errors():
         inputs_info = _value_infos(details.get("inputs"), "inputs", artifact.path)
         if args.inputs:
-            arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info},
-                              layouts=("batch",))
+            from edgec_runtime.feeds import layout_of
+
+            arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info})
+            if layout_of(arrays, inputs_info, args.inputs) == "sample":
+                arrays = {k: v[0, ...] for k, v in arrays.items()}  # one whole feed
         else:
             arrays = synthetic(inputs_info, artifact.batch())
     backend = get_backend(artifact.backend_name)

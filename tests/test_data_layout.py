@@ -300,3 +300,28 @@ def test_edgec_run_takes_both_layouts(tmp_path):
     assert rows.shape == (6, 3) and feeds.shape == (6, 1, 3)
     np.testing.assert_allclose(feeds[:, 0], rows, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rows, x @ weight, rtol=1e-4, atol=1e-4)  # int8 or fp32 close
+
+
+# --------------------------------------------------------------------------- TVM over RPC
+
+
+def test_a_module_bound_to_a_batch_still_takes_scalars_and_states():
+    """Measuring over RPC (`_measure_rpc`) and scoring there (`RemoteTVMRunner`) check
+    the bound batch only on inputs that have it on axis 0, and hand a scalar to TVM as
+    the 0-d array it is."""
+    pytest.importorskip("tvm")
+    import tvm
+
+    from edgec.backends.base import BackendError
+    from edgec.backends.tvm import RemoteTVMRunner, _check_batch
+
+    shapes = {"x": [1, FEATURES], "state": [2, 1, HIDDEN], "sr": []}  # as details record them
+    feed = {k: v[0, ...] for k, v in vad_feeds(2).items()}
+    _check_batch(list(shapes), feed, 1, shapes)  # sr is a scalar, state's axis 0 is 2
+    with pytest.raises(BackendError, match="input 'x' has batch 3"):
+        _check_batch(list(shapes), {**feed, "x": np.zeros((3, FEATURES), np.float32)}, 1, shapes)
+    runner = RemoteTVMRunner(input_names=list(shapes), output_names=["prob"], vm=None,
+                             device=tvm.cpu(), session=None, batch=1, input_shapes=shapes)
+    arguments = runner._arguments(feed)
+    assert [tuple(a.shape) for a in arguments] == [(1, FEATURES), (2, 1, HIDDEN), ()]
+    assert int(arguments[2].numpy()) == int(feed["sr"])

@@ -439,12 +439,17 @@ def _contiguous(x) -> np.ndarray:
     return x if x.flags.c_contiguous else x.copy()
 
 
-def _check_batch(names: list[str], inputs: Mapping[str, Any], batch: int | None) -> None:
+def _check_batch(names: list[str], inputs: Mapping[str, Any], batch: int | None,
+                 shapes: Mapping[str, Any] | None = None) -> None:
     """A module tuned on a symbolic batch takes that one batch: anything else is a usage
-    error (exit 2), not TVM's match_cast failure."""
+    error (exit 2), not TVM's match_cast failure. Only inputs with that batch on axis 0
+    are checked (``shapes``: the module's input shapes, as its details record them): a
+    scalar (a sample rate) or a state whose axis 0 is fixed ([2, N, H]) has none."""
     if batch is None:
         return
     for name in names:
+        if shapes is not None and not _takes_batch(shapes.get(name), batch):
+            continue
         shape = np.shape(inputs[name])
         if not shape or shape[0] != batch:
             got = f"batch {shape[0]}" if shape else "a scalar"
@@ -454,6 +459,12 @@ def _check_batch(names: list[str], inputs: Mapping[str, Any], batch: int | None)
                 f"tuning); feed batches of {batch}, or compile with the spec's `at batch` "
                 "set to the batch you run, or without tuning for a module that takes any "
                 "batch", exit_code=2)
+
+
+def _takes_batch(shape, batch: int) -> bool:
+    if shape is None:  # unknown: checked
+        return True
+    return bool(shape) and (shape[0] == batch or not isinstance(shape[0], int))
 
 
 # Running a module is the device runtime's job (one implementation for both sides).
@@ -471,6 +482,7 @@ class RemoteTVMRunner:
     device: Any
     session: Any  # the RPC session: it lives as long as the runner
     batch: int | None = None  # the one batch a module tuned on a symbolic batch takes
+    input_shapes: dict | None = None  # name -> shape from the details (None: unknown)
 
     def _arguments(self, inputs: Mapping[str, np.ndarray]) -> list:
         import tvm
@@ -479,7 +491,7 @@ class RemoteTVMRunner:
         if missing:
             raise BackendError(f"missing input(s) {', '.join(missing)}; the model takes "
                                f"{', '.join(self.input_names)}")
-        _check_batch(self.input_names, inputs, self.batch)
+        _check_batch(self.input_names, inputs, self.batch, self.input_shapes)
         # Not np.ascontiguousarray: it makes a 0-d (scalar) input 1-d, which TVM refuses.
         return [tvm.runtime.tensor(_contiguous(inputs[name]), self.device)
                 for name in self.input_names]
@@ -962,7 +974,8 @@ class TVMBackend:
 
     def _measure_rpc(self, artifact_dir: str, details: dict[str, Any],
                      inputs: Mapping[str, np.ndarray], options: BuildOptions) -> LatencyStats:
-        _check_batch([value["name"] for value in details["inputs"]], inputs, details.get("batch"))
+        _check_batch([value["name"] for value in details["inputs"]], inputs, details.get("batch"),
+                     {value["name"]: value.get("shape") for value in details["inputs"]})
         runner = self.remote_runner(artifact_dir, details, options.rpc, threads=options.threads)
         return _time_vm(runner.vm, runner.device, runner._arguments(inputs),
                         where=options.rpc.where)
@@ -993,7 +1006,9 @@ class TVMBackend:
                                output_names=[value["name"] for value in details["outputs"]],
                                vm=relax.VirtualMachine(library, device), device=device,
                                session=remote,
-                               batch=details.get("batch"))
+                               batch=details.get("batch"),
+                               input_shapes={value["name"]: value.get("shape")
+                                             for value in details["inputs"]})
 
 
 def _check_cuda_runtime(details: Mapping[str, Any]) -> None:
