@@ -175,6 +175,9 @@ def _notes(m: dict) -> list[str]:
         notes.append(f"latency is estimated: {m['latency']['why']}")
     if m["accuracy"].get("caveat"):
         notes.append(f"accuracy: {m['accuracy']['caveat']}")
+    layout = m["accuracy"].get("layout")
+    if layout and (layout["layout"] != "batch" or "do not tell" in layout["how"]):
+        notes.append(f"accuracy data read as {layout['layout']}: {layout['how']}")
     return notes
 
 

@@ -232,6 +232,8 @@ def test_the_vad_compiles_with_per_sample_state_and_sample_rate(tmp_path):
     assert "32 samples from vad.npz; per-sample feeds ([S, *input shape], one complete feed " \
            "each): read from the shapes (per-sample feeds), fed one feed at a time" in accuracy["data"]
     assert "per-sample feeds" in (tmp_path / "vad-out" / "report.txt").read_text()
+    assert ("accuracy data read as per-sample: read from the shapes"
+            in (tmp_path / "vad-out" / "report.html").read_text())
     # Every candidate, int8 ones included, was built and scored on those feeds.
     # Every candidate, int8 ones included (calibrated per feed, through both branches of
     # the If), was built and scored on those feeds.
