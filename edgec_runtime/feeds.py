@@ -57,8 +57,7 @@ def conform(arrays: Mapping[str, object], inputs: list[InputInfo], path: str | N
 
 def _one_layout(layouts: set, arrays: dict, inputs: list[InputInfo], path) -> str:
     if len(layouts) > 1:
-        raise InputError("some inputs are batch-leading and others per-sample feeds; use one "
-                         "layout for all", path)
+        raise InputError(_mixed_layouts(arrays, inputs), path)
     layout = layouts.pop() if layouts else "batch"
     counts = {}
     for info in inputs:
@@ -69,6 +68,25 @@ def _one_layout(layouts: set, arrays: dict, inputs: list[InputInfo], path) -> st
         raise InputError("inputs hold different sample counts: "
                          + ", ".join(f"{k}: {v}" for k, v in counts.items()), path)
     return layout
+
+
+def _mixed_layouts(arrays: Mapping[str, np.ndarray], inputs: list[InputInfo]) -> str:
+    """Which input is in which layout, with shapes, for the error that says they differ."""
+    def shape_text(shape) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    batch = [i for i in inputs if np.ndim(arrays[i.name]) == len(i.shape)]
+    sample = [i for i in inputs if np.ndim(arrays[i.name]) == len(i.shape) + 1]
+    if not batch or not sample:
+        return "some inputs are batch-leading and others per-sample feeds; use one layout for all"
+    b, p = batch[0], sample[0]
+    if not b.shape:
+        return (f"array '{b.name}' holds one value (shape []) for the scalar input '{b.name}', "
+                f"but '{p.name}' {list(np.shape(arrays[p.name]))} holds per-sample feeds: give "
+                f"'{b.name}' one value per feed, shape [S]")
+    return (f"inputs in different layouts: '{b.name}' {list(np.shape(arrays[b.name]))} is "
+            f"batch-leading (the rank of input {shape_text(b.shape)}), '{p.name}' "
+            f"{list(np.shape(arrays[p.name]))} per-sample (one more); give every input in one "
+            "layout (per-sample: [S, *input shape] for each)")
 
 
 def layout_of(arrays: Mapping[str, np.ndarray], inputs: list[InputInfo], path=None) -> str:

@@ -330,8 +330,12 @@ def check_header(name: str, have_dtype: np.dtype, have_shape: tuple, want_dtype:
             continue  # the batch axis: checked against the model's batch by the caller
         if _fixed(want) and have != want:
             where = f"axis {axis + (1 if layout == 'sample' else 0)}"
-            raise InputError(f"array '{name}' has {have} along {where}; the model's input is "
-                             f"{_show_shape(want_shape)}", path)
+            expected = ("[S, " + _show_shape(want_shape)[1:] if layout == "sample"
+                        else "[rows, " + _show_shape(want_shape)[1:].split(", ", 1)[-1])
+            raise InputError(f"array '{name}' has shape {list(have_shape)}: {have} along {where}"
+                             f"; the model's input is {_show_shape(want_shape)}, so "
+                             f"{'per-sample feeds' if layout == 'sample' else 'batch-leading rows'}"
+                             f" are {expected} ({want} along {where})", path)
     if layout == "batch" and rank and _fixed(want_shape[0]) and have_shape[0] % want_shape[0]:
         raise InputError(
             f"array '{name}' has {have_shape[0]} rows; the model's batch is fixed at "

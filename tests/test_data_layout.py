@@ -304,6 +304,53 @@ def test_edgec_run_takes_both_layouts(tmp_path):
     np.testing.assert_allclose(rows, x @ weight, rtol=1e-4, atol=1e-4)  # int8 or fp32 close
 
 
+@pytest.fixture(scope="module")
+def vad_artifact(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vad")
+    np.savez(folder / "vad.npz", **vad_feeds(8))
+    onnx.save(vad_model(), folder / "vad.onnx")
+    (folder / "vad.edge").write_text(SPEC.format(data="vad.npz", extra="").replace(
+        "precision fp32, int8", "precision fp32"))
+    result = _edgec("compile", "vad.onnx", "--spec", "vad.edge", "-o", "out", "--cache-dir",
+                    "cache", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda f: f.update(x=f["x"][:, 0]),
+     "error: inputs in different layouts: 'x' [4, 64] is batch-leading (the rank of input "
+     "[N, 64]), 'state' [4, 2, 1, 8] per-sample (one more)"),
+    (lambda f: f.update(sr=np.array(16000, np.int64)),
+     "error: array 'sr' holds one value (shape []) for the scalar input 'sr', but 'x' "
+     "[4, 1, 64] holds per-sample feeds: give 'sr' one value per feed, shape [S]"),
+    (lambda f: f.update(state=np.zeros((4, 3, 1, HIDDEN), np.float32)),
+     "error: array 'state' has shape [4, 3, 1, 8]: 3 along axis 1; the model's input is "
+     "[2, N, 8], so per-sample feeds are [S, 2, N, 8] (2 along axis 1)"),
+    (lambda f: f.update(sr=f["sr"][:3]),
+     "error: inputs hold different sample counts: x: 4, state: 4, sr: 3"),
+])
+def test_edgec_run_refuses_bad_feeds_in_one_line(vad_artifact, tmp_path, change, words):
+    feeds = vad_feeds(4)
+    change(feeds)
+    np.savez(tmp_path / "bad.npz", **feeds)
+    line = _one_error_line(_edgec("run", vad_artifact / "out", "--inputs", "bad.npz", "-o",
+                                  "o.npz", cwd=tmp_path))
+    assert line.startswith(f"bad.npz: {words}"), line
+
+
+def test_edgec_run_feeds_a_scalar_and_a_state_per_sample(vad_artifact, tmp_path):
+    feeds = vad_feeds(5, seed=7)
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    run = _edgec("run", vad_artifact / "out", "--inputs", "feeds.npz", "-o", "y.npz",
+                 cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    got = np.load(tmp_path / "y.npz")
+    want = _ort_per_feed(vad_model(), feeds)  # fp32 artifact: onnxruntime's own kernels
+    np.testing.assert_allclose(got["prob"], want[0], atol=1e-5)
+    np.testing.assert_allclose(got["state_out"], want[1], atol=1e-5)
+
+
 # --------------------------------------------------------------------------- TVM over RPC
 
 
