@@ -128,9 +128,12 @@ def predictions(output: np.ndarray) -> np.ndarray:
     o = np.asarray(output)
     if o.ndim == 0:
         o = o.reshape(1)
-    o = o.reshape([o.shape[0]] + [d for d in o.shape[1:] if d != 1])
-    if o.dtype.kind in "iub" or o.ndim == 1:
+    if o.dtype.kind in "iub" or o.ndim == 1:  # classes already, or one value per sample
         return o.reshape(o.shape[0], -1)
+    kept = [d for d in o.shape[1:] if d != 1]
+    if not kept:  # one class: its argmax is 0 everywhere (cannot_discriminate says so)
+        return np.zeros((o.shape[0], 1), np.int64)
+    o = o.reshape([o.shape[0]] + kept)
     return o.argmax(axis=-1).reshape(o.shape[0], -1)
 
 

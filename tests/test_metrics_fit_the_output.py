@@ -78,6 +78,10 @@ def test_predictions_shapes():
     assert predictions(np.zeros((5, 1, 3))).shape == (5, 1)
     assert predictions(np.zeros((5, 3))).shape == (5, 1)
     assert predictions(np.zeros((5, 2, 4, 3))).shape == (5, 8)
+    # One logit per sample: one class, as before (and cannot_discriminate flags it).
+    assert predictions(np.ones((5, 1, 1), np.float32)).tolist() == [[0]] * 5
+    assert "predicts class 0 for all 5" in cannot_discriminate(
+        "top1-agreement", [np.random.default_rng(0).normal(size=(5, 1, 1))])
 
 
 # Maps (threshold 0.5):  sample 0: ref {0, 2}, cand {0, 1}: IoU 1/3, Dice 2*1/(2+2) = 0.5
