@@ -77,7 +77,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -87,7 +87,7 @@ from edgec.frontend import export_model
 from edgec.ir.core import Attr, AttrType, Model, Node, Value
 from edgec.ir.cost import model_cost, parameter_count
 from edgec.ir.types import Shape, TensorType
-from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassError, PassResult
 from edgec.quantization.samples import calibration_samples
 
 # Channel-wise ops that pass the channel layout of input 0 to output 0 unchanged.
@@ -114,7 +114,7 @@ class PruneChannels(Pass):
 
     name: ClassVar[str] = "prune-channels"
     sparsity: float = field(default=0.3, metadata={"help": "fraction of channels removed from each group (overall, in blocks of multiple-of)"})
-    criterion: str = field(default="l1", metadata={"help": "l1 or l2 norm of a channel's weights"})
+    criterion: Literal["l1", "l2"] = field(default="l1", metadata={"help": "l1 or l2 norm of a channel's weights"})
     min_channels: int = field(default=1, metadata={"help": "never leave a group with fewer channels"})
     compensate: bool = field(default=True, metadata={"help": "fold removed channels' mean into consumer biases"})
     multiple_of: int = field(default=8, metadata={"help": "kept channels are a multiple of this where a group's size is"})
@@ -123,11 +123,19 @@ class PruneChannels(Pass):
     calibration_data: str = field(default="", metadata={"help": ".npz file/folder/glob when not under `edgec compile`"})
     recalibration_samples: int = field(default=32, metadata={"help": "samples used to recalibrate"})
 
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.sparsity < 1.0:
-            raise PassError(f"prune-channels: sparsity must be in [0, 1), got {self.sparsity}")
-        if self.criterion not in ("l1", "l2"):
-            raise PassError(f"prune-channels: criterion must be l1 or l2, got '{self.criterion}'")
+            raise OptionError("sparsity", f"must be in [0, 1), got {self.sparsity}")
+        for option in ("min_channels", "multiple_of"):
+            if getattr(self, option) < 1:
+                raise OptionError(option.replace("_", "-"),
+                                  f"must be at least 1, got {getattr(self, option)}")
+        if self.recalibration_samples < 0:
+            raise OptionError("recalibration-samples",
+                              f"must be >= 0 (0: no recalibration), got {self.recalibration_samples}")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         if self.sparsity == 0.0:
             return PassResult(False, {"channels-removed": 0})
         before = model_cost(model)  # runs infer-shapes when shapes are missing

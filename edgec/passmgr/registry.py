@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass
 
 from edgec.diagnostics import Diagnostic, Location, UsageError
-from edgec.passmgr.base import Pass
+from edgec.passmgr.base import OptionError, Pass
 from edgec.passmgr.pipeline import GROUPS, Option, PassInvocation, Pipeline
 
 ENTRY_POINT_GROUP = "edgec.passes"
@@ -140,6 +140,13 @@ class PassRegistry:
                                           opt.offset, text)) from None
         try:
             return cls(**kwargs)
+        except OptionError as e:
+            written = next((o for o in invocation.options if o.key == e.option), None)
+            if written is None:  # a default that fails only with the options given
+                raise UsageError(_located(f"pass '{invocation.name}': {e}", invocation.offset,
+                                          text)) from None
+            raise UsageError(_located(f"option '{e.option}' of pass '{invocation.name}': "
+                                      f"{e.message}", written.offset, text)) from None
         except (TypeError, ValueError) as e:
             raise UsageError(_located(f"pass '{invocation.name}': {e}", invocation.offset,
                                       text)) from None
@@ -182,10 +189,11 @@ def convert_option(opt: Option, annotation) -> object:
             return None
         annotation = args[0]
     if typing.get_origin(annotation) is typing.Literal:
-        allowed = [str(a) for a in typing.get_args(annotation)]
-        if opt.text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got '{opt.text}'")
-        return opt.text
+        allowed = typing.get_args(annotation)
+        for value in allowed:  # Literal[8, 4] is written 8 or 4 and is the int
+            if str(value) == opt.text:
+                return value
+        raise ValueError(f"expected one of {', '.join(map(str, allowed))}, got '{opt.text}'")
     return _scalar(opt.text, annotation)
 
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fuse_testing import ATOL, RTOL, init, weights
 from pass_testing import assert_same_outputs, conformance, load, run_pass
 
-from edgec.diagnostics import UsageError
+from edgec.passmgr import OptionError
 from edgec.passes.fuse import DEFAULT_PATTERNS, PATTERNS, Fuse
 from edgec.passmgr import run_pipeline
 from edgec.testing import models
@@ -27,9 +27,11 @@ def test_stats_count_every_selected_pattern():
     assert result.stats == {"pad-conv": 0} and not result.modified
 
 
-def test_unknown_pattern_is_a_usage_error():
-    with pytest.raises(UsageError, match="unknown pattern 'conv-relu'"):
-        run_pass(Fuse(patterns=("conv-relu",)), load(models.conv_bn_relu()))
+def test_unknown_pattern_is_an_option_error():
+    with pytest.raises(OptionError, match="unknown pattern 'conv-relu'"):
+        Fuse(patterns=("conv-relu",))
+    with pytest.raises(OptionError, match="unknown pattern 'attn'"):
+        Fuse(exclude=("attn",))
 
 
 def test_pipeline_text_selects_patterns():

@@ -14,7 +14,7 @@ from pass_testing import assert_same_outputs, conformance, load, parse, run_pass
 
 from edgec.frontend import export_model
 from edgec.passes.prune_unstructured import PruneUnstructured
-from edgec.passmgr.base import PassError
+from edgec.passmgr.base import OptionError
 from edgec.testing import models
 
 TEXT = """
@@ -88,12 +88,13 @@ def test_zeros_compress():
     assert zipped(model) < 0.8 * dense
 
 
-def test_bad_options():
-    model = load(parse(TEXT))
-    with pytest.raises(PassError, match="sparsity"):
-        PruneUnstructured(sparsity=1.5).run(model, None)
-    with pytest.raises(PassError, match="scope"):
-        PruneUnstructured(scope="layer").run(model, None)
+def test_bad_options_fail_at_construction():
+    with pytest.raises(OptionError, match="sparsity"):
+        PruneUnstructured(sparsity=1.5)
+    with pytest.raises(OptionError, match="scope"):
+        PruneUnstructured(scope="layer")
+    with pytest.raises(OptionError, match="cannot prune Relu"):
+        PruneUnstructured(ops=("Conv", "Relu"))
 
 
 def test_conformance_cases_still_pass():
