@@ -25,6 +25,8 @@ from edgec.passmgr.pipeline import GROUPS, Option, PassInvocation, Pipeline
 
 ENTRY_POINT_GROUP = "edgec.passes"
 BUILTIN_DISTRIBUTION = "edgec"
+# The code of the diagnostic for a pass name no installed pass has.
+UNKNOWN_PASS = "pipeline.unknown-pass"
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -117,7 +119,8 @@ class PassRegistry:
         if close:
             notes.append(f"did you mean '{close[0]}'?")
         notes.append("`edgec passes` lists the installed passes")
-        raise UsageError(_located(f"unknown pass '{name}'", offset, text, notes))
+        raise UsageError(_located(f"unknown pass '{name}'", offset, text, notes,
+                                  code=UNKNOWN_PASS, length=len(name)))
 
     def create(self, invocation: PassInvocation, text: str | None = None) -> Pass:
         """An instance of the invoked pass with its options converted to their types."""
@@ -152,13 +155,26 @@ class PassRegistry:
                                       text)) from None
 
     def check_pipeline(self, pipeline: Pipeline, text: str | None = None) -> None:
-        """Raise UsageError if any pass or option of ``pipeline`` is unknown or ill-typed."""
+        """Raise UsageError naming every pass of ``pipeline`` that is unknown or whose
+        options are unknown, ill-typed or invalid (each pass is constructed)."""
+        problems = self.pipeline_problems(pipeline, text)
+        if problems:
+            raise UsageError(problems)
+
+    def pipeline_problems(self, pipeline: Pipeline, text: str | None = None) -> list[Diagnostic]:
+        """The errors `check_pipeline` raises, one per bad element, in text order."""
+        problems: list[Diagnostic] = []
         for element in pipeline:
+            try:
+                if element.children is not None:
+                    _check_group_options(element, text)
+                else:
+                    self.create(element, text)
+            except UsageError as e:
+                problems.extend(e.diagnostics)
             if element.children is not None:
-                _check_group_options(element, text)
-                self.check_pipeline(element.children, text)
-            else:
-                self.create(element, text)
+                problems.extend(self.pipeline_problems(element.children, text))
+        return problems
 
 
 def _check_group_options(element: PassInvocation, text: str | None) -> None:
@@ -250,12 +266,14 @@ def _and(items: list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def _located(message: str, offset: int | None, text: str | None, notes=()) -> Diagnostic:
+def _located(message: str, offset: int | None, text: str | None, notes=(), *,
+             code: str | None = None, length: int = 1) -> Diagnostic:
     """A diagnostic pointing into pipeline text (column = offset + 1)."""
     if offset is None or text is None:
-        return Diagnostic.error(message, notes=notes)
-    return Diagnostic.error(message, Location(path="<pipeline>", line=1, column=offset + 1),
-                            notes=notes, source_line=text)
+        return Diagnostic.error(message, notes=notes, code=code)
+    return Diagnostic.error(message, Location(path="<pipeline>", line=1, column=offset + 1,
+                                              length=length),
+                            notes=notes, source_line=text, code=code)
 
 
 @functools.lru_cache(maxsize=1)
