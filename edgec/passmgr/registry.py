@@ -73,7 +73,7 @@ class PassRegistry:
                 f"{who} failed to load entry point '{described}': {reason}",
                 code="plugin.import-failed"))
             return
-        problem = _contract_problem(ep.name, obj)
+        problem = contract_problem(ep.name, obj)
         if problem:
             self._broken[ep.name] = f"{who} does not fit the pass contract ({problem})"
             self.problems.append(Diagnostic.warning(
@@ -234,7 +234,8 @@ def _scalar(text: str, annotation) -> object:
     return text
 
 
-def _contract_problem(name: str, obj: object) -> str | None:
+def contract_problem(name: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be the pass entry point ``name``, or None when it fits."""
     if not isinstance(obj, type) or not issubclass(obj, Pass):
         return f"it is {type(obj).__name__} {obj!r}, not a subclass of edgec.passmgr.Pass"
     if not dataclasses.is_dataclass(obj) or not obj.__dataclass_params__.frozen:  # type: ignore[attr-defined]

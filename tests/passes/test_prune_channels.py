@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pass_testing import assert_same_outputs, conformance, load, ops, run_pass
 from prune_testing import zero_channels_to_prune
 
+from edgec.testing.passes import assert_same_outputs, conformance, load, run_pass
 from edgec.frontend import export_model
 from edgec.ir.cost import model_cost
 from edgec.ir.printer import print_model

@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from pass_testing import assert_same_outputs, conformance, load, parse, run_pass
 
+from edgec.testing.passes import assert_same_outputs, conformance, load, parse, run_ort, run_pass
 from edgec.frontend import export_model
 from edgec.passes.prune_unstructured import PruneUnstructured
 from edgec.passmgr.base import OptionError
@@ -45,7 +45,7 @@ def test_global_threshold_over_all_layers():
     assert result.stats["sparsity"] == 0.5 and result.stats["weights-zeroed"] == 9
     feed = {"x": np.array([[1.0, -1.0, 2.0, 0.5]], np.float32)}
     expected = (feed["x"] @ w["w1"] + w["b"]) @ w["w2"]
-    got = __import__("pass_testing").run_ort(export_model(model), feed)["y"]
+    got = run_ort(export_model(model), feed)["y"]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not run_pass(PruneUnstructured(sparsity=0.5, ops=("MatMul",)), model).modified
 

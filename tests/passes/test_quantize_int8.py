@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pass_testing import load, run_ort
+from edgec.testing.passes import load, run_ort
 from edgec.frontend import export_model
 from edgec.ir.parser import parse_model
 from edgec.ir.printer import print_model
