@@ -69,8 +69,9 @@ class QuantizeInt8(Pass):
         if not _known_metric(self.metric):
             raise OptionError("metric", f"unknown metric '{self.metric}'; built-in: "
                                         + ", ".join(BUILTIN_METRICS))
-        try:
-            float(self.tolerance.strip().removesuffix("%").removesuffix("dB"))
+        try:  # as edgec.metrics.evaluate reads it
+            text = self.tolerance.strip().removesuffix("%")
+            float(text.removesuffix("dB").removesuffix("db").strip())
         except ValueError:
             raise OptionError("tolerance", f"expected a number, a percentage or decibels "
                                            f"(1%, 0.05, 30dB), got '{self.tolerance}'") from None

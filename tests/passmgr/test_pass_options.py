@@ -145,3 +145,14 @@ def test_plugin_pass_options(registry, text, column, fragment):
         parse_and_check(text, registry)
     diag = info.value.diagnostics[0]
     assert fragment in diag.message and diag.location.column == column
+
+
+def test_every_metric_a_spec_accepts_is_a_valid_fallback_metric():
+    """The planner writes the spec's metric and tolerance into quantize-int8's options:
+    every metric the spec language accepts must construct."""
+    from edgec.dsl.semantic import metric_names
+    from edgec.passes.quantize_int8 import QuantizeInt8
+
+    for metric in metric_names():
+        for tolerance in ("1%", "0.05", "30dB", "30 db"):
+            QuantizeInt8(fallback="per-layer", metric=metric, tolerance=tolerance)
