@@ -301,7 +301,11 @@ def test_edgec_run_takes_both_layouts(tmp_path):
     rows, feeds = np.load(tmp_path / "rows-y.npz")["y"], np.load(tmp_path / "feeds-y.npz")["y"]
     assert rows.shape == (6, 3) and feeds.shape == (6, 1, 3)
     np.testing.assert_allclose(feeds[:, 0], rows, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(rows, x @ weight, rtol=1e-4, atol=1e-4)  # int8 or fp32 close
+    want = x @ weight
+    if manifest["configuration"]["precision"] == "fp32":
+        np.testing.assert_allclose(rows, want, rtol=1e-4, atol=1e-4)
+    else:  # int8 chosen: within the spec's 25 dB of fp32
+        assert 10 * np.log10(np.sum(want ** 2) / np.sum((rows - want) ** 2)) >= 25
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ accuracy {{
 }}
 optimize {{
   precision fp32, int8
-  fallback none
+  fallback {fallback}
   backend ort
   search fastest
 }}
@@ -62,7 +62,10 @@ def test_int8_candidates_are_scored_per_position_and_by_sequence(tmp_path, metri
     onnx.save(model, tmp_path / "rec.onnx")
     x = np.random.default_rng(1).normal(0, 1, (32, T, F)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
-    (tmp_path / "rec.edge").write_text(SPEC.format(metric=metric))
+    # The sequence metric also drives the per-layer fallback (the pass gets it, options
+    # included, in its pipeline text).
+    fallback = "per-layer" if metric.startswith("sequence") else "none"
+    (tmp_path / "rec.edge").write_text(SPEC.format(metric=metric, fallback=fallback))
     result = subprocess.run(
         [sys.executable, "-m", "edgec", "compile", "rec.onnx", "--spec", "rec.edge", "-o",
          "out", "--json", "--cache-dir", "cache"], cwd=tmp_path, capture_output=True,
@@ -72,7 +75,7 @@ def test_int8_candidates_are_scored_per_position_and_by_sequence(tmp_path, metri
     assert manifest["accuracy"]["metric"] == metric
     int8 = [c for c in manifest["candidates"] if c["label"].startswith("int8")
             and c["status"] != "skipped"]
-    assert len(int8) == 2, manifest["candidates"]
+    assert len(int8) == (3 if fallback == "per-layer" else 2), manifest["candidates"]
     # The figures are recomputed here from the fp32 model's outputs (onnxruntime) on the
     # samples scored (the odd-numbered half), against what the candidate could give:
     # they must be fractions, per position over 16 x 16 positions.
