@@ -12,7 +12,8 @@ from edgec.testing import corpus
 from edgec.testing.corpus.graph import session
 from edgec.testing.corpus.recognizer import ctc_decode
 
-SMALL = {"dbnet": {"size": 160}, "crnn": {"width": 96}, "silero-vad": {}}
+SMALL = {"dbnet": {"size": 160}, "crnn": {"width": 96}, "silero-vad": {}, "mobilenet-v3-small": {"size": 96},
+         "jax2tf-cnn": {}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,6 +126,34 @@ def test_vad_state_sample_rate_and_confidence(built, sample_rate):
     decided = probability.reshape(-1) > 0.5
     assert np.mean(decided == (labels["output"].reshape(-1) > 0.5)) >= 0.9
     assert np.mean(np.abs(probability - 0.5)) * 2 > 0.8
+
+
+@pytest.mark.parametrize("name", ["mobilenet-v3-small", "jax2tf-cnn"])
+def test_classifiers_are_accurate_and_confident(built, name):
+    entry = built[name]
+    inputs, labels = entry.data(100, 6)
+    (probabilities,) = session(entry.model).run(None, inputs)
+    (expected,) = labels.values()
+    assert np.mean(probabilities.argmax(1) == expected) >= 0.8
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    assert np.median(top2[:, 1] - top2[:, 0]) > 0.2  # a clear winner, not a near tie
+
+
+def test_mobilenet_v3_small_is_paddle2onnx_style(built):
+    model = built["mobilenet-v3-small"].model
+    ops = [node.op_type for node in model.graph.node]
+    assert {"HardSwish", "HardSigmoid", "GlobalAveragePool"} <= set(ops) and ops[-1] == "Softmax"
+    assert all(node.name.startswith(f"p2o.{node.op_type}.") for node in model.graph.node)
+
+
+def test_jax2tf_cnn_has_jax2tf_names_layout_and_run_time_reshape(built):
+    model = built["jax2tf-cnn"].model
+    assert model.producer_name == "tf2onnx"
+    assert all(node.name.startswith("jax2tf_infer_fn_/pjit_infer_fn_/") for node in model.graph.node)
+    assert model.graph.node[0].op_type == "Transpose"  # NHWC -> NCHW
+    (reshape,) = [node for node in model.graph.node if node.op_type == "Reshape"]
+    assert _from_shape(model, reshape.input[1])
+    assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == ["b", 32, 32, 3]
 
 
 def _inputs_upstream(model: onnx.ModelProto, node: onnx.NodeProto) -> set[str]:

@@ -134,8 +134,47 @@ def silero_vad(seed: int = 0, sample_rate: int = 16000) -> CorpusModel:
                        parameters={**parameters, "sample_rate": sample_rate})
 
 
+def mobilenet_v3_small(size: int = 224, seed: int = 0) -> CorpusModel:
+    """MobileNetV3-small classifier (Paddle2ONNX): ``x`` [N,3,size,size] →
+    ``softmax_0.tmp_0`` [N,10]; labels are the texture classes; metric ``top1-agreement``."""
+    from edgec.testing.corpus import classifier
+    from edgec.testing.tasks import TextureTask
+
+    parameters = {"size": size, "seed": seed}
+    model = _cached("mobilenet_v3_small", parameters,
+                    lambda: classifier.mobilenet_v3_small(size=size, seed=seed)[0])
+    task = TextureTask(classes=10, size=size, seed=seed)
+
+    def data(count: int, data_seed: int = 0):
+        images, labels = task.sample(count, data_seed)
+        return {"x": images}, {"softmax_0.tmp_0": labels}
+
+    return CorpusModel("mobilenet-v3-small", model, data, "top1-agreement", description=model.doc_string,
+                       parameters=parameters)
+
+
+def jax2tf_cnn(size: int = 32, seed: int = 0) -> CorpusModel:
+    """jax2tf/tf2onnx CNN with a run-time Reshape shape: ``x`` [b,size,size,3] (NHWC) →
+    ``output_0`` [b,10]; labels are the texture classes; metric ``top1-agreement``."""
+    from edgec.testing.corpus import jax_cnn
+    from edgec.testing.tasks import TextureTask
+
+    parameters = {"size": size, "seed": seed}
+    model = _cached("jax2tf_cnn", parameters, lambda: jax_cnn.jax2tf_cnn(size=size, seed=seed)[0])
+    task = TextureTask(classes=10, size=size, seed=seed)
+
+    def data(count: int, data_seed: int = 0):
+        images, labels = task.sample(count, data_seed)
+        return {"x": np.ascontiguousarray(images.transpose(0, 2, 3, 1))}, {"output_0": labels}
+
+    return CorpusModel("jax2tf-cnn", model, data, "top1-agreement", description=model.doc_string,
+                       parameters=parameters)
+
+
 MODELS: dict[str, Callable[..., CorpusModel]] = {
     "dbnet": dbnet,
     "crnn": crnn,
     "silero-vad": silero_vad,
+    "mobilenet-v3-small": mobilenet_v3_small,
+    "jax2tf-cnn": jax2tf_cnn,
 }

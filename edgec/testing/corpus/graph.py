@@ -232,3 +232,27 @@ def set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> Non
 
 def float_input(name: str, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def softmax_head(train: tuple[np.ndarray, np.ndarray], held: tuple[np.ndarray, np.ndarray], classes: int,
+                 strengths: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)) -> tuple[np.ndarray, np.ndarray, float]:
+    """A linear classifier [features, classes] + bias for a Softmax: ridge regression of
+    one-hot targets (strength picked by held-out accuracy), scaled by the temperature that
+    maximizes the held-out likelihood. Returns weight, bias and held-out accuracy."""
+    (f_train, y_train), (f_held, y_held) = train, held
+    best = None
+    for strength in strengths:
+        weight, bias = ridge(f_train, np.eye(classes)[y_train], strength)
+        accuracy = float(np.mean((f_held @ weight + bias).argmax(-1) == y_held))
+        if best is None or accuracy > best[0]:
+            best = (accuracy, weight, bias)
+    accuracy, weight, bias = best
+    raw = f_held @ weight + bias
+    likelihoods = []
+    temperatures = (1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)
+    for temperature in temperatures:
+        z = raw * temperature
+        z = z - z.max(1, keepdims=True)
+        likelihoods.append(float(np.mean(z[np.arange(len(z)), y_held] - np.log(np.exp(z).sum(1)))))
+    temperature = temperatures[int(np.argmax(likelihoods))]
+    return weight * temperature, bias * temperature, accuracy

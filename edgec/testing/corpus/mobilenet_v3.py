@@ -63,7 +63,7 @@ def squeeze_excite(g: ExporterGraph, x: str, channels: int, reduction: int = 4) 
 
 def residual_unit(g: ExporterGraph, x: str, cin: int, config) -> tuple[str, int]:
     kernel, expanded, cout, se, activation, stride = config
-    h = conv_bn(g, x, cin, expanded, 1, activation=activation) if expanded != cin else x
+    h = conv_bn(g, x, cin, expanded, 1, activation=activation)  # Paddle keeps it even when expanded == cin
     h = conv_bn(g, h, expanded, expanded, kernel, stride=stride, group=expanded, activation=activation)
     if se:
         h = squeeze_excite(g, h, expanded)
