@@ -17,20 +17,33 @@ from edgec.testing.corpus import MODELS
 _TOLERANCE = {"sqnr": "30 dB", "iou": "1 %", "sequence-agreement": "1 %", "top1-agreement": "1 %"}
 
 
-def spec_text(name: str, metric: str, layout: str, has_labels: bool) -> str:
-    from edgec.metrics import BUILTIN_METRICS
-
-    note = ""
-    if metric not in BUILTIN_METRICS:
-        note = f"  # {metric} is not a built-in metric of this edgec; sqnr instead\n"
-        metric = "sqnr"
+def _spec(name: str, metric: str, layout: str | None, labels: bool, note: str) -> str:
     lines = [f"# corpus model {name} on the machine you run edgec on (written by python3 -m edgec.testing.corpus)",
              "target host", "", "budget {", "  latency < 10 s p50 at batch 1", "}", "", "accuracy {",
-             f"  metric {metric}", note.rstrip("\n") if note else None, f"  tolerance {_TOLERANCE.get(metric, '1 %')}",
-             '  data "data.npz"' + ("   # per-sample feeds: [S, *input_shape]" if layout == "per-sample" else ""),
-             '  labels "labels.npz"' if has_labels and metric not in ("sqnr",) else None, "}", "",
+             f"  metric {metric}", *([f"  # {note}"] if note else []), f"  tolerance {_TOLERANCE.get(metric, '1 %')}",
+             '  data "data.npz"', *([f"  layout {layout}"] if layout else []),
+             *(['  labels "labels.npz"'] if labels else []), "}", "",
              "optimize {", "  precision fp32, int8", "  backend auto", "}", ""]
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
+
+
+def spec_text(name: str, metric: str, layout: str, has_labels: bool, path: str = "host.edge") -> str:
+    """A host spec for the model, written with what this edgec's spec checker accepts: the
+    suggested metric (else sqnr, said in a comment) and, for per-sample data, an explicit
+    ``layout per-sample`` (omitted where the language has no ``layout`` yet; the data
+    file's shapes then say it)."""
+    from edgec.dsl import check_text
+
+    fallback = f"{metric} is not a metric of this edgec; sqnr instead"
+    candidates = []
+    for chosen, note in ((metric, ""), ("sqnr", fallback)):
+        for layout_line in ((layout, None) if layout == "per-sample" else (None,)):
+            candidates.append(_spec(name, chosen, layout_line, has_labels and chosen != "sqnr", note))
+    for text in candidates:
+        _, diagnostics = check_text(text, path)
+        if not any(d.is_error for d in diagnostics):
+            return text
+    return candidates[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(out / "data.npz", **inputs)
     if labels:
         np.savez(out / "labels.npz", **labels)
-    (out / "host.edge").write_text(spec_text(corpus.name, corpus.metric, corpus.layout, bool(labels)))
+    spec = out / "host.edge"
+    spec.write_text(spec_text(corpus.name, corpus.metric, corpus.layout, bool(labels), str(spec)))
     print(f"wrote {out}/model.onnx, data.npz{', labels.npz' if labels else ''}, host.edge "
           f"({corpus.metric}, {corpus.layout} data, {args.count} samples)")
     return 0
