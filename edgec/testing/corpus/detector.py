@@ -18,6 +18,7 @@ import numpy as np
 from edgec.testing.corpus.graph import (PADDLE, ExporterGraph, batchnorm_params, float_input, he_conv, logistic, ridge,
                                         run_values, set_initializer)
 from edgec.testing.corpus.mobilenet_v3 import DETECTOR, conv_bn, residual_unit
+from edgec.testing.models import _calibrate_batchnorms
 from edgec.testing.tasks import TextureTask
 
 OPSET = 14  # HardSwish needs 14; Paddle2ONNX writes it natively from there on
@@ -94,6 +95,8 @@ def dbnet(size: int = 736, inner: int = 64, seed: int = 0, fit_pixels: float = 4
     multiple of 32."""
     if size % 32:
         raise ValueError(f"size must be a multiple of 32, got {size}")
+    if inner < 64 or inner % 4:
+        raise ValueError(f"inner must be a multiple of 4 and at least 64 (the head needs 16 channels), got {inner}")
     task = TextBoxTask(size=size, seed=seed)
     g = ExporterGraph("dbnet", PADDLE, OPSET, seed)
     h = conv_bn(g, "x", 3, 16, 3, stride=2, activation="hardswish")
@@ -102,7 +105,6 @@ def dbnet(size: int = 736, inner: int = 64, seed: int = 0, fit_pixels: float = 4
         h, cin = residual_unit(g, h, cin, config)
         if tap:
             taps.append((h, cin))
-    (c2, n2), (c3, n3), (c4, n4), (c5, n5) = taps
     in2, in3, in4, in5 = (_conv(g, c, n, inner, 1) for c, n in taps)
     out4 = g.node("Add", [in4, _upsample_to(g, in5, in4, None)])
     out3 = g.node("Add", [in3, _upsample_to(g, out4, in3, None)])
@@ -113,8 +115,6 @@ def dbnet(size: int = 736, inner: int = 64, seed: int = 0, fit_pixels: float = 4
     p3 = _upsample_to(g, _conv(g, out3, inner, quarter, 3), None, 2)
     p2 = _conv(g, out2, inner, quarter, 3)
     fuse = g.node("Concat", [p5, p4, p3, p2], axis=1)
-    if quarter < 16:
-        raise ValueError(f"inner must be at least 64 (the head needs 16 channels), got {inner}")
     h = conv_bn(g, fuse, inner, quarter, 3, activation="relu")
     head_conv = g.nodes[-3]
     h = _conv_transpose(g, h, quarter, quarter)
@@ -160,8 +160,7 @@ def dbnet(size: int = 736, inner: int = 64, seed: int = 0, fit_pixels: float = 4
                 for v in range(2):
                     routing[(2 * a + u) * 4 + (2 * b + v), 2 * u + v, a, b] = 1.0
     set_initializer(model, upsample.input[1], routing)
-    from edgec.testing.models import _calibrate_batchnorms
-    _calibrate_batchnorms(model, rng, feed=calibration)
+    _calibrate_batchnorms(model, rng, feed=calibration)  # the head's statistics changed
 
     # The last ConvTranspose (1 output channel, 2x2 stride 2) is a logistic regression per
     # sub-pixel position (a, b) on the features below it, with one shared bias.
