@@ -70,6 +70,7 @@ def _cached(name: str, parameters: dict, build: Callable[[], onnx.ModelProto]) -
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
             handle.write(model.SerializeToString())
+        os.chmod(handle.name, 0o644)  # readable like any cache file, not 0600 as temporary files are
         os.replace(handle.name, path)
     except OSError:
         pass  # an unwritable cache only costs a rebuild
