@@ -47,27 +47,15 @@ class CommonSubexpressionElimination(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         graphs = list(model.all_graphs())
         local_functions = {(f.domain, f.name) for f in model.functions.values()}
-        returned = _returned_from_enclosing_scope(graphs)
         initializers_merged = nodes_merged = 0
         for g in graphs:
-            initializers_merged += _merge_initializers(g, returned)
-            nodes_merged += _merge_nodes(g, returned, local_functions)
+            initializers_merged += _merge_initializers(g)
+            nodes_merged += _merge_nodes(g, local_functions)
         stats = {"nodes-merged": nodes_merged, "initializers-merged": initializers_merged}
         return PassResult(bool(nodes_merged or initializers_merged), stats)
 
 
-def _returned_from_enclosing_scope(graphs: list[Graph]) -> set[int]:
-    """Values that a subgraph returns without defining them: not node uses, so
-    `replace_value` would not reach them; such values are left alone."""
-    out: set[int] = set()
-    for g in graphs:
-        defined = {id(v) for v in g.inputs} | {id(v) for v in g.initializers.values()}
-        defined.update(id(o) for n in g for o in n.outputs)
-        out.update(id(v) for v in g.outputs if id(v) not in defined)
-    return out
-
-
-def _merge_initializers(graph: Graph, returned: set[int]) -> int:
+def _merge_initializers(graph: Graph) -> int:
     by_key: dict[tuple, list[Value]] = {}
     merged = 0
     for name, v in list(graph.initializers.items()):
@@ -78,7 +66,8 @@ def _merge_initializers(graph: Graph, returned: set[int]) -> int:
         key = (t.dtype, t.dims, _digest(t))
         same = by_key.setdefault(key, [])
         canonical = next((c for c in same if _same_bytes(c.const, t)), None)
-        if canonical is None or v.is_graph_output() or id(v) in returned:
+        # An initializer the graph returns keeps its name: an Identity would save nothing.
+        if canonical is None or v.is_graph_output():
             same.append(v)
             continue
         graph.replace_value(v, canonical)
@@ -101,7 +90,7 @@ def _same_bytes(a: Tensor, b: Tensor) -> bool:
     return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
 
 
-def _merge_nodes(graph: Graph, returned: set[int], local_functions: set[tuple[str, str]]) -> int:
+def _merge_nodes(graph: Graph, local_functions: set[tuple[str, str]]) -> int:
     seen: dict[Hashable, Node] = {}
     merged = 0
     for node in graph:
@@ -111,8 +100,6 @@ def _merge_nodes(graph: Graph, returned: set[int], local_functions: set[tuple[st
         canonical = seen.get(key)
         if canonical is None:
             seen[key] = node
-            continue
-        if any(id(o) in returned for o in node.outputs):
             continue
         for old, new in zip(node.outputs, canonical.outputs):
             graph.replace_value(old, new)

@@ -81,7 +81,6 @@ class _Folder:
         self.model = model
         self.max_size = max_size
         self.local_functions = {(f.domain, f.name) for f in model.functions.values()}
-        self.returned = _returned_from_enclosing_scope(model)
         self.folded = 0
         self.bytes_added = 0
         self.bytes_removed = 0
@@ -171,7 +170,7 @@ class _Folder:
         return total
 
     def removable(self, v: Value) -> bool:
-        return not v.is_graph_output() and id(v) not in self.returned and v.const.sparse_proto is None
+        return not v.is_returned() and v.const.sparse_proto is None
 
     # -- bounding a region's sizes before running it
     def bound_region(self, region: list[Node]) -> list[Node]:
@@ -307,8 +306,7 @@ class _Folder:
             while True:
                 ids = {id(n) for n in folding}
                 needed = [o for n in folding for o in n.outputs if o.name and (
-                    o.is_graph_output() or id(o) in self.returned
-                    or any(id(u) not in ids for u, _ in o.uses()))]
+                    o.is_returned() or any(id(u) not in ids for u, _ in o.uses()))]
                 in_cone = _cone(folding, needed)
                 if len(in_cone) == len(folding):
                     break
@@ -361,11 +359,6 @@ class _Folder:
                     doc_string=v.doc_string, metadata_props=v.metadata_props)
         g.add_initializer(new)
         v.replace_all_uses_with(new, replace_graph_outputs=True)
-        slots = self.returned.pop(id(v), [])
-        for sub, i in slots:
-            sub.outputs[i] = new
-        if slots:
-            self.returned[id(new)] = slots
         return new
 
     # -- evaluation with onnxruntime
@@ -471,18 +464,6 @@ def _numel(dims: tuple | None) -> int | None:
     for d in dims:
         count *= d
     return count
-
-
-def _returned_from_enclosing_scope(model: Model) -> dict[int, list[tuple[Graph, int]]]:
-    """Subgraph output slots that hold a value of an enclosing graph (not a node use)."""
-    out: dict[int, list[tuple[Graph, int]]] = {}
-    for g in model.graph.subgraphs():
-        defined = {id(v) for v in g.inputs} | {id(v) for v in g.initializers.values()}
-        defined.update(id(o) for n in g for o in n.outputs)
-        for i, v in enumerate(g.outputs):
-            if id(v) not in defined:
-                out.setdefault(id(v), []).append((g, i))
-    return out
 
 
 def _runnable(nodes: list[Node], known: dict[int, np.ndarray], failed: set[int]) -> list[Node]:
