@@ -16,27 +16,10 @@ from typing import Any, ClassVar, Hashable
 import onnx
 
 from edgec.ir.core import Attr, Graph, Model, Node, Tensor, Value
+from edgec.ir.ops import PURE_DOMAINS, canonical_domain, is_deterministic
 from edgec.passmgr.base import Pass, PassContext, PassResult
 
 A = onnx.AttributeProto
-
-# Same inputs, different outputs: merging two of these would change the model.
-NON_DETERMINISTIC_OPS = frozenset({
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-    "Multinomial", "Bernoulli", "BiasDropout", "BitmaskDropout", "BitmaskBiasDropout",
-})
-# Domains whose ops are pure functions of their inputs; a custom domain may not be.
-PURE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-
-
-def is_deterministic(node: Node) -> bool:
-    if node.op_type in NON_DETERMINISTIC_OPS:
-        return False
-    # Dropout is random only in training mode, which its third input switches on.
-    if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
-        return False
-    return True
-
 
 @dataclass(frozen=True)
 class CommonSubexpressionElimination(Pass):
@@ -110,7 +93,7 @@ def _merge_nodes(graph: Graph, local_functions: set[tuple[str, str]]) -> int:
 
 def _node_key(node: Node, local_functions: set[tuple[str, str]]) -> Hashable | None:
     """What makes two nodes interchangeable, or None if ``node`` must never merge."""
-    domain = "" if node.domain == "ai.onnx" else node.domain
+    domain = canonical_domain(node.domain)
     if (domain not in PURE_DOMAINS or (node.domain, node.op_type) in local_functions
             or not is_deterministic(node) or not node.outputs):
         return None

@@ -27,20 +27,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgec.frontend.onnx_export import _attribute
+from edgec.frontend.onnx_export import export_node
 from edgec.ir.core import Graph, Model, Node, Tensor, Value
+from edgec.ir.ops import NON_TENSOR_OPS, canonical_domain, is_deterministic
 from edgec.ir.types import DataType, Shape, TensorType
-from edgec.passes.cse import is_deterministic
 from edgec.passmgr.base import Pass, PassContext, PassResult
 
 # Domains onnxruntime's CPU provider implements; other domains' nodes are left alone.
 ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-# Ops whose values are sequences or optionals, which an initializer cannot hold.
-NON_TENSOR_OPS = frozenset({
-    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",
-    "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
-    "OptionalGetElement", "OptionalHasElement",
-})
 # onnxruntime's names of the element types whose values it returns as these numpy types.
 _ORT_TENSOR_TYPES = {f"tensor({name})": np.dtype(dtype) for name, dtype in [
     ("float", np.float32), ("double", np.float64), ("float16", np.float16),
@@ -126,7 +120,7 @@ class _Folder:
                 self.graph(sub, loop)
 
     def can_fold(self, node: Node) -> bool:
-        domain = "" if node.domain == "ai.onnx" else node.domain
+        domain = canonical_domain(node.domain)
         if (domain not in ORT_DOMAINS or (node.domain, node.op_type) in self.local_functions
                 or node.op_type in NON_TENSOR_OPS or not is_deterministic(node)):
             return False
@@ -268,15 +262,7 @@ class _Folder:
                         feed(v, known[id(v)], None)
                     elif v.is_constant():
                         feed(v, None, v.const)
-                np_ = gp.node.add()
-                np_.name = f"{_NODE_PREFIX}{i}"
-                np_.op_type = node.op_type
-                if node.domain:
-                    np_.domain = node.domain
-                np_.input.extend("" if v is None else v.name for v in node.inputs)
-                np_.output.extend(o.name or "" for o in node.outputs)
-                for a in node.attributes.values():
-                    _attribute(a, np_.attribute.add())
+                gp.node.append(export_node(node, name=f"{_NODE_PREFIX}{i}"))
                 for o in node.outputs:
                     if o.name:
                         by_name[o.name] = o
@@ -419,17 +405,7 @@ class _Folder:
                     gp.sparse_initializer.append(v.const.sparse_proto)
                 else:
                     gp.initializer.append(_tensor_proto(v.const, v.name))
-            np_ = gp.node.add()
-            np_.name = f"{_NODE_PREFIX}{i}"
-            np_.op_type = node.op_type
-            if node.domain:
-                np_.domain = node.domain
-            if node.overload:
-                np_.overload = node.overload
-            np_.input.extend("" if v is None else v.name for v in node.inputs)
-            np_.output.extend(o.name or "" for o in node.outputs)
-            for a in node.attributes.values():
-                _attribute(a, np_.attribute.add())
+            gp.node.append(export_node(node, name=f"{_NODE_PREFIX}{i}"))
         for v in wanted:
             gp.output.add().name = v.name
         options = ort.SessionOptions()
