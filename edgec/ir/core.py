@@ -468,10 +468,10 @@ class GraphOutputs(list):
         for i in range(start, len(self)):
             self[i]._returned[(g, i)] = None
 
-    def _forget(self, start: int = 0) -> None:
+    def _forget(self) -> None:
         g = self._graph
-        for i in range(start, len(self)):
-            self[i]._returned.pop((g, i), None)
+        for i, value in enumerate(self):
+            value._returned.pop((g, i), None)
 
     def __setitem__(self, index, value) -> None:
         if isinstance(index, slice):
@@ -503,9 +503,9 @@ class GraphOutputs(list):
         return self
 
     def __imul__(self, n: int) -> "GraphOutputs":
-        start = len(self)
+        self._forget()
         super().__imul__(n)
-        self._record(min(start, len(self)))
+        self._record()
         return self
 
     def insert(self, index: int, value: Value) -> None:

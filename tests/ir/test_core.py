@@ -226,6 +226,12 @@ def test_graph_output_slots_are_recorded_on_values_through_every_list_change():
     assert b.output.returned_by() == [(g, 0)] and c.output.returned_by() == [(g, 1)]
     g.outputs[:] = [x]
     assert x.returned_by() == [(g, 0)] and not b.output.is_returned() and not c.output.is_returned()
+    g.outputs += [a.output]
+    g.outputs *= 2
+    assert x.returned_by() == [(g, 0), (g, 2)] and a.output.returned_by() == [(g, 1), (g, 3)]
+    g.outputs *= 0
+    assert not x.is_returned() and not a.output.is_returned()
+    g.outputs.append(x)
     g.outputs.clear()
     assert not x.is_returned()
     built = Graph("h", inputs=[Value("y", F32)], outputs=[x])
