@@ -138,7 +138,7 @@ def test_a_duplicate_that_a_branch_returns_from_the_enclosing_graph_merges():
     }
     """)
     result = run_pass(CSE, model)
-    assert result.stats["nodes-merged"] == 1 and ops(model) == ["Abs", "If"]
+    assert result.stats["nodes-merged"] == 1 and [n.op_type for n in model.graph] == ["Abs", "If"]
     a = model.graph.nodes[0].output
     assert model.graph.nodes[1].attr("else_branch").outputs[0] is a
     assert not run_pass(CSE, model).modified
