@@ -17,8 +17,9 @@ import onnx
 import pytest
 
 import edgec
+from edgec.testing.required import import_or_missing
 
-pytest.importorskip("tvm")
+import_or_missing("tvm")
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
