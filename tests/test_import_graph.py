@@ -230,8 +230,6 @@ KNOWN_PRIVATE_IMPORTS: dict[tuple[str, str], str] = {
         "the CLI reads a TVM artifact's input and output descriptions with the runtime's helper",
     ("edgec.testing.tvm_runner", "edgec.backends.tvm._failing_node"):
         "the TVM conformance runner names the node TVM failed on with the backend's helper",
-    ("edgec.testing.tasks", "edgec.testing.models._calibrate_batchnorms"):
-        "the synthetic tasks calibrate batch norms with the model builders' helper",
 }
 
 
