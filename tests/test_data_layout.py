@@ -6,7 +6,9 @@ set by the spec's `layout`); bad combinations are one located line, exit 2.
 
 The model here is a small stand-in for an exported LSTM voice-activity detector: audio
 x [N, 64], a state [2, N, 8] (h and c stacked: the batch is on axis 1), a scalar int64
-sample rate `sr`, and an `If` on the sample rate, as the corpus's VAD has.
+sample rate `sr`, and an `If` on the sample rate, as the corpus's VAD has (small, so
+every error path is quick; tests/test_corpus_data_and_metrics.py compiles the corpus's
+own VAD).
 """
 
 from __future__ import annotations

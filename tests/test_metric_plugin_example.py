@@ -53,15 +53,10 @@ def test_a_spec_names_the_plugin_metric_and_a_compile_scores_with_it(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(site), str(EXAMPLE), str(REPO), os.environ.get("PYTHONPATH", "")]))
 
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "recognizer_stand_in", Path(__file__).with_name("test_recognizer_scoring.py"))
-    stand_in = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stand_in)
-    recognizer, T, F = stand_in.recognizer, stand_in.T, stand_in.F
-    onnx.save(recognizer(), tmp_path / "rec.onnx")
-    np.savez(tmp_path / "x.npz",
-             x=np.random.default_rng(1).normal(0, 1, (32, T, F)).astype(np.float32))
+    from edgec.testing.corpus import MODELS
+    crnn = MODELS["crnn"](width=64)
+    onnx.save(crnn.model, tmp_path / "rec.onnx")
+    np.savez(tmp_path / "x.npz", **crnn.data(32, 1)[0])
     (tmp_path / "rec.edge").write_text(
         "target host\naccuracy {\n  metric character-error-rate\n  tolerance 0.2\n"
         '  data "x.npz"\n}\noptimize {\n  precision fp32, int8\n  fallback none\n'

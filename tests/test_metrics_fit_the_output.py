@@ -157,3 +157,16 @@ def test_plugin_metrics_keep_working(monkeypatch):
     assert not higher_is_better("mean-gap")
     with pytest.raises(UsageError, match="has no option 'threshold'"):
         evaluate("mean-gap threshold 1", 0.5, [np.zeros((2, 2))], [np.ones((2, 2))])
+
+
+def test_sequence_agreement_is_what_ctc_decoding_reads():
+    """On noisy [N, T, C] logits: the score is the share of samples whose greedy CTC
+    decodings are equal, recomputed here by hand; per position beside it."""
+    rng = np.random.default_rng(2)
+    ref = rng.normal(0, 1, (32, 20, 6)).astype(np.float32)
+    noisy = ref + rng.normal(0, 0.3, ref.shape).astype(np.float32)
+    result = evaluate("sequence-agreement", "1%", [ref], [noisy])
+    by_hand = np.mean([ctc_collapse(a.argmax(-1)) == ctc_collapse(b.argmax(-1))
+                       for a, b in zip(ref, noisy)])
+    assert 0 < by_hand < 1 and result.value == pytest.approx(by_hand)
+    assert result.figures["per_position"] == pytest.approx(np.mean(ref.argmax(-1) == noisy.argmax(-1)))
