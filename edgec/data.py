@@ -393,7 +393,9 @@ def needs_per_sample(inputs: list[InputSpec]) -> bool:
         if not spec.ranked or not spec.shape:
             return True
         first = spec.shape[0]
-        leading.add(first if isinstance(first, int) and first > 0 else ("symbolic", first))
+        # Symbolic leading dims count as one batch, whatever the exporter named them
+        # (tf2onnx writes unk__1, unk__2 for one batch).
+        leading.add(first if isinstance(first, int) and first > 0 else "symbolic")
     return len(leading) > 1
 
 

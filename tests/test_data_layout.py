@@ -188,6 +188,12 @@ def test_synthetic_data_is_per_sample_where_no_batch_axis_is_shared():
         "x": (5, 1, FEATURES), "state": (5, 2, 1, HIDDEN), "sr": (5,)}
     plain = [i for i in vad if i.name == "x"]
     assert not needs_per_sample(plain) and synthetic_data(plain, 5, 0).layout == BATCH
+    # Two inputs whose symbolic batches an exporter named differently share axis 0.
+    from edgec.data import InputSpec
+    assert not needs_per_sample([InputSpec("a", np.float32, ("unk__1", 4)),
+                                 InputSpec("b", np.float32, ("unk__2", 2))])
+    assert needs_per_sample([InputSpec("a", np.float32, (1, 4)),
+                             InputSpec("h", np.float32, (2, 1, 4))])
 
 
 # --------------------------------------------------------------------------- compiling
