@@ -40,9 +40,6 @@ METRIC_OPTIONS: dict[str, dict[str, float]] = {
     "iou": {"threshold": 0.5},
     "dice": {"threshold": 0.5},
 }
-# Metrics whose tolerance is a drop in % (or a fraction) from the fp32 model's own score.
-DROP_METRICS = ("top1-agreement", "accuracy", "cosine-similarity", "sequence-agreement",
-                "iou", "dice")
 
 
 def parse_metric(text: str) -> tuple[str, dict[str, float]]:
@@ -65,13 +62,15 @@ def parse_metric(text: str) -> tuple[str, dict[str, float]]:
         try:
             options[key] = float(value)
         except ValueError:
+            options[key] = float("nan")
+        if not np.isfinite(options[key]):
             raise UsageError(Diagnostic.error(
-                f"metric '{name}': option '{key}' is a number, not '{value}'")) from None
+                f"metric '{name}': option '{key}' is a number, not '{value}'"))
     if "blank" in options:
         blank = options["blank"]
         if blank < 0 or blank != int(blank):
             raise UsageError(Diagnostic.error(
-                f"metric '{name}': blank is a class index (0, 1, ...), not {value_text(blank)}"))
+                f"metric '{name}': blank is a class index (0, 1, ...), not {blank:g}"))
         options["blank"] = int(blank)
     return name, options
 
@@ -79,10 +78,6 @@ def parse_metric(text: str) -> tuple[str, dict[str, float]]:
 def metric_name(text: str) -> str:
     """The metric's name without its options."""
     return str(text).split()[0] if str(text).split() else ""
-
-
-def value_text(x: float) -> str:
-    return f"{x:g}"
 
 
 @dataclass(frozen=True)
