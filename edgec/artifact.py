@@ -28,7 +28,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 # One verification for the compiler (up-to-date, cache) and the device runtime (load).
-from edgec_runtime.artifact import plain_name, verify_files  # noqa: F401 (re-exported)
+from edgec_runtime.artifact import (RUNTIME_BACKENDS, plain_name,  # noqa: F401 (re-exported)
+                                    verify_files)
 from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
                                UsageError)
 
@@ -168,7 +169,7 @@ class Artifact:
     @property
     def runnable_here(self) -> bool:
         """Decided here, on this machine (never from what the compile host wrote)."""
-        if self.backend_name not in ("ort", "tvm"):
+        if self.backend_name not in RUNTIME_BACKENDS:
             return bool(self.manifest["backend"].get("runnable_here", False))
         return self._artifact.runnable_here
 
@@ -176,7 +177,7 @@ class Artifact:
         return self._artifact.problems_here(facts)
 
     def check_runnable(self, facts=None) -> None:
-        if self.backend_name not in ("ort", "tvm"):
+        if self.backend_name not in RUNTIME_BACKENDS:
             return
         with translated_errors():
             self._artifact.check_runnable(facts)
@@ -185,7 +186,7 @@ class Artifact:
         if self._runner is None:
             name = self.backend_name
             with translated_errors():
-                if name in ("ort", "tvm"):
+                if name in RUNTIME_BACKENDS:
                     self._runner = self._artifact.runner(threads=threads)
                 else:  # a plugin backend: verified here, loaded by the plugin
                     self._artifact.verify()
@@ -194,7 +195,7 @@ class Artifact:
         return self._runner
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.backend_name not in ("ort", "tvm"):
+        if self.backend_name not in RUNTIME_BACKENDS:
             runner = self.runner()
             missing = [n for n in runner.input_names if n not in inputs]
             if missing:

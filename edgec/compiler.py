@@ -27,7 +27,7 @@ import onnx
 from edgec import artifact as art
 from edgec import publish
 from edgec._version import __version__
-from edgec.backends import get_backend
+from edgec.backends import capabilities, get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
 from edgec.backends.logs import backend_output_to
 from edgec.data import (InputSpec, check_labels, load_labels, load_samples, model_inputs,
@@ -547,8 +547,8 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     attempt = _Tried(ev, folder)
     model = import_model(ctx.original, base_dir=ctx.base_dir, source=ctx.inputs.model_path,
                          check=False)
-    from edgec.passmgr import default_pipeline
-    base = spec.optimize.pipeline or default_pipeline(config.backend)
+    from edgec.planner.search import backend_pipeline
+    base = spec.optimize.pipeline or backend_pipeline(config.backend)
     pipeline = ",".join(filter(None, [base, config.passes]))
     attempt.pipeline = pipeline
     pass_ctx = PassContext(diagnostics=DiagnosticSink(), spec=spec, target=spec.target,
@@ -613,7 +613,7 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     lat = spec.budget.latency
     percentile = lat.percentile if lat else 50
     rpc = ctx.options.rpc
-    measures_over_rpc = getattr(backend, "measures_over_rpc", False)
+    measures_over_rpc = capabilities(config.backend).measures_over_rpc
     if rpc is not None and not measures_over_rpc:
         attempt.latency_note = (
             f"the {config.backend} backend cannot be measured over TVM RPC: its latency was "
@@ -718,7 +718,7 @@ def _cannot_win(config, model, ctx: _Context, rivals) -> str | None:
     one is not built when even the cost model's estimate, which assumes tuned kernels,
     is over FAR_SLOWER times the fastest such rival. Only TVM is judged this way: its build
     (and tuning) is where the minutes go; an onnxruntime candidate costs seconds."""
-    if config.backend != "tvm":
+    if not capabilities(config.backend).costly_build:
         return None
     measured = [t for t in rivals if t.skipped is None and t.evaluation.error is None
                 and t.latency is not None and t.evaluation.latency_s is not None
@@ -904,10 +904,10 @@ def _check_rpc(rpc: RpcConfig, choice: str) -> None:
     it must answer with a device under the key (exit 2 otherwise)."""
     if choice != "auto":
         try:
-            backend = get_backend(choice)
+            over_rpc = capabilities(choice).measures_over_rpc
         except EdgecError:
             return  # the configuration step reports an unknown backend
-        if not getattr(backend, "measures_over_rpc", False):
+        if not over_rpc:
             raise UsageError(Diagnostic.error(
                 f"the {choice} backend cannot be measured (or tuned) over TVM RPC: drop "
                 "--rpc-tracker/--rpc-key and measure the artifact on the device with "
