@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from edgec.dsl.spec import Target
 
 __all__ = ["Backend", "BackendError", "BuildOptions", "BuildResult", "Capabilities",
-           "LatencyStats", "Progress", "RpcConfig", "Runner", "no_progress"]
+           "LatencyStats", "Progress", "RpcConfig", "Runner", "no_progress", "time_calls"]
 
 
 @dataclass(frozen=True)
