@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -77,6 +77,14 @@ class CompileResult:
     @property
     def budgets_held(self) -> bool:
         return bool(self.manifest.get("budgets_held"))
+
+    # What the artifact offers, for code written when edgec.compile returned the Artifact.
+    @property
+    def measurements(self) -> dict:
+        return self.artifact.measurements
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.artifact.run(inputs)
 
 
 def default_cache_dir() -> str:
