@@ -245,6 +245,13 @@ class Artifact:
 
     # -- running ----------------------------------------------------------------------
 
+    def use_runner(self, runner) -> None:
+        """Run (and bench) through ``runner``: one with ``inputs``, ``input_names``,
+        ``output_names``, ``run(feed)`` and ``timed_call(feed)``. For an artifact of a
+        backend this runtime does not run, loaded by that backend's plugin (edgec does
+        it, after verifying the files); the runtime's own loading is skipped."""
+        self._runner = runner
+
     def runner(self, threads: int | None = None):
         if self._runner is None:
             self.verify()

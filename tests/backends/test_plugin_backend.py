@@ -136,6 +136,18 @@ def test_selected_by_backend_flag_and_its_artifact_matches_onnxruntime(plugin_si
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert (got.argmax(1) == want.argmax(1)).all()
 
+    # `edgec run` and `edgec bench` take it too: the plugin loads it, the device runtime
+    # reads the inputs (here per-sample feeds, [S, *input shape]) and times it.
+    np.savez(tmp_path / "in.npz", input=x[:, None])
+    ran = _edgec(plugin_site, "run", "out", "--inputs", "in.npz", "-o", "o.npz", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["logits"].reshape(want.shape), want,
+                               rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    bench = _edgec(plugin_site, "bench", "out", "--json", cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    timed = json.loads(bench.stdout)
+    assert timed["backend"] == "ort-reference" and timed["p50_ms"] > 0
+
 
 def test_selected_by_the_spec(plugin_site, tmp_path):
     spec = _write_spec(tmp_path / "s.edge", "ort-reference")
