@@ -27,7 +27,7 @@ import onnx
 from edgec import artifact as art
 from edgec import publish
 from edgec._version import __version__
-from edgec.backends import capabilities, get_backend
+from edgec.backends import auto_backends, capabilities, get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats, Progress, RpcConfig, no_progress
 from edgec.backends.logs import backend_output_to
 from edgec.data import (InputSpec, check_labels, load_labels, load_samples, model_inputs,
@@ -916,10 +916,11 @@ def _check_rpc(rpc: RpcConfig, choice: str) -> None:
         except EdgecError:
             return  # the configuration step reports an unknown backend
         if not over_rpc:
+            able = [n for n in auto_backends()[0] if capabilities(n).measures_over_rpc]
             raise UsageError(Diagnostic.error(
                 f"the {choice} backend cannot be measured (or tuned) over TVM RPC: drop "
                 "--rpc-tracker/--rpc-key and measure the artifact on the device with "
-                "`edgec bench` there, or use --backend tvm or auto"))
+                f"`edgec bench` there, or use --backend {' or '.join([*able, 'auto'])}"))
     from edgec.backends.tvm import check_rpc_tracker
 
     check_rpc_tracker(rpc)
