@@ -136,6 +136,9 @@ def test_unknown_names_get_a_did_you_mean():
         "1:15 unknown arch 'aarch46'; did you mean 'aarch64'?"]
     assert errors("target host\naccuracy { metric cosine }\n") == [
         "2:19 unknown metric 'cosine'; did you mean 'cosine-similarity'?"]
+    # Backends are the registry's (edgec.backends entry points), plugins included.
+    assert errors("target host\noptimize { backend tvn }\n") == [
+        "2:20 unknown backend 'tvn'; did you mean 'tvm'?"]
 
 
 def test_tolerance_must_fit_the_metric():
