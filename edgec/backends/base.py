@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-import numpy as np
-import onnx
-
 from edgec.diagnostics import EdgecError
 from edgec.progress import Progress, no_progress
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the registry and the CLI import this module: it stays light
+    import numpy as np
+    import onnx
+
     from edgec.dsl.spec import Target
 
 __all__ = ["Backend", "BackendError", "BuildOptions", "BuildResult", "Capabilities",
@@ -216,6 +216,8 @@ class Backend(Protocol):
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
+    import onnx
+
     from edgec.frontend.onnx_import import _all_tensor_protos
 
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensor_protos(model))
