@@ -218,9 +218,9 @@ class Backend(Protocol):
 def uses_external_data(model: onnx.ModelProto) -> bool:
     import onnx
 
-    from edgec.frontend.onnx_import import _all_tensor_protos
+    from edgec.frontend.onnx_import import all_tensor_protos
 
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensor_protos(model))
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensor_protos(model))
 
 
 class BackendError(EdgecError):
