@@ -12,11 +12,14 @@ values whose type is missing. The group runs, in order:
    spec's batch; the model records it (``edgec.legalize-tvm.bound-batch``) and the tvm
    backend's module then takes that batch only, run a batch at a time;
 2. then, until nothing changes (at most ``max-iterations`` rounds): ``infer-shapes``;
-   ``widen-half`` (float16 MatMul, Attention, Softmax computed in float32, as onnxruntime does);
+   ``widen-half`` (float16 MatMul, Conv, Gemm, Attention, Softmax computed in float32, as
+   onnxruntime does);
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
    ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
    ``lower-isinf`` (IsInf's detect_negative/detect_positive, which TVM ignores);
    ``guard-bitshift`` (once: out-of-range shift amounts as ONNX defines them);
+   ``guard-float-mod`` (once: float Mod by an infinity); ``stable-softplus`` (Softplus
+   and Mish without the cancellation of ``log(1 + exp(x))``);
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
    starts at the lowest finite value); ``dce``. With
    every dimension known, ``Shape``/``Size`` fold, and the shape arithmetic behind
@@ -45,7 +48,7 @@ from edgec.passmgr.base import Pass, PassContext, PassResult
 DEFAULT_EXPANDED_OPS = (
     "Attention", "BlackmanWindow", "Celu", "CenterCropPad", "HammingWindow", "HannWindow",
     "NegativeLogLikelihoodLoss", "RotaryEmbedding", "SoftmaxCrossEntropyLoss", "SwiGLU",
-    "Swish",
+    "Swish", "CausalConvWithState",
     # TVM has a converter, but its build fails for some axes ("Tensor dimension mismatch").
     "RMSNormalization",
 )
@@ -253,18 +256,20 @@ class MaxAtLowest(Pass):
 
 @dataclass(frozen=True)
 class WidenHalf(Pass):
-    """Compute float16 ``MatMul``, ``Attention`` and ``Softmax`` in float32: their float16
-    inputs are cast to float32 and their float16 outputs cast back.
+    """Compute float16 ``MatMul``, ``Attention``, ``Softmax``, ``Conv``, ``ConvTranspose``
+    and ``Gemm`` in float32: their float16 inputs are cast to float32 and their float16
+    outputs cast back.
 
-    TVM 0.27 accumulates a float16 MatMul (and the MatMuls and Softmax of an expanded
-    Attention) in float16; onnxruntime's CPU kernels and the ONNX reference accumulate
-    in float32 and round once, which this rewrite spells out. Legal always: each output
+    TVM 0.27 accumulates a float16 MatMul or Conv (and the MatMuls and Softmax of an
+    expanded Attention) in float16; onnxruntime's CPU kernels and the ONNX reference
+    accumulate in float32 and round once, which this rewrite spells out. Legal always: each output
     is the float16 rounding of a more precise result; only the error of float16
     intermediates goes away. Non-float16 inputs (boolean masks) are left as they are.
     """
 
     name: ClassVar[str] = "widen-half"
-    ops: tuple[str, ...] = field(default=("MatMul", "Attention", "Softmax"), metadata={
+    ops: tuple[str, ...] = field(default=("MatMul", "Attention", "Softmax", "Conv", "ConvTranspose",
+                                          "Gemm"), metadata={
         "help": "the op types computed in float32"})
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
@@ -408,6 +413,132 @@ class GuardBitShift(Pass):
         return PassResult(guarded > 0, {"bitshifts-guarded": guarded})
 
 
+class _Chain:
+    """Nodes built in order for a rewrite: ``chain.op("Add", a, b)`` returns the output."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.nodes: list[Node] = []
+
+    def op(self, op_type: str, *inputs: Value, outputs: list[Value] | None = None, **attributes) -> Value:
+        node = Node(op_type, list(inputs), attributes=attributes, outputs=outputs)
+        self.nodes.append(node)
+        return node.output
+
+    def constant(self, value, dtype, name: str) -> Value:
+        import numpy as np
+
+        return self.graph.make_constant(np.array(value, dtype), name)
+
+
+def _float_type(v: Value | None) -> DataType | None:
+    if v is None or v.dtype not in (DataType.FLOAT16, DataType.FLOAT, DataType.DOUBLE):
+        return None
+    return v.dtype
+
+
+# Where the series log1p(u) = u - u²/2 + u³/3 - u⁴/4 (u = exp(x)) takes over from
+# log(1 + u), and above which softplus(x) is x: the series' truncation error (u⁴/5,
+# relative) and log(1 + e^-x) / x stay below the type's rounding.
+_SOFTPLUS_RANGE = {DataType.FLOAT: (-4.0, 20.0), DataType.DOUBLE: (-9.0, 40.0)}
+
+
+@dataclass(frozen=True)
+class StableSoftplus(Pass):
+    """``Softplus(x)`` and ``Mish(x) = x·tanh(softplus(x))`` with softplus written so
+    that it keeps its precision at both ends:
+    ``Where(x > hi, x, Where(x < lo, u·(1 - u·(1/2 - u·(1/3 - u/4))), Log(1 + u)))``,
+    ``u = Exp(x)`` (float16 computed in float32 and rounded once).
+
+    TVM 0.27 computes ``log(exp(x) + 1)``: where ``exp(x)`` is small, ``1 + exp(x)``
+    rounds off most of its digits (Mish(-9.98) comes out 1.3e-3 relative off), and
+    where ``exp(x)`` overflows, softplus is infinite instead of ``x``. Legal always:
+    each branch is softplus within the type's rounding where it is chosen.
+    """
+
+    name: ClassVar[str] = "stable-softplus"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        rewritten = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type not in ("Softplus", "Mish") or node.domain not in _ONNX_DOMAINS \
+                        or not node.inputs:
+                    continue
+                dtype = _float_type(node.inputs[0])
+                if dtype is None:
+                    continue
+                chain = _Chain(g)
+                x = node.inputs[0]
+                wide = DataType.FLOAT if dtype is DataType.FLOAT16 else dtype
+                if wide is not dtype:
+                    x = chain.op("Cast", x, to=int(wide))
+                np_type = wide.to_numpy()
+                lo, hi = _SOFTPLUS_RANGE[wide]
+                u = chain.op("Exp", x)
+                one = chain.constant(1, np_type, "one")
+                # Horner: u·(1 - u·(1/2 - u·(1/3 - u·(1/4))))
+                series = chain.constant(1 / 4, np_type, "c")
+                for k in (3, 2, 1):
+                    series = chain.op("Sub", chain.constant(1 / k, np_type, "c"), chain.op("Mul", u, series))
+                series = chain.op("Mul", u, series)
+                near = chain.op("Log", chain.op("Add", u, one))
+                low = chain.op("Where", chain.op("Less", x, chain.constant(lo, np_type, "lo")), series, near)
+                softplus = chain.op("Where", chain.op("Greater", x, chain.constant(hi, np_type, "hi")), x, low)
+                result = softplus if node.op_type == "Softplus" else chain.op("Mul", x, chain.op("Tanh", softplus))
+                if wide is not dtype:
+                    result = chain.op("Cast", result, to=int(dtype))
+                chain.nodes[-1].name = node.name
+                g.insert_before(node, chain.nodes)
+                result.type = node.output.type
+                g.replace_value(node.output, result)
+                g.remove(node)
+                rewritten += 1
+        return PassResult(rewritten > 0, {"softplus-rewritten": rewritten})
+
+
+@dataclass(frozen=True)
+class GuardFloatMod(Pass):
+    """Float ``Mod(x, y)`` (``fmod=0``, the sign of y) with an infinite ``y`` spelled out:
+    ``Where(isinf(y) ∧ finite(x), Where(x = 0 ∨ (x < 0) = (y < 0), x, y), Mod(x, y))``.
+
+    TVM 0.27 computes ``x - floor(x / y)·y``, which is NaN for an infinite ``y``; ONNX
+    (numpy's ``mod``) gives ``x`` when x and y have the same sign (or x is 0) and ``y``
+    otherwise. Legal always: it is the definition; other elements keep TVM's Mod.
+    """
+
+    name: ClassVar[str] = "guard-float-mod"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        guarded = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "Mod" or node.domain not in _ONNX_DOMAINS or node.attr("fmod", 0) \
+                        or len(node.inputs) != 2:
+                    continue
+                x, y = node.inputs
+                dtype = _float_type(x)
+                if dtype is None or _float_type(y) is not dtype:
+                    continue
+                chain = _Chain(g)
+                zero = chain.constant(0, dtype.to_numpy(), "zero")
+                x_finite = chain.op("Not", chain.op("Or", chain.op("IsInf", x), chain.op("IsNaN", x)))
+                infinite_y = chain.op("And", chain.op("IsInf", y), x_finite)
+                # Not Xor, not Equal: TVM compiles a boolean Equal to a float comparison.
+                same_sign = chain.op("Not", chain.op("Xor", chain.op("Less", x, zero), chain.op("Less", y, zero)))
+                keep_x = chain.op("Or", chain.op("Equal", x, zero), same_sign)
+                at_infinity = chain.op("Where", keep_x, x, y)
+                mod = chain.op("Mod", x, y, fmod=0)
+                result = chain.op("Where", infinite_y, at_infinity, mod)
+                chain.nodes[-1].name = node.name
+                g.insert_before(node, chain.nodes)
+                result.type = node.output.type
+                g.replace_value(node.output, result)
+                g.remove(node)
+                guarded += 1
+        return PassResult(guarded > 0, {"mods-guarded": guarded})
+
+
 @dataclass(frozen=True)
 class BindDims(Pass):
     """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
@@ -490,7 +621,7 @@ class LegalizeTVM(Pass):
             modified |= result.modified
             return result.modified
 
-        guarded_bitshifts = False
+        guarded_bitshifts = guarded_mods = False
         if self.bind_batch and ctx.spec is not None and _shape_reads_symbolic_input(model):
             if step(BindDims()):
                 # The tvm backend records it: the module then takes that batch only, and
@@ -508,6 +639,10 @@ class LegalizeTVM(Pass):
             if not guarded_bitshifts:  # once: its own output is a BitShift again
                 guarded_bitshifts = step(GuardBitShift())
                 changed |= guarded_bitshifts
+            if not guarded_mods:  # once: its own output holds the Mod again
+                guarded_mods = step(GuardFloatMod())
+                changed |= guarded_mods
+            changed |= step(StableSoftplus())
             changed |= step(FoldConstants())
             changed |= step(MaxAtLowest())
             changed |= step(DeadCodeElimination())
@@ -516,5 +651,5 @@ class LegalizeTVM(Pass):
         return PassResult(modified, stats, model=model)
 
 
-__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "LegalizeTVM", "LowerCastLike",
-           "GuardBitShift", "LowerIsInf", "MaxAtLowest", "WidenHalf"]
+__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "GuardBitShift", "GuardFloatMod",
+           "LegalizeTVM", "LowerCastLike", "LowerIsInf", "MaxAtLowest", "StableSoftplus", "WidenHalf"]
