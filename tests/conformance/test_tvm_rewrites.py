@@ -1,0 +1,274 @@
+"""legalize-tvm's rewrites for what TVM 0.27 imports wrongly or not at all (stable-softplus,
+guard-float-mod, widen-half on Conv, omit-empty-resize-inputs, unroll-rnn) and the tvm
+sweep's binding of shape-like inputs: each rewrite checked against onnxruntime on the
+model before it, at the stated tolerance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgec.frontend import export_model, import_model
+from edgec.ir.verifier import verify_model
+from edgec.passes.legalize_tvm import (GuardFloatMod, LegalizeTVM, OmitEmptyResizeInputs, StableSoftplus,
+                                       UnrollRecurrent, WidenHalf)
+from edgec.passmgr.base import PassContext
+from edgec.testing import conformance
+
+
+def _ort(proto: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)
+
+
+def _rewrite(p, proto: onnx.ModelProto):
+    model = import_model(proto, check=False)
+    result = p.run(model, PassContext())
+    model = result.model if result.model is not None else model
+    errors = [d for d in verify_model(model) if d.is_error]
+    assert not errors, "\n".join(str(d) for d in errors)
+    return result, model, export_model(model)
+
+
+def _ops(model) -> list[str]:
+    return [n.op_type for n in model.graph]
+
+
+@pytest.mark.parametrize("op", ["Mish", "Softplus"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stable_softplus_keeps_precision_at_both_ends(op, dtype):
+    type_name = {np.float32: "float", np.float64: "double"}[dtype]
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g ({type_name}[9] x) => ({type_name}[9] y) {{ y = {op}(x) }}""")
+    result, model, rewritten = _rewrite(StableSoftplus(), proto)
+    assert result.modified and op not in _ops(model)
+    x = np.array([-200, -30, -9.979998, -4.5, -1, 0, 3, 25, 500], dtype)
+    exact = np.log1p(np.exp(x.astype(np.float64)))
+    if op == "Mish":
+        exact = x * np.tanh(exact)
+    got = _ort(rewritten, {"x": x})[0]
+    np.testing.assert_allclose(got, exact.astype(dtype), rtol=2e-6 if dtype is np.float32 else 1e-12,
+                               atol=np.finfo(dtype).tiny)
+    # onnxruntime's own kernels agree, to an absolute 1e-9 (its float64 softplus loses
+    # digits near 0 as TVM's float32 one does, less visibly).
+    np.testing.assert_allclose(got, _ort(proto, {"x": x})[0], rtol=1e-5, atol=1e-9)
+
+
+def test_stable_softplus_computes_float16_in_float32():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float16[5] x) => (float16[5] y) { y = Mish(x) }""")
+    result, model, rewritten = _rewrite(StableSoftplus(), proto)
+    assert _ops(model)[0] == "Cast" and _ops(model)[-1] == "Cast"
+    x = np.array([-12, -3, 0.5, 4, 60000], np.float16)
+    wide = x.astype(np.float64)
+    exact = (wide * np.tanh(np.log1p(np.exp(wide)))).astype(np.float16)  # one rounding
+    np.testing.assert_allclose(_ort(rewritten, {"x": x})[0].astype(np.float32), exact.astype(np.float32),
+                               rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_guard_float_mod_gives_numpys_mod_at_infinity(dtype):
+    type_name = {np.float16: "float16", np.float32: "float", np.float64: "double"}[dtype]
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 11, opset_import: ["" : 28]>
+        g ({type_name}[10] x, {type_name}[10] y) => ({type_name}[10] z) {{ z = Mod <fmod = 0> (x, y) }}""")
+    result, model, rewritten = _rewrite(GuardFloatMod(), proto)
+    assert result.modified and "Mod" in _ops(model) and "Where" in _ops(model)
+    inf = np.inf
+    x = np.array([-3, 3, -1, 1, 0, 5.5, -5.5, inf, np.nan, 7], dtype)
+    y = np.array([inf, inf, -inf, -inf, inf, 2, 2, inf, -inf, -3], dtype)
+    got = _ort(rewritten, {"x": x, "y": y})[0]
+    np.testing.assert_array_equal(got, np.mod(x, y))
+    np.testing.assert_array_equal(got, _ort(proto, {"x": x, "y": y})[0])
+    # Integer Mod and fmod=1 are left alone.
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[2] x, float[2] y, int64[2] a, int64[2] b) => (float[2] z, int64[2] c) {
+            z = Mod <fmod = 1> (x, y)
+            c = Mod(a, b)
+        }""")
+    assert not _rewrite(GuardFloatMod(), proto)[0].modified
+
+
+def test_widen_half_computes_float16_conv_in_float32():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float16[1,4,9] x, float16[4,1,4] w) => (float16[1,4,6] y) { y = Conv <group = 4> (x, w) }""")
+    result, model, rewritten = _rewrite(WidenHalf(), proto)
+    assert result.modified and _ops(model) == ["Cast", "Cast", "Conv", "Cast"]
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.standard_normal((1, 4, 9)).astype(np.float16),
+            "w": rng.standard_normal((4, 1, 4)).astype(np.float16)}
+    exact = _ort(onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[1,4,9] x, float[4,1,4] w) => (float[1,4,6] y) { y = Conv <group = 4> (x, w) }"""),
+        {k: v.astype(np.float32) for k, v in feed.items()})[0]
+    # One rounding of the float32 result: within half a float16 ulp.
+    np.testing.assert_array_equal(_ort(rewritten, feed)[0], exact.astype(np.float16))
+
+
+def test_omit_empty_resize_inputs_matches_onnxruntime():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1,2,3,3] x) => (float[1,2,6,6] y) { y = Resize <mode = "nearest"> (x, roi, scales, sizes) }""")
+    proto.graph.initializer.extend([numpy_helper.from_array(np.zeros(0, np.float32), "roi"),
+                                    numpy_helper.from_array(np.zeros(0, np.float32), "scales"),
+                                    numpy_helper.from_array(np.array([1, 2, 6, 6], np.int64), "sizes")])
+    result, model, rewritten = _rewrite(OmitEmptyResizeInputs(), proto)
+    assert result.modified and result.stats["inputs-omitted"] == 2
+    assert list(rewritten.graph.node[0].input) == ["x", "", "", "sizes"]
+    x = np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3)
+    np.testing.assert_array_equal(_ort(rewritten, {"x": x})[0], _ort(proto, {"x": x})[0])
+
+
+def _recurrent(op: str, direction: str, *, states: bool, seed: int = 0, **attributes) -> onnx.ModelProto:
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    steps, batch, size, hidden = 5, 2, 3, 4
+    d = 2 if direction == "bidirectional" else 1
+    rng = np.random.default_rng(seed)
+    initializers = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.5, name)
+                    for name, shape in (("W", (d, gates * hidden, size)), ("R", (d, gates * hidden, hidden)),
+                                        ("B", (d, 2 * gates * hidden)))]
+    inputs = ["x", "W", "R", "B", ""]
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, batch, size])]
+    if states:
+        inputs.append("h0")
+        graph_inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [d, batch, hidden]))
+        if op == "LSTM":
+            inputs.append("c0")
+            graph_inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [d, batch, hidden]))
+    outputs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, inputs, outputs, hidden_size=hidden, direction=direction, **attributes)
+    graph = helper.make_graph([node], op.lower(), graph_inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, d, batch, hidden]),
+                               *(helper.make_tensor_value_info(o, TensorProto.FLOAT, [d, batch, hidden])
+                                 for o in outputs[1:])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op,direction,states,attributes", [
+    ("LSTM", "forward", False, {}),
+    ("LSTM", "bidirectional", True, {}),
+    ("LSTM", "reverse", True, {}),
+    ("GRU", "forward", False, {}),
+    ("GRU", "bidirectional", True, {"linear_before_reset": 1}),
+    ("GRU", "reverse", True, {}),
+    ("RNN", "bidirectional", True, {}),
+])
+def test_unroll_rnn_matches_onnxruntime(op, direction, states, attributes):
+    proto = _recurrent(op, direction, states=states, **attributes)
+    result, model, rewritten = _rewrite(UnrollRecurrent(), proto)
+    assert result.modified and op not in _ops(model)
+    rng = np.random.default_rng(1)
+    feed = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in proto.graph.input}
+    for got, want in zip(_ort(rewritten, feed), _ort(proto, feed)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_unroll_rnn_leaves_cells_it_does_not_implement_alone():
+    for attributes in ({"clip": 1.0}, {"activations": ["Relu", "Tanh", "Tanh"]}, {"input_forget": 1}):
+        assert not _rewrite(UnrollRecurrent(), _recurrent("LSTM", "forward", states=True, **attributes))[0].modified
+    symbolic = _recurrent("GRU", "forward", states=False)
+    symbolic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "T"
+    assert not _rewrite(UnrollRecurrent(), symbolic)[0].modified  # the length must be known
+
+
+def test_the_new_passes_are_declared_as_entry_points():
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    for name, cls in (("stable-softplus", "StableSoftplus"), ("guard-float-mod", "GuardFloatMod"),
+                      ("omit-empty-resize-inputs", "OmitEmptyResizeInputs"), ("unroll-rnn", "UnrollRecurrent")):
+        assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
+        assert getattr(__import__("edgec.passes.legalize_tvm", fromlist=[cls]), cls).name == name
+
+
+@pytest.mark.parametrize("cls", [StableSoftplus, GuardFloatMod, OmitEmptyResizeInputs, UnrollRecurrent])
+def test_each_new_pass_fits_the_contract(cls):
+    from edgec.passmgr.registry import _contract_problem
+
+    assert _contract_problem(cls.name, cls) is None
+    assert "legal" in (cls.__doc__ or "").lower()
+
+
+# ---------------------------------------------------------------- the sweep's binding
+
+
+def _case(model: onnx.ModelProto, data_sets) -> conformance.Case:
+    return conformance.Case("test_x", model, data_sets, 1e-3, 1e-7, "node")
+
+
+def test_bind_shape_inputs_binds_axes_and_keeps_data_fed():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[2,3] x, int64[1] axes) => (float[2,1] y) { y = ReduceSum <keepdims = 1> (x, axes) }""")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    axes = np.array([1], np.int64)
+    y = x.sum(1, keepdims=True)
+    bound = conformance.bind_shape_inputs(_case(proto, (((x, axes), (y,)),)))
+    assert bound.variant == "shape-inputs-bound"
+    assert [i.name for i in bound.model.graph.input] == ["x"]
+    assert [t.name for t in bound.model.graph.initializer] == ["axes"]
+    assert len(bound.data_sets[0][0]) == 1 and bound.data_sets[0][0][0] is x
+    np.testing.assert_array_equal(_ort(bound.model, {"x": x})[0], y)
+
+
+def test_bind_shape_inputs_leaves_data_and_varying_values_fed():
+    # 'k' is both a TopK k and data of an Add: it stays an input.
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[4] x, int64[1] k) => (float[2] v, int64[2] i, int64[1] s) {
+            v, i = TopK(x, k)
+            s = Add(k, k)
+        }""")
+    x, k = np.arange(4, dtype=np.float32), np.array([2], np.int64)
+    case = _case(proto, (((x, k), ()),))
+    assert conformance.bind_shape_inputs(case) is case
+    # Axes that differ between data sets stay inputs.
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[2,3] x, int64[1] axes) => (float[2,1] y) { y = ReduceSum <keepdims = 1> (x, axes) }""")
+    case = _case(proto, (((x, np.array([1])), ()), ((x, np.array([0])), ())))
+    assert conformance.bind_shape_inputs(case) is case
+    # Never every input: the case would be computed by edgec's folding, not the backend.
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (int64[2] shape) => (float[2,3] y) { y = ConstantOfShape(shape) }""")
+    case = _case(proto, (((np.array([2, 3]),), ()),))
+    assert conformance.bind_shape_inputs(case) is case
+
+
+def test_the_tvm_sweep_binds_only_when_legalizing():
+    assert conformance.tvm_backend(True).prepare is conformance.bind_shape_inputs
+    assert conformance.tvm_backend(True, bind_shapes=False).prepare is None
+    assert conformance.tvm_backend(False).prepare is None
+    conformance.stop_tvm_workers()
+
+
+# ---------------------------------------------------------------- through TVM
+
+
+def test_an_unrolled_bidirectional_lstm_runs_in_tvm_and_matches_onnxruntime():
+    pytest.importorskip("tvm")
+    from edgec.testing.tvm_runner import TVMWorker
+
+    proto = _recurrent("LSTM", "bidirectional", states=True)
+    model = import_model(proto, check=False)
+    result = LegalizeTVM().run(model, PassContext())
+    legalized = export_model(result.model if result.model is not None else model)
+    assert "LSTM" not in {n.op_type for n in legalized.graph.node}
+    rng = np.random.default_rng(2)
+    feed = [rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in proto.graph.input]
+    with TVMWorker() as worker:
+        got = worker.run(legalized.SerializeToString(), [feed])[0]
+    want = _ort(proto, dict(zip([i.name for i in proto.graph.input], feed)))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
