@@ -128,6 +128,16 @@ KNOWN_CAUSES: tuple[tuple[str | None, str, str], ...] = (
     (None, "is not populated", "infer-shapes (the importer needs every value's type)"),
     (None, "ty.IsMissing", "infer-shapes (the importer needs every value's type)"),
     ("CastLike", "", "lower-castlike"),
+    ("Resize", "Only one of scales and sizes", "omit-empty-resize-inputs (an empty scales/roi beside "
+                                               "sizes must be absent)"),
+    *((op, "not supported for frontend ONNX", f"unroll-rnn (an {op} with ONNX's default cell: default "
+                                               "activations, no clip, no peepholes, layout 0, float32, "
+                                               "over a sequence whose length is known)")
+      for op in ("LSTM", "GRU", "RNN")),
+    (None, "only supports Tensor that has ShapeExpr shape",
+     "a shape known when compiling: the input's shape depends on a value computed at run time "
+     "(an If whose branches differ in shape, or a symbolic dimension no spec binds); no edgec "
+     "rewrite folds it unless that value is a constant"),
 )
 
 

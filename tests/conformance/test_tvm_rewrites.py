@@ -272,3 +272,55 @@ def test_an_unrolled_bidirectional_lstm_runs_in_tvm_and_matches_onnxruntime():
     want = _ort(proto, dict(zip([i.name for i in proto.graph.input], feed)))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- what a failure says
+
+
+def test_a_recurrent_node_unroll_rnn_cannot_take_names_it_and_the_rewrite():
+    pytest.importorskip("tvm")
+    from edgec.backends.tvm import TVMBackend
+    from edgec.diagnostics import ModelError
+
+    proto = _recurrent("LSTM", "forward", states=True, clip=1.0)
+    proto.graph.node[0].name = "rnn/LSTM"
+    model = import_model(proto, check=False)
+    legalized = export_model(LegalizeTVM().run(model, PassContext()).model or model)
+    with pytest.raises(ModelError) as raised:
+        TVMBackend().check_model(legalized)
+    message = raised.value.diagnostics[0].message
+    assert "'rnn/LSTM' (LSTM)" in message and "unroll-rnn" in message and "default cell" in message
+
+
+def test_a_shape_that_depends_on_a_run_time_if_is_named():
+    """The Silero VAD's form: an If on the sample rate picks the whole input or every
+    second sample, so the shape after it is known only at run time."""
+    pytest.importorskip("tvm")
+    from edgec.backends.tvm import TVMBackend
+    from edgec.diagnostics import ModelError
+
+    then_branch = helper.make_graph(
+        [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["half"])], "then", [],
+        [helper.make_tensor_value_info("half", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array([v], np.int64), n)
+         for n, v in (("starts", 0), ("ends", 2**62), ("axes", 1), ("steps", 2))])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["whole"])], "else", [],
+                                    [helper.make_tensor_value_info("whole", TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Equal", ["sr", "rate"], ["is_rate"]),
+         helper.make_node("If", ["is_rate"], ["picked"], then_branch=then_branch, else_branch=else_branch),
+         helper.make_node("Unsqueeze", ["picked", "one"], ["wide"]),
+         helper.make_node("Pad", ["wide", "pads"], ["y"], name="stft/Pad", mode="reflect")], "vad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(16000, np.int64), "rate"),
+         numpy_helper.from_array(np.array([1], np.int64), "one"),
+         numpy_helper.from_array(np.array([0, 0, 4, 0, 0, 4], np.int64), "pads")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = import_model(proto, check=False)
+    legalized = export_model(LegalizeTVM().run(model, PassContext()).model or model)
+    with pytest.raises(ModelError) as raised:
+        TVMBackend().check_model(legalized)
+    message = raised.value.diagnostics[0].message
+    assert "'stft/Pad' (Pad)" in message and "an If whose branches differ in shape" in message
