@@ -21,7 +21,8 @@ values whose type is missing. The group runs, in order:
    ``guard-float-mod`` (once: float Mod by an infinity); ``stable-softplus`` (Softplus
    and Mish without the cancellation of ``log(1 + exp(x))``); ``omit-empty-resize-inputs``
    (Paddle2ONNX's empty roi/scales beside sizes); ``unroll-rnn`` (LSTM, GRU and RNN over a
-   sequence of known length as their steps);
+   sequence of known length as their steps); ``fold-empty-reductions``; ``lower-lpnorm``;
+   ``unroll-cumprod``; ``widen-integer-pow``; ``expand-resize-axes``;
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
    starts at the lowest finite value); ``dce``. With
    every dimension known, ``Shape``/``Size`` fold, and the shape arithmetic behind
@@ -726,6 +727,288 @@ class UnrollRecurrent(Pass):
         return True
 
 
+def _static_dims(v: Value | None) -> tuple[int, ...] | None:
+    if v is None or not isinstance(v.type, TensorType) or v.type.shape is None or v.type.shape.dims is None:
+        return None
+    dims = tuple(v.type.shape.dims)
+    return dims if all(isinstance(d, int) for d in dims) else None
+
+
+def _constant(v: Value | None):
+    return v.const.numpy() if v is not None and v.is_constant() else None
+
+
+_REDUCTIONS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceProd", "ReduceMax",
+               "ReduceMin", "ReduceLogSum", "ReduceLogSumExp", "ReduceMean")
+
+
+@dataclass(frozen=True)
+class FoldEmptyReductions(Pass):
+    """A reduction over an axis of extent 0 → a constant of the output's shape holding the
+    reduction's value over no elements: 0 (Sum, SumSquare, L1, L2), 1 (Prod), -inf
+    (Max, LogSum, LogSumExp), +inf (Min), NaN (Mean); for integer types the type's
+    lowest (Max) or highest (Min) value.
+
+    Legal when the input's shape is known and the axes are constants: the output is
+    then those values whatever the data (ONNX defines the empty reductions so); TVM
+    0.27 returns whatever its loop leaves.
+    """
+
+    name: ClassVar[str] = "fold-empty-reductions"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        folded = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type not in _REDUCTIONS or node.domain not in _ONNX_DOMAINS or not node.inputs:
+                    continue
+                dims = _static_dims(node.inputs[0])
+                if dims is None or 0 not in dims or node.output.dtype in (None, DataType.UNDEFINED):
+                    continue
+                opset = model.opset("") or 1
+                axes_in_input = node.op_type == "ReduceSum" and opset >= 13 or opset >= 18
+                if axes_in_input:
+                    given = node.inputs[1] if len(node.inputs) > 1 else None
+                    axes = _constant(given)
+                    if given is not None and axes is None:
+                        continue
+                    axes = None if axes is None or axes.size == 0 else axes.tolist()
+                    if axes is None and node.attr("noop_with_empty_axes", 0):
+                        continue  # the identity, not a reduction
+                else:
+                    axes = node.attr("axes")
+                axes = list(range(len(dims))) if axes is None else [a % len(dims) for a in axes]
+                if all(dims[a] for a in axes):
+                    continue
+                keep = node.attr("keepdims", 1)
+                shape = tuple(1 if i in axes else d for i, d in enumerate(dims) if keep or i not in axes)
+                dtype = np.dtype(node.output.dtype.to_numpy())
+                value = {"ReduceProd": 1, "ReduceMean": np.nan, "ReduceMax": -np.inf, "ReduceLogSum": -np.inf,
+                         "ReduceLogSumExp": -np.inf, "ReduceMin": np.inf}.get(node.op_type, 0)
+                if dtype.kind in "iu" and value in (np.inf, -np.inf):
+                    value = np.iinfo(dtype).max if value > 0 else np.iinfo(dtype).min
+                elif dtype.kind == "b":
+                    value = node.op_type == "ReduceMin"
+                elif dtype.kind not in "fiu" or isinstance(value, float) and np.isnan(value) and dtype.kind != "f":
+                    continue
+                constant = g.make_constant(np.full(shape, value, dtype), "empty_reduction")
+                g.replace_value(node.output, constant)
+                g.remove(node, safe=False)
+                folded += 1
+        return PassResult(folded > 0, {"reductions-folded": folded})
+
+
+@dataclass(frozen=True)
+class LowerLpNormalization(Pass):
+    """``LpNormalization(x, axis, p)`` → ``Where(n = 0, 0, x / n)`` with
+    ``n = ReduceL1(x, axis)`` (p = 1) or ``ReduceL2(x, axis)`` (p = 2), kept dims.
+
+    Legal always: that is the op's definition (a zero norm gives 0, as onnx's reference
+    says); TVM 0.27 has no converter for it.
+    """
+
+    name: ClassVar[str] = "lower-lpnorm"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        lowered = 0
+        opset = model.opset("") or 1
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "LpNormalization" or node.domain not in _ONNX_DOMAINS or not node.inputs:
+                    continue
+                x, p, axis = node.inputs[0], node.attr("p", 2), node.attr("axis", -1)
+                dtype = _float_type(x)
+                if dtype is None or p not in (1, 2):
+                    continue
+                chain = _Chain(g)
+                reduce = "ReduceL1" if p == 1 else "ReduceL2"
+                if opset >= 18:
+                    norm = chain.op(reduce, x, chain.constant([axis], np.int64, "axes"), keepdims=1)
+                else:
+                    norm = chain.op(reduce, x, axes=[axis], keepdims=1)
+                zero = chain.constant(0, dtype.to_numpy(), "zero")
+                result = chain.op("Where", chain.op("Equal", norm, zero), zero, chain.op("Div", x, norm))
+                chain.nodes[-1].name = node.name
+                g.insert_before(node, chain.nodes)
+                result.type = node.output.type
+                g.replace_value(node.output, result)
+                g.remove(node)
+                lowered += 1
+        return PassResult(lowered > 0, {"lpnorms-lowered": lowered})
+
+
+@dataclass(frozen=True)
+class UnrollCumProd(Pass):
+    """``CumProd(x, axis)`` over an axis of known extent n → the running products of its
+    n slices, concatenated (``exclusive`` starts from 1, ``reverse`` runs from the end).
+
+    Legal when the axis is a constant and its extent is known: the same products in the
+    same order as ONNX's definition. TVM 0.27 has no converter for CumProd.
+    """
+
+    name: ClassVar[str] = "unroll-cumprod"
+    max_extent: int = field(default=256, metadata={"help": "the longest axis unrolled"})
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        unrolled = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "CumProd" or node.domain not in _ONNX_DOMAINS or len(node.inputs) != 2:
+                    continue
+                x, dims, axis = node.inputs[0], _static_dims(node.inputs[0]), _constant(node.inputs[1])
+                if dims is None or axis is None or axis.size != 1 or not dims or x.dtype is None:
+                    continue
+                axis = int(axis.reshape(())) % len(dims)
+                n = dims[axis]
+                if not 0 < n <= self.max_extent:
+                    continue
+                chain = _Chain(g)
+                axes = chain.constant([axis], np.int64, "axes")
+                slices = [chain.op("Slice", x, chain.constant([i], np.int64, "start"),
+                                   chain.constant([i + 1], np.int64, "stop"), axes) for i in range(n)]
+                order = list(range(n - 1, -1, -1)) if node.attr("reverse", 0) else list(range(n))
+                products: dict[int, Value] = {}
+                running = None
+                for i in order:
+                    if node.attr("exclusive", 0):
+                        one_shape = tuple(1 if k == axis else d for k, d in enumerate(dims))
+                        products[i] = running if running is not None else chain.constant(
+                            np.ones(one_shape, x.dtype.to_numpy()), "one")
+                        running = slices[i] if running is None else chain.op("Mul", running, slices[i])
+                    else:
+                        running = slices[i] if running is None else chain.op("Mul", running, slices[i])
+                        products[i] = running
+                result = chain.op("Concat", *(products[i] for i in range(n)), axis=axis) if n > 1 else \
+                    chain.op("Identity", products[0])
+                chain.nodes[-1].name = node.name
+                g.insert_before(node, chain.nodes)
+                result.type = node.output.type
+                g.replace_value(node.output, result)
+                g.remove(node)
+                unrolled += 1
+        return PassResult(unrolled > 0, {"cumprods-unrolled": unrolled})
+
+
+@dataclass(frozen=True)
+class WidenIntegerPow(Pass):
+    """``Pow`` that TVM 0.27 cannot build: an integer base (8 to 32 bits) is computed in
+    float64 and cast back; an integer exponent of a float base is cast to the base's type.
+
+    Legal: an integer power that fits the integer type is exact in float64 (53-bit
+    significand, correctly rounded pow of exact operands); a float base raised to an
+    integer exponent is that exponent converted to the float type (exact below 2^24,
+    beyond which the power is 0, 1 or infinite anyway).
+    """
+
+    name: ClassVar[str] = "widen-integer-pow"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        widened = 0
+        narrow_integers = (DataType.INT8, DataType.INT16, DataType.INT32, DataType.UINT8, DataType.UINT16,
+                           DataType.UINT32)
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "Pow" or node.domain not in _ONNX_DOMAINS or len(node.inputs) != 2:
+                    continue
+                base, exponent = node.inputs
+                if base is None or exponent is None or exponent.dtype in (None, DataType.UNDEFINED):
+                    continue
+                chain = _Chain(g)
+                if base.dtype in narrow_integers:
+                    wide_base = chain.op("Cast", base, to=int(DataType.DOUBLE))
+                    wide_exponent = chain.op("Cast", exponent, to=int(DataType.DOUBLE))
+                    power = chain.op("Pow", wide_base, wide_exponent)
+                    result = chain.op("Cast", power, to=int(base.dtype))
+                elif _float_type(base) is not None and exponent.dtype is not base.dtype:
+                    result = chain.op("Pow", base, chain.op("Cast", exponent, to=int(base.dtype)))
+                else:
+                    continue
+                chain.nodes[-1].name = node.name
+                g.insert_before(node, chain.nodes)
+                result.type = node.output.type
+                g.replace_value(node.output, result)
+                g.remove(node)
+                widened += 1
+        return PassResult(widened > 0, {"pows-widened": widened})
+
+
+@dataclass(frozen=True)
+class ExpandResizeAxes(Pass):
+    """``Resize`` with the ``axes`` attribute → the same Resize on every axis: ``scales``
+    get 1 and ``sizes`` the input's extent on the other axes (``roi`` 0 and 1); with
+    ``keep_aspect_ratio_policy``, ``sizes`` become the sizes the policy gives.
+
+    Legal when the input's shape is known and scales/sizes/roi are constants (ONNX
+    defines the other axes as unchanged), and for a policy only where the sizes it
+    gives are exactly its scale times the input's (the interpolation uses that scale);
+    TVM 0.27 reads scales and sizes as full-rank and ignores the policy.
+    """
+
+    name: ClassVar[str] = "expand-resize-axes"
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        import numpy as np
+
+        expanded = 0
+        for g in [model.graph, *model.graph.subgraphs()]:
+            for node in list(g):
+                if node.op_type != "Resize" or node.domain not in _ONNX_DOMAINS or node.attr("axes") is None \
+                        and node.attr("keep_aspect_ratio_policy", "stretch") in ("stretch", b"stretch"):
+                    continue
+                dims = _static_dims(node.inputs[0])
+                policy = node.attr("keep_aspect_ratio_policy", "stretch")
+                policy = policy.decode() if isinstance(policy, bytes) else policy
+                if dims is None:
+                    continue
+                rank = len(dims)
+                axes = [a % rank for a in (node.attr("axes") or range(rank))]
+                inputs = list(node.inputs) + [None] * (4 - len(node.inputs))
+                values = [_constant(v) if v is not None else None for v in inputs[1:4]]
+                if any(v is None and given is not None for v, given in zip(values, inputs[1:4])):
+                    continue
+                roi, scales, sizes = values
+                new = list(inputs)
+                if roi is not None and roi.size:
+                    full = np.concatenate([np.zeros(rank), np.ones(rank)]).astype(roi.dtype)
+                    for i, a in enumerate(axes):
+                        full[a], full[rank + a] = roi[i], roi[len(axes) + i]
+                    new[1] = g.make_constant(full, "roi")
+                if scales is not None and scales.size:
+                    full = np.ones(rank, scales.dtype)
+                    full[axes] = scales
+                    new[2] = g.make_constant(full, "scales")
+                if sizes is not None and sizes.size:
+                    full = np.array(dims, sizes.dtype)
+                    if policy != "stretch":
+                        # One scale for every resized axis; the sizes it gives, rounded
+                        # half up, are what the Resize means only where they are that
+                        # scale exactly (the interpolation uses the scale).
+                        ratios = [sizes[i] / dims[a] for i, a in enumerate(axes)]
+                        scale = min(ratios) if policy == "not_larger" else max(ratios)
+                        out = [int(scale * dims[a] + 0.5) for a in axes]
+                        if any(o / dims[a] != scale for o, a in zip(out, axes)):
+                            continue
+                        full[axes] = out
+                    else:
+                        full[axes] = sizes
+                    new[3] = g.make_constant(full, "sizes")
+                elif policy != "stretch":
+                    continue
+                while new and new[-1] is None:
+                    new.pop()
+                node.set_inputs(new)
+                node.attributes.pop("axes", None)
+                node.attributes.pop("keep_aspect_ratio_policy", None)
+                expanded += 1
+        return PassResult(expanded > 0, {"resizes-expanded": expanded})
+
+
 @dataclass(frozen=True)
 class BindDims(Pass):
     """Give the graph inputs' symbolic leading dimension a fixed size (the batch).
@@ -832,6 +1115,11 @@ class LegalizeTVM(Pass):
             changed |= step(StableSoftplus())
             changed |= step(OmitEmptyResizeInputs())
             changed |= step(UnrollRecurrent())
+            changed |= step(FoldEmptyReductions())
+            changed |= step(LowerLpNormalization())
+            changed |= step(UnrollCumProd())
+            changed |= step(WidenIntegerPow())
+            changed |= step(ExpandResizeAxes())
             changed |= step(FoldConstants())
             changed |= step(MaxAtLowest())
             changed |= step(DeadCodeElimination())
@@ -840,6 +1128,7 @@ class LegalizeTVM(Pass):
         return PassResult(modified, stats, model=model)
 
 
-__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "GuardBitShift", "GuardFloatMod",
+__all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "ExpandResizeAxes", "FoldEmptyReductions",
+           "GuardBitShift", "GuardFloatMod", "LowerLpNormalization", "UnrollCumProd", "WidenIntegerPow",
            "LegalizeTVM", "LowerCastLike", "LowerIsInf", "MaxAtLowest", "OmitEmptyResizeInputs",
            "StableSoftplus", "UnrollRecurrent", "WidenHalf"]

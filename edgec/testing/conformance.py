@@ -343,7 +343,7 @@ SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
     "Slice": (1, 2, 3, 4),  # starts, ends, axes, steps
     "Pad": (1, 3),  # pads, axes
     "Resize": (1, 2, 3), "Upsample": (1,),  # roi, scales, sizes
-    "TopK": (1,), "CumSum": (1,), "Split": (1,), "SplitToSequence": (1,),  # k, axis, split
+    "TopK": (1,), "CumSum": (1,), "CumProd": (1,), "Split": (1,), "SplitToSequence": (1,),  # k, axis, split
     "OneHot": (1,), "Trilu": (1,),  # depth, k
     "ConstantOfShape": (0,), "Range": (0, 1, 2), "AffineGrid": (1,), "CenterCropPad": (1,),
     "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 3), "MaxUnpool": (2,),
