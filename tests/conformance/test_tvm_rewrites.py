@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgec.frontend import export_model, import_model
 from edgec.ir.verifier import verify_model
-from edgec.passes.legalize_tvm import (GuardFloatMod, LegalizeTVM, OmitEmptyResizeInputs, StableSoftplus,
-                                       UnrollRecurrent, WidenHalf)
+from edgec.passes.legalize_tvm import (ExpandResizeAxes, FoldEmptyReductions, GuardFloatMod, LegalizeTVM,
+                                       LowerLpNormalization, OmitEmptyResizeInputs, StableSoftplus,
+                                       UnrollCumProd, UnrollRecurrent, WidenHalf, WidenIntegerPow)
 from edgec.passmgr.base import PassContext
 from edgec.testing import conformance
 
@@ -185,17 +186,131 @@ def test_unroll_rnn_leaves_cells_it_does_not_implement_alone():
 def test_the_new_passes_are_declared_as_entry_points():
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     for name, cls in (("stable-softplus", "StableSoftplus"), ("guard-float-mod", "GuardFloatMod"),
-                      ("omit-empty-resize-inputs", "OmitEmptyResizeInputs"), ("unroll-rnn", "UnrollRecurrent")):
+                      ("omit-empty-resize-inputs", "OmitEmptyResizeInputs"), ("unroll-rnn", "UnrollRecurrent"),
+                      ("fold-empty-reductions", "FoldEmptyReductions"), ("lower-lpnorm", "LowerLpNormalization"),
+                      ("unroll-cumprod", "UnrollCumProd"), ("widen-integer-pow", "WidenIntegerPow"),
+                      ("expand-resize-axes", "ExpandResizeAxes")):
         assert f'{name} = "edgec.passes.legalize_tvm:{cls}"' in text
         assert getattr(__import__("edgec.passes.legalize_tvm", fromlist=[cls]), cls).name == name
 
 
-@pytest.mark.parametrize("cls", [StableSoftplus, GuardFloatMod, OmitEmptyResizeInputs, UnrollRecurrent])
+@pytest.mark.parametrize("cls", [StableSoftplus, GuardFloatMod, OmitEmptyResizeInputs, UnrollRecurrent,
+                                 FoldEmptyReductions, LowerLpNormalization, UnrollCumProd, WidenIntegerPow,
+                                 ExpandResizeAxes])
 def test_each_new_pass_fits_the_contract(cls):
     from edgec.passmgr.registry import _contract_problem
 
     assert _contract_problem(cls.name, cls) is None
     assert "legal" in (cls.__doc__ or "").lower()
+
+
+@pytest.mark.parametrize("op,type_name", [
+    ("ReduceSum", "float"), ("ReduceProd", "float"), ("ReduceMax", "float"), ("ReduceMin", "float"),
+    ("ReduceLogSumExp", "float"), ("ReduceL2", "float"), ("ReduceMax", "int32"), ("ReduceMin", "int64")])
+def test_fold_empty_reductions_matches_onnxruntime(op, type_name):
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g ({type_name}[2,0,4] x) => ({type_name}[2,1,4] y) {{ y = {op} <keepdims = 1> (x, axes) }}""")
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    result, model, rewritten = _rewrite(FoldEmptyReductions(), proto)
+    assert result.modified and op not in _ops(model)
+    x = np.zeros((2, 0, 4), onnx.helper.tensor_dtype_to_np_dtype(proto.graph.input[0].type.tensor_type.elem_type))
+    np.testing.assert_array_equal(_ort(rewritten, {"x": x})[0], _ort(proto, {"x": x})[0])
+    # Reducing a non-empty axis is left to the backend.
+    proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([2], np.int64), "axes"))
+    assert not _rewrite(FoldEmptyReductions(), proto)[0].modified
+
+
+@pytest.mark.parametrize("p,axis", [(1, 0), (2, -1), (2, 1)])
+def test_lower_lpnorm_matches_onnxruntime(p, axis):
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[3,4] x) => (float[3,4] y) {{ y = LpNormalization <p = {p}, axis = {axis}> (x) }}""")
+    result, model, rewritten = _rewrite(LowerLpNormalization(), proto)
+    assert result.modified and "LpNormalization" not in _ops(model)
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    x[1] = 0  # a zero norm along axis 1 gives 0
+    np.testing.assert_allclose(_ort(rewritten, {"x": x})[0], _ort(proto, {"x": x})[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("exclusive,reverse,axis", [(0, 0, 1), (1, 0, 0), (0, 1, -1), (1, 1, 1)])
+def test_unroll_cumprod_matches_the_onnx_reference(exclusive, reverse, axis):
+    from onnx.reference import ReferenceEvaluator
+
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 11, opset_import: ["" : 26]>
+        g (float[3,4] x) => (float[3,4] y) {{ y = CumProd <exclusive = {exclusive}, reverse = {reverse}> (x, axis) }}""")
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(axis, np.int64), "axis"))
+    result, model, rewritten = _rewrite(UnrollCumProd(), proto)
+    assert result.modified and "CumProd" not in _ops(model)
+    x = np.random.default_rng(0).uniform(0.5, 2, (3, 4)).astype(np.float32)
+    want = ReferenceEvaluator(proto).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(_ort(rewritten, {"x": x})[0], want)  # the same products in order
+
+
+def test_widen_integer_pow_matches_onnxruntime():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 15]>
+        g (int32[4] a, int32[4] b, float[4] x, int32[4] e) => (int32[4] y, float[4] z) {
+            y = Pow(a, b)
+            z = Pow(x, e)
+        }""")
+    result, model, rewritten = _rewrite(WidenIntegerPow(), proto)
+    assert result.stats["pows-widened"] == 2
+    feed = {"a": np.array([3, -2, 7, 46340], np.int32), "b": np.array([6, 5, 0, 2], np.int32),
+            "x": np.array([1.5, -2, 0.5, 3], np.float32), "e": np.array([3, -2, 10, 0], np.int32)}
+    for got, want in zip(_ort(rewritten, feed), _ort(proto, feed)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("attributes,inputs,feed_shape", [
+    ('axes = [3, 2], mode = "nearest"', ("", "scales", ""), (1, 1, 2, 2)),
+    ('axes = [2, 3], mode = "linear"', ("", "", "sizes"), (1, 1, 2, 2)),
+    ('axes = [2, 3], keep_aspect_ratio_policy = "not_larger", mode = "nearest"', ("", "", "sizes2"),
+     (1, 1, 2, 4)),
+])
+def test_expand_resize_axes_matches_onnxruntime(attributes, inputs, feed_shape):
+    proto = onnx.parser.parse_model(f"""
+        <ir_version: 9, opset_import: ["" : 19]>
+        g (float[{','.join(map(str, feed_shape))}] x) => (float y) {{
+            y = Resize <{attributes}> (x, {', '.join(inputs)})
+        }}""")
+    proto.graph.initializer.extend([numpy_helper.from_array(np.array([3, 2], np.float32), "scales"),
+                                    numpy_helper.from_array(np.array([4, 3], np.int64), "sizes"),
+                                    numpy_helper.from_array(np.array([1, 3], np.int64), "sizes2")])
+    result, model, rewritten = _rewrite(ExpandResizeAxes(), proto)
+    assert result.modified
+    node = rewritten.graph.node[0]
+    assert not {a.name for a in node.attribute} & {"axes", "keep_aspect_ratio_policy"}
+    x = np.arange(np.prod(feed_shape), dtype=np.float32).reshape(feed_shape)
+    np.testing.assert_allclose(_ort(rewritten, {"x": x})[0], _ort(proto, {"x": x})[0], rtol=1e-6)
+
+
+def test_expand_resize_axes_keeps_a_policy_whose_sizes_are_not_its_scale():
+    proto = onnx.parser.parse_model("""
+        <ir_version: 9, opset_import: ["" : 19]>
+        g (float[1,1,3,5] x) => (float y) {
+            y = Resize <axes = [2, 3], keep_aspect_ratio_policy = "not_smaller", mode = "nearest"> (x, , , sizes)
+        }""")
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([2, 2], np.int64), "sizes"))
+    # The policy's scale is 2/3: 3 → 2, but 5 → 3, which is 3/5 and not 2/3.
+    assert not _rewrite(ExpandResizeAxes(), proto)[0].modified
+
+
+def test_tvm_is_refused_a_resize_it_would_compute_wrongly():
+    from edgec.backends.tvm_legality import miscompiled
+
+    def resize(attributes: str, scales) -> onnx.ModelProto:
+        proto = onnx.parser.parse_model(f"""
+            <ir_version: 9, opset_import: ["" : 19]>
+            g (float[1,1,4,4] x) => (float y) {{ y = Resize <{attributes}> (x, , scales) }}""")
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(scales, np.float32), "scales"))
+        return proto
+
+    assert "ratio" in miscompiled(resize('mode = "linear"', [1, 1, 0.6, 0.6]))[0][1]
+    assert "antialias" in miscompiled(resize('mode = "linear", antialias = 1', [1, 1, 0.5, 0.5]))[0][1]
+    assert not miscompiled(resize('mode = "linear"', [1, 1, 0.5, 0.5]))  # 4 × 0.5 is whole
+    assert not miscompiled(resize('mode = "nearest"', [1, 1, 0.6, 0.6]))
 
 
 # ---------------------------------------------------------------- the sweep's binding
