@@ -16,10 +16,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-pytest.importorskip("tvm")
+from edgec.testing.required import import_or_missing, missing
+
+import_or_missing("tvm")
 
 from edgec.backends.base import BackendError, BuildOptions  # noqa: E402
-from edgec.backends.tvm import TVMBackend, tuning_database_dir  # noqa: E402
+from edgec.backends.tvm import TVMBackend, target_dict, tuning_database_dir  # noqa: E402
 from edgec.diagnostics import ExitCode, ModelError  # noqa: E402
 from edgec.dsl import load_spec  # noqa: E402
 from edgec.testing import models  # noqa: E402
@@ -46,7 +48,7 @@ def reference(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
 
 def file_type(path: Path) -> str:
     if shutil.which("file") is None:
-        pytest.skip("the 'file' command is missing (Debian package file)")
+        missing("cross", "the 'file' command is missing (Debian package file)")
     return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True,
                           check=True).stdout
 
@@ -80,7 +82,7 @@ def test_host_build_matches_onnxruntime(tmp_path, host):
     details = result.details
     assert details["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 3, 16, 16]}]
     assert [value["name"] for value in details["outputs"]] == ["output"]
-    assert details["target"] == host.tvm_target() and details["tuning"] is None
+    assert details["target"] == target_dict(host) and details["tuning"] is None
 
     x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
     runner = backend.load(str(tmp_path), details)
@@ -106,7 +108,7 @@ def test_cross_build(tmp_path, target_name, expected):
     backend = TVMBackend()
     reason = backend.unavailable_reason(target)
     if reason is not None:
-        pytest.skip(reason)
+        missing("cross", reason)
     out = tmp_path / "out"
     result = backend.build(models.conv_bn_relu(), target, str(out), BuildOptions(str(tmp_path)))
     assert not result.runnable_here
@@ -129,7 +131,7 @@ def test_cuda_build_for_jetson(tmp_path):
     backend = TVMBackend()
     reason = backend.unavailable_reason(target)
     if reason is not None:
-        pytest.skip(reason)
+        missing("cross", reason)
     out = tmp_path / "out"
     result = backend.build(models.mlp(), target, str(out), BuildOptions(str(tmp_path)))
     assert not result.runnable_here and "model.so" in result.files
@@ -152,7 +154,7 @@ def test_tuning_cross_target_without_rpc_builds_untuned(tmp_path):
     target = spec_target("rpi4.edge")
     backend = TVMBackend()
     if backend.unavailable_reason(target) is not None:
-        pytest.skip(backend.unavailable_reason(target))
+        missing("cross", backend.unavailable_reason(target))
     result = backend.build(models.mlp(), target, str(tmp_path / "out"),
                            BuildOptions(str(tmp_path), tuning_trials=4))
     assert result.tuned is False

@@ -17,6 +17,7 @@ import pytest
 
 import edgec
 import edgec_runtime
+from edgec.testing.required import missing
 from edgec.testing.artifacts import (DIGITS, DIGITS_DATA, REPO, built,  # noqa: F401
                                      ort_artifact, tvm_artifact)
 from edgec_runtime import host
@@ -243,7 +244,7 @@ def test_tvm_runtime_library_named_by_environment(built, tmp_path):
     from edgec_runtime.host import tvm_runtime_library
     library = tvm_runtime_library()
     if library is None:
-        pytest.skip("no libtvm_runtime.so here")
+        missing("tvm", "no libtvm_runtime.so here")
     copy = tmp_path / "lib" / "libtvm_runtime.so"
     copy.parent.mkdir()
     copy.write_bytes(Path(library).read_bytes())
@@ -278,8 +279,10 @@ def test_builtin_targets_run_on_their_boards(target, cpu, ok):
     from edgec.dsl import check_text
     spec, diagnostics = check_text(f"target {target}\n", "<t>")
     assert spec is not None, [d.render() for d in diagnostics]
+    from edgec.backends.tvm import target_dict
+
     t = spec.target
-    details = _tvm_details(target=t.tvm_target(), target_name=t.name, arch=t.arch,
+    details = _tvm_details(target=target_dict(t), target_name=t.name, arch=t.arch,
                            triple=t.triple, accelerator=None)
     facts = HostFacts("aarch64", frozenset(cpu), {"tvm": "0.27.0"})
     assert (host.problems("tvm", details, facts) == []) is ok, host.problems("tvm", details, facts)
