@@ -83,7 +83,12 @@ def _cross_cases():
     for name in sorted(HOST_MODELS):
         for target in ("raspberry-pi-4", "jetson-orin-nano"):
             fast = (name, target) == ("crnn", "raspberry-pi-4")  # one in the default run
-            yield pytest.param(name, target, marks=() if fast else pytest.mark.slow, id=f"{name}-{target}")
+            marks = [] if fast else [pytest.mark.slow]
+            if (name, target) == ("mobilenet-v3-small", "jetson-orin-nano"):
+                marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+                    "TVM 0.27's CUDA pipeline fails in dlight's GPU Matmul rule: 'There are some "
+                    "consumers of the cache-write stage that are not properly inlined'")))
+            yield pytest.param(name, target, marks=marks, id=f"{name}-{target}")
 
 
 @pytest.mark.parametrize("name,target", list(_cross_cases()))
