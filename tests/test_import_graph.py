@@ -228,8 +228,6 @@ def test_of_the_ir_only_shape_inference_uses_the_onnx_codec():
 KNOWN_PRIVATE_IMPORTS: dict[tuple[str, str], str] = {
     ("edgec.cli", "edgec_runtime.tvm_runner._value_infos"):
         "the CLI reads a TVM artifact's input and output descriptions with the runtime's helper",
-    ("edgec.testing.tvm_runner", "edgec.backends.tvm._failing_node"):
-        "the TVM conformance runner names the node TVM failed on with the backend's helper",
 }
 
 
