@@ -43,6 +43,7 @@ TRIALS_PER_ROUND = 64
 
 
 def tuning_database_dir(cache_dir: str | os.PathLike, target: Target) -> Path:
+    """The target's tuning database folder in the cache (named by its TVM description)."""
     digest = hashlib.sha256(target_json(target).encode()).hexdigest()[:16]
     return Path(cache_dir) / TUNING_DIR / digest
 
