@@ -156,7 +156,8 @@ class TVMWorker:
         self._connection = parent
 
     def stop(self) -> None:
-        if self._process is None:
+        if self._process is None or self._connection is None:
+            self._kill()
             return
         try:
             self._connection.send(None)
