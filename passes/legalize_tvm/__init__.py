@@ -11,7 +11,8 @@ values whose type is missing. The group runs, in order:
    where the graph reads shapes): the inputs' symbolic batch dimension becomes the
    spec's batch; the model records it (``edgec.legalize-tvm.bound-batch``) and the tvm
    backend's module then takes that batch only, run a batch at a time;
-2. then, until nothing changes (at most ``max-iterations`` rounds): ``infer-shapes``;
+2. then, until nothing changes (at most ``max-iterations`` rounds): type inference
+   (``edgec.ir.shape_inference.infer_types``, what ``infer-shapes`` runs);
    ``widen-half`` (float16 MatMul, Conv, Gemm, Attention, Softmax computed in float32, as
    onnxruntime does);
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from edgec.ir.core import Model
+from edgec.ir.shape_inference import infer_types
 from edgec.ir.types import TensorType
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 
@@ -93,9 +95,10 @@ class LegalizeTVM(Pass):
             raise OptionError("max-iterations", f"must be at least 1, got {self.max_iterations}")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        # Types come from the IR's own inference; constant folding and dead-code
+        # elimination have no IR-level form yet, so the group runs those passes.
         from edgec.passes.dce import DeadCodeElimination
         from edgec.passes.fold_constants import FoldConstants
-        from edgec.passes.infer_shapes import InferShapes
 
         stats: dict[str, int | float] = {}
         modified = False
@@ -110,6 +113,13 @@ class LegalizeTVM(Pass):
             modified |= result.modified
             return result.modified
 
+        def infer() -> bool:  # counted as infer-shapes would count it
+            nonlocal modified
+            typed = infer_types(model, ctx.diagnostics)
+            stats["infer-shapes.values-typed"] = stats.get("infer-shapes.values-typed", 0) + typed
+            modified |= typed > 0
+            return typed > 0
+
         guarded_bitshifts = guarded_mods = False
         if self.bind_batch and ctx.spec is not None and _shape_reads_symbolic_input(model):
             if step(BindDims()):
@@ -120,7 +130,7 @@ class LegalizeTVM(Pass):
             # Context-dependent function bodies need their inputs' types, and a body
             # may hold another op to expand (SoftmaxCrossEntropyLoss holds
             # NegativeLogLikelihoodLoss): infer, expand, and go round again.
-            changed = step(InferShapes())
+            changed = infer()
             changed |= step(WidenHalf())
             changed |= step(ExpandFunctions(ops=self.expand))
             changed |= step(LowerCastLike())
