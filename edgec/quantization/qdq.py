@@ -38,9 +38,14 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 ALL_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul", "MaxPool", "AveragePool",
            "GlobalAveragePool", "Concat", "Sigmoid", "LeakyRelu", "Softmax", "Relu", "Clip",
            "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+# Data-movement ops beyond ALL_OPS that onnxruntime may run on uint8 directly (Resize
+# only in nearest mode): the contiguous placement asks onnxruntime which ones it does
+# (`edgec.quantization.executed`), so they are candidates only there.
+MOVEMENT_OPS = ("Resize", "Slice", "Gather", "DepthToSpace", "SpaceToDepth")
 # Ops whose output takes its input's parameters, so onnxruntime can drop the QDQ
 # around them and move int8 data unchanged.
-SHARED_PARAMS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+SHARED_PARAMS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+                           *MOVEMENT_OPS})
 # Ops whose int8 kernel can return fp32 directly (MatMulIntegerToFloat, QGemm with
 # float output): their output is quantized only when every reader is quantized.
 FLOAT_OUTPUT_OK = frozenset({"MatMul", "Gemm"})
@@ -51,9 +56,13 @@ CONTROL_FLOW_SKIPPED = frozenset({"Loop", "Scan"})
 class QuantConfig:
     """What to quantize and how. ``ops`` is the op-type policy ("all" expands to
     ALL_OPS); ``exclude`` names nodes kept fp32; ``only``, when set, quantizes just
-    those nodes (sensitivity analysis)."""
+    those nodes (sensitivity analysis). ``placement`` is how nodes are picked:
+    ``ops`` (the op-type policy), ``contiguous`` (every node onnxruntime runs in int8,
+    probed, in regions joined to a Conv/MatMul/Gemm: `edgec.quantization.placement`;
+    ``ops`` is then not read)."""
 
     ops: tuple[str, ...] = COMPUTE_OPS
+    placement: str = "ops"
     calibration: str = "minmax"         # minmax | percentile | entropy
     percentile: float = 99.99
     per_channel: bool = True
@@ -74,6 +83,8 @@ class QuantConfig:
 
     @property
     def op_types(self) -> frozenset[str]:
+        if self.placement == "contiguous":
+            return frozenset((*ALL_OPS, *MOVEMENT_OPS))
         expanded: set[str] = set()
         for op in self.ops:
             expanded.update(ALL_OPS if op.lower() == "all" else (op,))
@@ -139,8 +150,17 @@ def _constant(v: Value | None) -> np.ndarray | None:
 
 
 def candidate_nodes(model: Model, config: QuantConfig) -> list[Node]:
-    """Nodes the op-type policy would quantize (before ``exclude``/``only``)."""
-    ops = config.op_types
+    """Nodes the placement would quantize (before ``exclude``/``only``)."""
+    if config.placement == "contiguous":
+        from edgec.quantization.placement import contiguous_nodes
+        return contiguous_nodes(model)
+    if config.placement != "ops":
+        raise ValueError(f"unknown placement '{config.placement}' (ops or contiguous)")
+    return typed_candidates(model, config.op_types)
+
+
+def typed_candidates(model: Model, ops: frozenset[str]) -> list[Node]:
+    """Nodes of the op types ``ops`` that the QDQ form can wrap."""
     out = []
     for g in quantizable_graphs(model):
         for node in g:
