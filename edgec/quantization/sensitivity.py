@@ -1,10 +1,12 @@
 """Per-layer sensitivity and mixed precision: which quantized layers hurt the metric
 most, and the smallest set of them to keep in fp32 so a tolerance holds.
 
-``layer_sensitivity`` quantizes one layer at a time (everything else fp32) and scores
-the metric against the fp32 model's outputs; ``mixed_precision`` starts from the full
-int8 configuration and returns the most sensitive layers to fp32, one at a time, until
-the tolerance holds. Both calibrate once and reuse the ranges for every trial. The
+``layer_sensitivity`` scores every quantized layer's own SQNR in one batched run of the
+fp32 model with each layer's QDQ group beside it (`local_sqnr`: seconds, where
+quantizing one layer at a time and running the whole model for each took minutes);
+``mixed_precision`` starts from the given (fastest) int8 configuration and returns to
+fp32 the shortest prefix of the layers ranked by accuracy gained per latency lost that
+holds the tolerance. Both calibrate once and reuse the ranges for every trial. The
 planner calls them directly; the ``quantize-int8{fallback=per-layer}`` pass uses them too.
 """
 
@@ -14,12 +16,13 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
+import onnx
 
 from edgec.frontend import export_model, import_model
 from edgec.ir.core import Model
 from edgec.metrics import evaluate, higher_is_better
 from edgec.quantization.arithmetic import run_exact
-from edgec.quantization.observe import run
+from edgec.quantization.observe import feed_batches, run, session
 from edgec.quantization.qdq import (Calibration, QuantConfig, apply, calibrate, candidate_nodes,
                                     prepare)
 
@@ -37,11 +40,16 @@ class MixedPrecisionReport:
     steps: list[dict] = field(default_factory=list)
     kept_fp32: list[str] = field(default_factory=list)
     held: bool = False
+    order: list[str] = field(default_factory=list)   # the order layers return to fp32
+    latency: dict = field(default_factory=dict)       # measured fp32 and full-int8 ms
+    # False when no configuration cheaper than fp32 (by the measured costs) held
+    faster_than_fp32: bool = True
 
     def to_json(self) -> dict:
         return {"metric": self.metric, "tolerance": str(self.tolerance),
                 "sensitivity": [[n, _finite(s)] for n, s in self.sensitivity],
-                "steps": self.steps, "kept-fp32": self.kept_fp32, "held": self.held}
+                "steps": self.steps, "kept-fp32": self.kept_fp32, "held": self.held,
+                "latency": self.latency, "faster-than-fp32": self.faster_than_fp32}
 
 
 def _finite(x: float):
@@ -89,19 +97,237 @@ def layer_sensitivity(model: Model, samples: dict[str, np.ndarray], metric: str 
                       labels: np.ndarray | None = None,
                       progress: Progress | None = None,
                       _trials: _Trials | None = None) -> list[tuple[str, float]]:
-    """(node name, score) for every layer the policy quantizes, most sensitive first:
-    the score is ``metric`` of the model with only that layer quantized, against the
-    fp32 model's outputs on ``eval_samples`` (default: the calibration ``samples``)."""
+    """(node name, score) for every layer the policy quantizes, most sensitive first.
+
+    With ``metric`` sqnr (what the fallback ranks by) the score is each layer's own
+    SQNR: its int8 output against its fp32 output with both fed the fp32 model's
+    activations, every layer at once in one batched run (`local_sqnr`). With any other
+    metric it is that metric of the whole model with only that layer quantized, one
+    run of the model per layer (slow: minutes on a large model)."""
     trials = _trials or _Trials(model, samples, config, eval_samples, progress)
     layers = trials.layers()
-    scores = []
+    higher = higher_is_better(metric)
+    if metric == "sqnr":
+        scores = local_sqnr(trials, config, eval_samples if eval_samples is not None else samples,
+                            progress=progress)
+        return sorted(((n, scores.get(n, float("inf"))) for n in layers),
+                      key=lambda s: (s[1], s[0]))
+    out = []
     for done, name in enumerate(layers):
         result = trials.score(replace(config, only=(name,), exclude=()), metric, 0, labels)
-        scores.append((name, float(result.value)))
+        out.append((name, float(result.value)))
         if progress is not None:
             progress("sensitivity", done + 1, len(layers), name)
-    higher = higher_is_better(metric)
-    return sorted(scores, key=lambda s: (s[1] if higher else -s[1], s[0]))
+    return sorted(out, key=lambda s: (s[1] if higher else -s[1], s[0]))
+
+
+# Samples the local analysis runs on: each layer's error is averaged over every element
+# of its output, so a few samples rank layers as well as many.
+LOCAL_SAMPLES = 8
+
+
+def local_sqnr(trials: _Trials, config: QuantConfig, samples: dict[str, np.ndarray], *,
+               max_samples: int = LOCAL_SAMPLES, progress: Progress | None = None) -> dict[str, float]:
+    """Every quantized layer's own SQNR in dB, from one batched run: the fp32 model,
+    and beside it each layer's QDQ group (as the fully quantized model has it) reading
+    the fp32 model's values, its output compared with the fp32 one in the graph itself
+    (sums of squares), so only two scalars per layer leave onnxruntime."""
+    full = _copy(trials.base)
+    apply(full, trials.calibration, config)
+    proto, probes = _local_model(export_model(trials.base), export_model(full))
+    if not probes:
+        return {}
+    feeds = {k: v[:max_samples] for k, v in samples.items()}
+    noise = dict.fromkeys(probes, 0.0)
+    signal = dict.fromkeys(probes, 0.0)
+    sess = session(proto, base_dir=trials.base.base_dir)
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    batches = feed_batches(list(proto.graph.input), {k: v for k, v in feeds.items() if k in wanted},
+                           batch=2)
+    for done, feed in enumerate(batches):
+        results = dict(zip(names, sess.run(names, feed)))
+        for layer, (noise_name, signal_name) in probes.items():
+            noise[layer] += float(results[noise_name])
+            signal[layer] += float(results[signal_name])
+        if progress is not None:
+            progress("sensitivity", done + 1, len(batches), "all layers at once")
+    out = {}
+    for layer in probes:
+        n, s = noise[layer], signal[layer]
+        out[layer] = float("inf") if n <= 0 else (10 * np.log10(s / n) if s > 0 else float("-inf"))
+    return out
+
+
+def _local_model(base: onnx.ModelProto, full: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """``base`` (fp32) with, for each quantized node of ``full``, a copy of its QDQ group
+    reading ``base``'s values, and two scalar outputs per node: the sum of squares of
+    its error and of its fp32 output."""
+    from onnx import helper
+
+    graph = full.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    full_inits = {t.name: t for t in graph.initializer}
+    base_defined = ({vi.name for vi in base.graph.input} | {t.name for t in base.graph.initializer}
+                    | {o for n in base.graph.node for o in n.output})
+    base_readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in base.graph.node:
+        for i in n.input:
+            base_readers.setdefault(i, []).append(n)
+    full_defined = {o for n in graph.node for o in n.output}
+    out = onnx.ModelProto()
+    out.CopyFrom(base)
+    del out.graph.output[:]
+    copied: set[str] = set()
+    probes: dict[str, tuple[str, str]] = {}
+    for index, node in enumerate(graph.node):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.name:
+            continue
+        group = []
+        for name in node.input:
+            dq = producer.get(name)
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                group.append(dq)
+                q = producer.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    group.append(q)
+        if not group:
+            continue  # not quantized
+        result = node.output[0]
+        q_out = next((r for r in readers.get(result, []) if r.op_type == "QuantizeLinear"), None)
+        tail = []
+        if q_out is not None:
+            dq_out = next((r for r in readers.get(q_out.output[0], [])
+                           if r.op_type == "DequantizeLinear"), None)
+            if dq_out is not None:
+                tail = [q_out, dq_out]
+                result = dq_out.output[0]
+        # The fp32 value this node's output stands for: a Relu folded into its
+        # quantization leaves the Relu's output as the reference.
+        reference = node.output[0]
+        base_users = base_readers.get(reference, [])
+        if len(base_users) == 1 and base_users[0].op_type in ("Relu", "Clip") \
+                and base_users[0].output[0] not in full_defined:
+            reference = base_users[0].output[0]
+        if reference not in base_defined:
+            continue
+        members = [*reversed(group), node, *tail]
+        inside = {o for m in members for o in m.output}
+        prefix = f"local{index}/"
+        ok = True
+        new_nodes = []
+        for m in members:
+            inputs = []
+            for name in m.input:
+                if not name or name in inside:
+                    inputs.append(prefix + name if name else name)
+                elif name in full_inits and (name not in base_defined or name in copied
+                                             or _differs(full_inits[name], base)):
+                    if name not in copied:
+                        t = onnx.TensorProto()
+                        t.CopyFrom(full_inits[name])
+                        t.name = "q/" + name
+                        out.graph.initializer.append(t)
+                        copied.add(name)
+                    inputs.append("q/" + name)
+                elif name in base_defined:
+                    inputs.append(name)
+                else:
+                    ok = False
+                    break
+            if not ok:
+                break
+            copy = onnx.NodeProto()
+            copy.CopyFrom(m)
+            del copy.input[:]
+            copy.input.extend(inputs)
+            del copy.output[:]
+            copy.output.extend(prefix + o for o in m.output)
+            copy.name = prefix + (m.name or m.op_type)
+            new_nodes.append(copy)
+        if not ok:
+            continue
+        err = prefix + "error"
+        new_nodes += [
+            helper.make_node("Sub", [prefix + result, reference], [err], name=prefix + "Sub"),
+            helper.make_node("ReduceSumSquare", [err], [prefix + "noise"], keepdims=0,
+                             name=prefix + "noise"),
+            helper.make_node("ReduceSumSquare", [reference], [prefix + "signal"], keepdims=0,
+                             name=prefix + "signal")]
+        out.graph.node.extend(new_nodes)
+        out.graph.output.extend([onnx.ValueInfoProto(name=prefix + "noise"),
+                                 onnx.ValueInfoProto(name=prefix + "signal")])
+        probes[node.name] = (prefix + "noise", prefix + "signal")
+    return out, probes
+
+
+def _differs(tensor: onnx.TensorProto, base: onnx.ModelProto) -> bool:
+    """An initializer of the quantized model that base holds under the same name with
+    other contents (it never should: quantization names its constants afresh)."""
+    other = next((t for t in base.graph.initializer if t.name == tensor.name), None)
+    return other is None or other.SerializeToString() != tensor.SerializeToString()
+
+
+def latency_costs(trials: _Trials, config: QuantConfig, feed: dict[str, np.ndarray], *,
+                  threads: int = 0) -> tuple[dict[str, float], float, float]:
+    """What returning each quantized layer to fp32 would cost in seconds, measured:
+    both models are profiled once (`executed.profile`); a layer's cost is its int8
+    kernel's time times how much slower its op class ran in fp32 than in int8 here,
+    less that kernel's time, plus a DequantizeLinear and a QuantizeLinear over its
+    input at the seconds per element the model's own Q/DQ kernels took. Also the
+    measured seconds of the fp32 and of the fully quantized model."""
+    from edgec.quantization.executed import profile
+
+    full = _copy(trials.base)
+    apply(full, trials.calibration, config)
+    fp32 = profile(export_model(trials.base), feed, runs=3, threads=threads,
+                   base_dir=trials.base.base_dir)
+    int8 = profile(export_model(full), feed, runs=3, threads=threads, base_dir=full.base_dir)
+    per_class_fp32: dict[str, float] = {}
+    per_class_int8: dict[str, float] = {}
+    for k in fp32.kernels:
+        per_class_fp32[k.op] = per_class_fp32.get(k.op, 0.0) + k.microseconds
+    q_seconds = q_elements = 0.0
+    for k in int8.kernels:
+        if k.precision == "transition":
+            q_seconds += k.microseconds * 1e-6
+            q_elements += k.elements
+        elif k.precision == "int8":
+            op = _float_op(k.op)
+            per_class_int8[op] = per_class_int8.get(op, 0.0) + k.microseconds
+    per_element = q_seconds / q_elements if q_elements else 0.0
+    by_node = {}
+    for k in int8.kernels:
+        if k.precision == "int8":
+            by_node.setdefault(_kernel_node(k.name), k)
+    costs = {}
+    for name in trials.layers():
+        k = by_node.get(name)
+        if k is None:
+            costs[name] = 0.0
+            continue
+        op = _float_op(k.op)
+        ratio = (per_class_fp32.get(op, 0.0) / per_class_int8[op]
+                 if per_class_int8.get(op) and per_class_fp32.get(op) else 1.0)
+        costs[name] = max(0.0, k.microseconds * 1e-6 * (ratio - 1.0)) + 2 * k.elements * per_element
+    return costs, fp32.seconds(), int8.seconds()
+
+
+def _float_op(op: str) -> str:
+    return {"QLinearConv": "Conv", "QLinearMatMul": "MatMul", "MatMulIntegerToFloat": "MatMul",
+            "QGemm": "Gemm", "QLinearAdd": "Add", "QLinearMul": "Mul",
+            "QLinearConcat": "Concat", "QLinearSigmoid": "Sigmoid",
+            "QLinearAveragePool": "AveragePool", "QLinearGlobalAveragePool": "GlobalAveragePool",
+            "QLinearLeakyRelu": "LeakyRelu", "QLinearSoftmax": "Softmax"}.get(op, op)
+
+
+def _kernel_node(kernel_name: str) -> str:
+    from edgec.quantization.executed import _source_name
+    return _source_name(kernel_name)
 
 
 def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, tolerance, *,
@@ -110,35 +336,96 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
                     labels: np.ndarray | None = None,
                     rank_metric: str = "sqnr",
                     progress: Progress | None = None,
-                    exact: bool = False) -> tuple[QuantConfig, MixedPrecisionReport]:
-    """The full int8 configuration with the most sensitive layers (ranked by
-    ``rank_metric``, one at a time) returned to fp32 until ``metric`` holds
-    ``tolerance`` (a number, or an object with ``value`` and ``unit`` like the spec's
-    Quantity; "1%" style strings are accepted). The returned config's ``exclude``
-    names the fp32 layers; the report says what each step scored. ``exact`` scores the
-    trials on the exact int8 path (`arithmetic.run_exact`) instead of onnxruntime's
-    int8 kernels."""
+                    exact: bool = False,
+                    latency: bool = False,
+                    threads: int = 0) -> tuple[QuantConfig, MixedPrecisionReport]:
+    """``config`` (start from the fastest int8 configuration) with the fewest layers
+    returned to fp32 that make ``metric`` hold ``tolerance`` (a number, or an object
+    with ``value`` and ``unit`` like the spec's Quantity; "1%" style strings are
+    accepted).
+
+    Layers are ranked by accuracy gained per latency lost: the noise each one's int8
+    form adds (its own SQNR, `local_sqnr`, as a noise-to-signal ratio) over what
+    keeping it fp32 costs (`latency_costs`, measured, with ``latency``; otherwise every
+    layer costs the same and the ranking is by sensitivity alone). The fp32 set is a
+    prefix of that ranking, the shortest one that holds, found by trying 0, 1, 2, 4, ...
+    layers and then bisecting (a handful of runs of the model). With ``latency``,
+    prefixes whose summed cost would make the model slower than fp32 are not tried:
+    when none within that holds, the report says so (``faster_than_fp32`` False).
+    The returned config's ``exclude`` names the fp32 layers; the report says what each
+    step scored. ``exact`` scores the trials on the exact int8 path
+    (`arithmetic.run_exact`) instead of onnxruntime's int8 kernels."""
     tolerance = _tolerance(tolerance)
     trials = _Trials(model, samples, config, eval_samples, progress, exact=exact)
     ranking = layer_sensitivity(model, samples, rank_metric, config=config, labels=labels,
-                                progress=progress, _trials=trials)
+                                eval_samples=eval_samples, progress=progress, _trials=trials)
     report = MixedPrecisionReport(metric, tolerance, ranking)
-    kept: list[str] = []
-    candidates = [name for name, _ in ranking]
-    for step in range(len(candidates) + 1):
-        trial = replace(config, exclude=tuple(config.exclude) + tuple(kept))
-        result = trials.score(trial, metric, tolerance, labels)
+    costs: dict[str, float] = {}
+    budget = float("inf")
+    if latency:
+        feed = {k: v[:1] for k, v in samples.items()}
+        costs, fp32_s, int8_s = latency_costs(trials, config, feed, threads=threads)
+        budget = max(0.0, fp32_s - int8_s)
+        report.latency = {"fp32_ms": fp32_s * 1e3, "int8_ms": int8_s * 1e3}
+    if rank_metric == "sqnr":
+        gain = {name: 10 ** (-score / 10) if np.isfinite(score) else (0.0 if score > 0 else 1e9)
+                for name, score in ranking}
+        # A floor on the cost: a layer measured as free (a kernel too short to time)
+        # is not ranked first for that alone.
+        floor = max(budget / max(len(gain), 1) * 0.1, 1e-7) if latency and budget > 0 else 1e-7
+        order = sorted(gain, key=lambda n: (-gain[n] / max(costs.get(n, 1.0), floor), n))
+    else:
+        order = [name for name, _ in ranking]  # already most sensitive first
+    affordable = len(order)
+    if latency and budget <= 0:
+        # Fully quantized already measured no faster than fp32: no fallback can be.
+        report.faster_than_fp32 = False
+    elif latency:
+        spent = 0.0
+        for i, name in enumerate(order):
+            spent += costs.get(name, 0.0)
+            if spent >= budget:
+                affordable = i
+                break
+    report.order = order
+
+    def trial(k: int) -> bool:
+        kept = order[:k]
+        result = trials.score(replace(config, exclude=tuple(config.exclude) + tuple(kept)),
+                              metric, tolerance, labels)
         report.steps.append({"fp32": list(kept), "value": _finite(result.value),
-                             "held": bool(result.held), "detail": result.detail})
+                             "held": bool(result.held), "detail": result.detail,
+                             **({"cost_ms": round(sum(costs.get(n, 0.0) for n in kept) * 1e3, 3)}
+                                if latency else {})})
         if progress is not None:
-            progress("mixed-precision", step + 1, len(candidates) + 1, result.detail)
-        if result.held:
-            report.kept_fp32, report.held = list(kept), True
-            return trial, report
-        if step < len(candidates):
-            kept.append(candidates[step])
-    report.kept_fp32 = list(kept)
-    return replace(config, exclude=tuple(config.exclude) + tuple(kept)), report
+            progress("mixed-precision", len(report.steps), None, result.detail)
+        return bool(result.held)
+
+    held_at = None
+    failed_at = -1
+    k = 0
+    while k <= affordable:
+        if trial(k):
+            held_at = k
+            break
+        failed_at = k
+        k = 1 if k == 0 else min(2 * k, affordable) if k < affordable else affordable + 1
+    if held_at is not None:
+        low, high = failed_at, held_at  # low fails, high holds
+        while high - low > 1:
+            mid = (low + high) // 2
+            if trial(mid):
+                high = mid
+            else:
+                low = mid
+        held_at = high
+    if held_at is None:
+        kept = order[:affordable] if latency else order
+        report.kept_fp32 = list(kept)
+        report.faster_than_fp32 = report.faster_than_fp32 and affordable < len(order)
+        return replace(config, exclude=tuple(config.exclude) + tuple(kept)), report
+    report.kept_fp32, report.held = list(order[:held_at]), True
+    return replace(config, exclude=tuple(config.exclude) + tuple(order[:held_at])), report
 
 
 @dataclass(frozen=True)
