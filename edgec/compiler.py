@@ -356,7 +356,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
 
     from edgec.frontend.onnx_import import import_model, parse_model_bytes
     from edgec.passmgr import default_registry
-    from edgec.planner.search import choose, configurations, summary
+    from edgec.planner.search import choose, configurations, reject_slower_than_fp32, summary
 
     spec = inputs.spec
     target = spec.target
@@ -447,6 +447,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
                      + (f", {rest} not needed (search first: an earlier one holds)"
                         if rest else ""))
     evaluations = [t.evaluation for t in built]
+    reject_slower_than_fp32(evaluations)
     winner, best = choose(evaluations, spec.optimize.search)
     chosen = next(t for t in built if t.evaluation is best)
     if chosen.result is None:
