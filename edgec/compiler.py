@@ -348,6 +348,7 @@ class _Tried:
     latency_note: str | None = None  # how the latency was judged when RPC could not be used
     skipped: str | None = None       # why it was not built: it could not have been chosen
     int8: dict | None = None         # weight range and scoring path, when int8 was used
+    int8_time: dict | None = None    # where an int8 candidate's time went (profiled)
 
 
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
@@ -358,6 +359,11 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     from edgec.passmgr import default_registry
     from edgec.planner.search import choose, configurations, reject_slower_than_fp32, summary
 
+    from edgec.progress import PhaseClock
+
+    # Compile time per phase, for measurements.json and the report.
+    clock = PhaseClock(options.progress)
+    options = dataclasses.replace(options, progress=clock)
     spec = inputs.spec
     target = spec.target
     base_dir = os.path.dirname(os.path.abspath(inputs.model_path))
@@ -433,7 +439,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         if done_group and spec.optimize.search == "first" and any(
                 t.evaluation.held for t in tried):
             break  # the previous group holds; its backends were all measured
-        options.progress("plan", index, len(configs), config.label)
+        options.progress("passes", index, len(configs), config.label)
         start = time.perf_counter()
         attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto",
                             rivals=tried)
@@ -441,7 +447,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         tried.append(attempt)
     built = [t for t in tried if t.skipped is None]
     rest = len(configs) - len(tried)
-    options.progress("plan", len(configs), len(configs),
+    options.progress("passes", len(configs), len(configs),
                      f"done: {len(built)} built" + (f", {len(tried) - len(built)} skipped"
                                                     if len(built) < len(tried) else "")
                      + (f", {rest} not needed (search first: an earlier one holds)"
@@ -522,9 +528,11 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         "candidates": [{"label": t.evaluation.config.label,
                         "latency": t.latency.to_json() if t.latency else None,
                         "estimate": t.estimate,
+                        **({"int8_time": t.int8_time} if t.int8_time else {}),
                         "seconds": round(t.seconds, 3)} for t in tried],
         "latency": chosen.latency.to_json() if chosen.latency else chosen.estimate,
         "passes": [r.to_json() for r in chosen.records],
+        "phases": clock.finish(),
     }
     art.write_if_changed(os.path.join(staging, art.MEASUREMENTS), art.dumps_canonical(measurements))
     from edgec.report import html_report, text_report
@@ -597,6 +605,7 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
         backend.check_model(optimized, model_path=model_file)
         # The backend's own console output (TVM's C++ warnings, MetaSchedule's logging)
         # goes to a log file under the cache; edgec's progress still reaches stderr.
+        ctx.options.progress("build", 0, None, f"building {config.label}")
         with backend_output_to(os.path.join(ctx.cache_dir, "logs", f"{config.backend}.log")):
             result = backend.build(optimized, spec.target, folder, ctx.build_options,
                                    model_path=model_file)
@@ -654,11 +663,21 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
     from edgec.quantization.arithmetic import exact_session, scoring
     score = scoring(optimized, spec.target, base_dir=folder)
     attempt.int8 = _int8_record(run.records, spec, score)
+    if attempt.int8 is not None and config.backend == "ort" and result.runnable_here:
+        # What onnxruntime ran in int8, per node, from its own profiler.
+        from edgec.quantization.executed import profile
+        ctx.options.progress("profile", 0, None, f"profiling {config.label}")
+        executed = profile(optimized, ctx.bench_inputs, runs=2, threads=ctx.options.threads or 0,
+                           base_dir=folder)
+        attempt.int8["executed"] = executed.to_json()
+        attempt.int8_time = executed.timing()
     remote = getattr(backend, "remote_runner", None)
     runner = proxy = None
-    if not result.runnable_here and rpc is not None and remote is not None:
+    on_device = not result.runnable_here and rpc is not None and remote is not None
+    ctx.options.progress("score", 0, None, f"running {config.label} on {rpc.where}"
+                         if on_device else f"scoring {config.label}")
+    if on_device:
         # The device itself runs the module: its outputs are the target's arithmetic.
-        ctx.options.progress("score", 0, None, f"running {config.label} on {rpc.where}")
         runner = remote(folder, result.details, rpc, threads=ctx.options.threads)
         ev.accuracy_scored_on, ev.accuracy_scored_where = "module", rpc.where
     elif score.path == "exact":

@@ -106,6 +106,11 @@ class QuantizeInt8(Pass):
             # The per-layer ranking, for the report's sensitivity chart.
             for name, score in report.sensitivity:
                 stats[f"sensitivity.{name}"] = float(score) if np.isfinite(score) else 1e9
+            if not report.faster_than_fp32 and report.latency:
+                ctx.diagnostics.warning(
+                    f"quantize-int8: int8 measured no faster than fp32 here "
+                    f"({report.latency['int8_ms']:.3g} ms against {report.latency['fp32_ms']:.3g} ms"
+                    f" fully quantized): no per-layer fallback makes it faster")
             if not report.held:
                 ctx.diagnostics.warning(
                     f"quantize-int8: {self.metric} misses {self.tolerance} even with every "

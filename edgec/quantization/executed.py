@@ -222,16 +222,20 @@ class ExecutionReport:
         return sorted(((op, us / total) for op, us in by_op.items()), key=lambda x: -x[1])
 
     def summary(self) -> dict:
+        return {**self.to_json(per_node=False), **self.timing()}
+
+    def timing(self) -> dict:
+        """Where the time went (differs from run to run)."""
+        return {"time_share": {p: round(self.share(p), 4) for p in ("int8", "fp32", "transition")},
+                "fp32_ops": [[op, round(s, 4)] for op, s in self.fp32_ops()[:8]]}
+
+    def to_json(self, per_node: bool = True) -> dict:
+        """What ran in which precision (the same on every run)."""
         counts: dict[str, int] = defaultdict(int)
         for p in self.precision.values():
             counts[p] += 1
-        return {"transitions": self.transitions,
-                "nodes": dict(sorted(counts.items())),
-                "time_share": {p: round(self.share(p), 4) for p in ("int8", "fp32", "transition")},
-                "fp32_ops": [[op, round(s, 4)] for op, s in self.fp32_ops()[:8]]}
-
-    def to_json(self) -> dict:
-        return {**self.summary(), "per_node": dict(sorted(self.precision.items()))}
+        return {"transitions": self.transitions, "nodes": dict(sorted(counts.items())),
+                **({"per_node": dict(sorted(self.precision.items()))} if per_node else {})}
 
 
 _SUFFIX = re.compile(r"(_token_\d+|/duplicated|_nchwc|_kernel_time)+$")
