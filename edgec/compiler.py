@@ -362,7 +362,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
     from edgec.progress import PhaseClock
 
     # Compile time per phase, for measurements.json and the report.
-    clock = PhaseClock(options.progress)
+    clock = PhaseClock(options.progress, names={"plan": "passes"})
     options = dataclasses.replace(options, progress=clock)
     spec = inputs.spec
     target = spec.target
@@ -439,7 +439,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         if done_group and spec.optimize.search == "first" and any(
                 t.evaluation.held for t in tried):
             break  # the previous group holds; its backends were all measured
-        options.progress("passes", index, len(configs), config.label)
+        options.progress("plan", index, len(configs), config.label)
         start = time.perf_counter()
         attempt = _evaluate(config, index, ctx, explicit_backend=choice != "auto",
                             rivals=tried)
@@ -447,7 +447,7 @@ def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: st
         tried.append(attempt)
     built = [t for t in tried if t.skipped is None]
     rest = len(configs) - len(tried)
-    options.progress("passes", len(configs), len(configs),
+    options.progress("plan", len(configs), len(configs),
                      f"done: {len(built)} built" + (f", {len(tried) - len(built)} skipped"
                                                     if len(built) < len(tried) else "")
                      + (f", {rest} not needed (search first: an earlier one holds)"

@@ -50,10 +50,12 @@ class ProgressPrinter:
 class PhaseClock:
     """A progress callback that passes every event on and adds the wall time between
     events to the stage of the earlier one: compile time per phase (calibrate,
-    sensitivity, build, measure, ...). Time before the first event is ``first``'s."""
+    sensitivity, build, measure, ...), stages renamed by ``names``. Time before the
+    first event is ``first``'s."""
 
-    def __init__(self, progress, first: str = "load"):
+    def __init__(self, progress, first: str = "load", names: dict[str, str] | None = None):
         self._progress = progress
+        self._names = dict(names or {})
         self._stage = first
         self._since = time.perf_counter()
         self.seconds: dict[str, float] = {}
@@ -65,7 +67,7 @@ class PhaseClock:
     def _tick(self, stage: str) -> None:
         now = time.perf_counter()
         self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + now - self._since
-        self._stage, self._since = stage, now
+        self._stage, self._since = self._names.get(stage, stage), now
 
     def finish(self) -> dict[str, float]:
         self._tick(self._stage)

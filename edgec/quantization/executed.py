@@ -238,6 +238,7 @@ class ExecutionReport:
                 **({"per_node": dict(sorted(self.precision.items()))} if per_node else {})}
 
 
+_INTEGER_KERNEL = re.compile(r"^(QLinear|QGemm|DynamicQuantize)|Integer")
 _SUFFIX = re.compile(r"(_token_\d+|/duplicated|_nchwc|_kernel_time)+$")
 
 
@@ -321,7 +322,7 @@ def _map_to_source(proto: onnx.ModelProto, optimized: onnx.ModelProto,
     activation, a BatchNormalization into its Conv) or folded away: "fused"."""
     names = {n.name: n.name or (n.output[0] if n.output else "") for n in proto.graph.node}
     writer_in_source = {o: (n.name or n.output[0]) for n in proto.graph.node for o in n.output}
-    writer_in_optimized = {o: n.name for n in optimized.graph.node for o in n.output}
+    writer_in_optimized = {o: n for n in optimized.graph.node for o in n.output}
     precision: dict[str, str] = {}
     seconds: dict[str, float] = defaultdict(float)
     by_kernel = {k.name: k for k in kernels}
@@ -346,6 +347,30 @@ def _map_to_source(proto: onnx.ModelProto, optimized: onnx.ModelProto,
         if name in precision:
             continue
         runner = next((writer_in_optimized[o] for o in n.output if o in writer_in_optimized), None)
-        kernel = by_kernel.get(runner) if runner is not None else None
-        precision[name] = kernel.precision if kernel is not None else "fused"
+        if runner is None:
+            runner = _writer_through_reader(n, proto, optimized, writer_in_optimized)
+        kernel = by_kernel.get(runner.name) if runner is not None else None
+        if kernel is not None:
+            precision[name] = kernel.precision
+        elif runner is not None and runner.op_type not in TRANSITION_OPS:
+            # A node onnxruntime made without a name (HardSwish -> HardSigmoid, Mul):
+            # named at run time, so traced by its op type.
+            precision[name] = "int8" if _INTEGER_KERNEL.match(runner.op_type) else "fp32"
+        else:
+            precision[name] = "fused"
     return precision, dict(seconds)
+
+
+def _writer_through_reader(node: onnx.NodeProto, proto: onnx.ModelProto, optimized: onnx.ModelProto,
+                           writer: dict[str, onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The optimized node that writes what ``node`` wrote, found through a reader that
+    kept its name (onnxruntime renames the values of the nodes it decomposes)."""
+    by_name = {n.name: n for n in optimized.graph.node if n.name}
+    for reader in proto.graph.node:
+        kept = by_name.get(reader.name) if reader.name else None
+        if kept is None or reader.op_type != kept.op_type:
+            continue
+        for index, name in enumerate(reader.input):
+            if name in node.output and index < len(kept.input) and kept.input[index] in writer:
+                return writer[kept.input[index]]
+    return None
