@@ -24,7 +24,7 @@ from edgec.metrics import evaluate, higher_is_better
 from edgec.quantization.arithmetic import run_exact
 from edgec.quantization.observe import feed_batches, run, session
 from edgec.quantization.qdq import (Calibration, QuantConfig, apply, calibrate, candidate_nodes,
-                                    prepare)
+                                    prepare, quantizable_graphs)
 
 Progress = Callable[[str, int, int, str], None]
 
@@ -159,10 +159,15 @@ def local_sqnr(trials: _Trials, config: QuantConfig, samples: dict[str, np.ndarr
     return out
 
 
+VALUE = "value:"  # key prefix of a quantized activation's own probe in `local_sqnr`
+
+
 def _local_model(base: onnx.ModelProto, full: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """``base`` (fp32) with, for each quantized node of ``full``, a copy of its QDQ group
-    reading ``base``'s values, and two scalar outputs per node: the sum of squares of
-    its error and of its fp32 output."""
+    reading ``base``'s values, and for each quantized activation a copy of its
+    QuantizeLinear/DequantizeLinear pair; two scalar outputs per probe: the sum of
+    squares of its error and of its fp32 value. Probes of activations are keyed
+    ``VALUE + name``."""
     from onnx import helper
 
     graph = full.graph
@@ -184,8 +189,69 @@ def _local_model(base: onnx.ModelProto, full: onnx.ModelProto) -> tuple[onnx.Mod
     del out.graph.output[:]
     copied: set[str] = set()
     probes: dict[str, tuple[str, str]] = {}
+
+    def reference_of(name: str) -> str:
+        # A Relu folded into the quantization of its input leaves its output as the
+        # fp32 value the quantized one stands for.
+        users = base_readers.get(name, [])
+        if len(users) == 1 and users[0].op_type in ("Relu", "Clip") \
+                and users[0].output[0] not in full_defined:
+            return users[0].output[0]
+        return name
+
+    def add_probe(key: str, members: list[onnx.NodeProto], result: str, reference: str,
+                  prefix: str) -> None:
+        if reference not in base_defined:
+            return
+        inside = {o for m in members for o in m.output}
+        new_nodes = []
+        for m in members:
+            inputs = []
+            for name in m.input:
+                if not name or name in inside:
+                    inputs.append(prefix + name if name else name)
+                elif name in full_inits and (name not in base_defined or name in copied
+                                             or _differs(full_inits[name], base)):
+                    if name not in copied:
+                        t = onnx.TensorProto()
+                        t.CopyFrom(full_inits[name])
+                        t.name = "q/" + name
+                        out.graph.initializer.append(t)
+                        copied.add(name)
+                    inputs.append("q/" + name)
+                elif name in base_defined:
+                    inputs.append(name)
+                else:
+                    return  # reads something only the quantized model has
+            copy = onnx.NodeProto()
+            copy.CopyFrom(m)
+            del copy.input[:]
+            copy.input.extend(inputs)
+            del copy.output[:]
+            copy.output.extend(prefix + o for o in m.output)
+            copy.name = prefix + (m.name or m.op_type)
+            new_nodes.append(copy)
+        err = prefix + "error"
+        new_nodes += [
+            helper.make_node("Sub", [prefix + result, reference], [err], name=prefix + "Sub"),
+            helper.make_node("ReduceSumSquare", [err], [prefix + "noise"], keepdims=0,
+                             name=prefix + "noise"),
+            helper.make_node("ReduceSumSquare", [reference], [prefix + "signal"], keepdims=0,
+                             name=prefix + "signal")]
+        out.graph.node.extend(new_nodes)
+        out.graph.output.extend([onnx.ValueInfoProto(name=prefix + "noise"),
+                                 onnx.ValueInfoProto(name=prefix + "signal")])
+        probes[key] = (prefix + "noise", prefix + "signal")
+
     for index, node in enumerate(graph.node):
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.name:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in full_inits:
+            dq = next((r for r in readers.get(node.output[0], [])
+                       if r.op_type == "DequantizeLinear"), None)
+            if dq is not None and VALUE + node.input[0] not in probes:
+                add_probe(VALUE + node.input[0], [node, dq], dq.output[0],
+                          reference_of(node.input[0]), f"local{index}/")
+            continue
+        if node.op_type == "DequantizeLinear" or not node.name:
             continue
         group = []
         for name in node.input:
@@ -206,62 +272,8 @@ def _local_model(base: onnx.ModelProto, full: onnx.ModelProto) -> tuple[onnx.Mod
             if dq_out is not None:
                 tail = [q_out, dq_out]
                 result = dq_out.output[0]
-        # The fp32 value this node's output stands for: a Relu folded into its
-        # quantization leaves the Relu's output as the reference.
-        reference = node.output[0]
-        base_users = base_readers.get(reference, [])
-        if len(base_users) == 1 and base_users[0].op_type in ("Relu", "Clip") \
-                and base_users[0].output[0] not in full_defined:
-            reference = base_users[0].output[0]
-        if reference not in base_defined:
-            continue
-        members = [*reversed(group), node, *tail]
-        inside = {o for m in members for o in m.output}
-        prefix = f"local{index}/"
-        ok = True
-        new_nodes = []
-        for m in members:
-            inputs = []
-            for name in m.input:
-                if not name or name in inside:
-                    inputs.append(prefix + name if name else name)
-                elif name in full_inits and (name not in base_defined or name in copied
-                                             or _differs(full_inits[name], base)):
-                    if name not in copied:
-                        t = onnx.TensorProto()
-                        t.CopyFrom(full_inits[name])
-                        t.name = "q/" + name
-                        out.graph.initializer.append(t)
-                        copied.add(name)
-                    inputs.append("q/" + name)
-                elif name in base_defined:
-                    inputs.append(name)
-                else:
-                    ok = False
-                    break
-            if not ok:
-                break
-            copy = onnx.NodeProto()
-            copy.CopyFrom(m)
-            del copy.input[:]
-            copy.input.extend(inputs)
-            del copy.output[:]
-            copy.output.extend(prefix + o for o in m.output)
-            copy.name = prefix + (m.name or m.op_type)
-            new_nodes.append(copy)
-        if not ok:
-            continue
-        err = prefix + "error"
-        new_nodes += [
-            helper.make_node("Sub", [prefix + result, reference], [err], name=prefix + "Sub"),
-            helper.make_node("ReduceSumSquare", [err], [prefix + "noise"], keepdims=0,
-                             name=prefix + "noise"),
-            helper.make_node("ReduceSumSquare", [reference], [prefix + "signal"], keepdims=0,
-                             name=prefix + "signal")]
-        out.graph.node.extend(new_nodes)
-        out.graph.output.extend([onnx.ValueInfoProto(name=prefix + "noise"),
-                                 onnx.ValueInfoProto(name=prefix + "signal")])
-        probes[node.name] = (prefix + "noise", prefix + "signal")
+        add_probe(node.name, [*reversed(group), node, *tail], result, reference_of(node.output[0]),
+                  f"local{index}/")
     return out, probes
 
 
@@ -357,8 +369,19 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
     (`arithmetic.run_exact`) instead of onnxruntime's int8 kernels."""
     tolerance = _tolerance(tolerance)
     trials = _Trials(model, samples, config, eval_samples, progress, exact=exact)
-    ranking = layer_sensitivity(model, samples, rank_metric, config=config, labels=labels,
-                                eval_samples=eval_samples, progress=progress, _trials=trials)
+    layers = trials.layers()
+    units: dict[str, tuple[str, ...]] = {name: (name,) for name in layers}
+    if rank_metric == "sqnr":
+        scores = local_sqnr(trials, config, eval_samples if eval_samples is not None else samples,
+                            progress=progress)
+        ranking = sorted(((n, scores.get(n, float("inf"))) for n in layers),
+                         key=lambda s: (s[1], s[0]))
+        noise = {key: _noise_ratio(score) for key, score in scores.items()}
+        gain = _unit_gains(trials.base, layers, noise, units)
+    else:
+        ranking = layer_sensitivity(model, samples, rank_metric, config=config, labels=labels,
+                                    eval_samples=eval_samples, progress=progress, _trials=trials)
+        gain = {}
     report = MixedPrecisionReport(metric, tolerance, ranking)
     costs: dict[str, float] = {}
     budget = float("inf")
@@ -367,36 +390,42 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
         costs, fp32_s, int8_s = latency_costs(trials, config, feed, threads=threads)
         budget = max(0.0, fp32_s - int8_s)
         report.latency = {"fp32_ms": fp32_s * 1e3, "int8_ms": int8_s * 1e3}
-    if rank_metric == "sqnr":
-        gain = {name: 10 ** (-score / 10) if np.isfinite(score) else (0.0 if score > 0 else 1e9)
-                for name, score in ranking}
-        # A floor on the cost: a layer measured as free (a kernel too short to time)
-        # is not ranked first for that alone.
-        floor = max(budget / max(len(gain), 1) * 0.1, 1e-7) if latency and budget > 0 else 1e-7
-        order = sorted(gain, key=lambda n: (-gain[n] / max(costs.get(n, 1.0), floor), n))
+
+    def unit_cost(unit: str) -> float:
+        return sum(costs.get(n, 0.0) for n in units[unit]) if latency else float(len(units[unit]))
+
+    if gain:
+        # A floor on the cost: a unit measured as free (kernels too short to time) is
+        # not ranked first for that alone.
+        floor = max(budget / max(len(layers), 1) * 0.1, 1e-7) if latency and budget > 0 else 1e-7
+        order = sorted(gain, key=lambda u: (-gain[u] / max(unit_cost(u), floor), u))
     else:
         order = [name for name, _ in ranking]  # already most sensitive first
+
+    def fp32_nodes(k: int) -> list[str]:
+        return list(dict.fromkeys(n for unit in order[:k] for n in units[unit]))
+
+    def cost_of(nodes: list[str]) -> float:
+        return sum(costs.get(n, 0.0) for n in nodes)
+
     affordable = len(order)
     if latency and budget <= 0:
         # Fully quantized already measured no faster than fp32: no fallback can be.
         report.faster_than_fp32 = False
     elif latency:
-        spent = 0.0
-        for i, name in enumerate(order):
-            spent += costs.get(name, 0.0)
-            if spent >= budget:
-                affordable = i
+        for k in range(1, len(order) + 1):
+            if cost_of(fp32_nodes(k)) >= budget:
+                affordable = k - 1
                 break
     report.order = order
 
     def trial(k: int) -> bool:
-        kept = order[:k]
+        kept = fp32_nodes(k)
         result = trials.score(replace(config, exclude=tuple(config.exclude) + tuple(kept)),
                               metric, tolerance, labels)
-        report.steps.append({"fp32": list(kept), "value": _finite(result.value),
+        report.steps.append({"fp32": kept, "units": k, "value": _finite(result.value),
                              "held": bool(result.held), "detail": result.detail,
-                             **({"cost_ms": round(sum(costs.get(n, 0.0) for n in kept) * 1e3, 3)}
-                                if latency else {})})
+                             **({"cost_ms": round(cost_of(kept) * 1e3, 3)} if latency else {})})
         if progress is not None:
             progress("mixed-precision", len(report.steps), None, result.detail)
         return bool(result.held)
@@ -420,12 +449,64 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
                 low = mid
         held_at = high
     if held_at is None:
-        kept = order[:affordable] if latency else order
-        report.kept_fp32 = list(kept)
-        report.faster_than_fp32 = report.faster_than_fp32 and affordable < len(order)
+        kept = fp32_nodes(affordable if latency else len(order))
+        report.kept_fp32 = kept
+        report.faster_than_fp32 = report.faster_than_fp32 and affordable == len(order)
         return replace(config, exclude=tuple(config.exclude) + tuple(kept)), report
-    report.kept_fp32, report.held = list(order[:held_at]), True
-    return replace(config, exclude=tuple(config.exclude) + tuple(order[:held_at])), report
+    report.kept_fp32, report.held = fp32_nodes(held_at), True
+    return replace(config, exclude=tuple(config.exclude) + tuple(report.kept_fp32)), report
+
+
+def _noise_ratio(sqnr_db: float) -> float:
+    if np.isfinite(sqnr_db):
+        return 10 ** (-sqnr_db / 10)
+    return 0.0 if sqnr_db > 0 else 1e9
+
+
+def _unit_gains(base: Model, layers: list[str], noise: dict[str, float],
+                units: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """The units the fallback returns to fp32, and the noise each one removes.
+
+    A layer alone (unit = the layer) removes the noise its own int8 arithmetic and
+    weights add beyond its inputs' quantization. An activation's quantization goes
+    only when its writer and every reader are fp32 (a Q/DQ pair serves them all), so
+    its unit is those layers, and it removes that activation's own noise. ``units`` is
+    filled in with each activation unit's layers."""
+    from edgec.quantization.qdq import _is_relu
+
+    quantized = set(layers)
+    values: dict[str, object] = {}
+    for g in quantizable_graphs(base):
+        for node in g:
+            for v in list(node.inputs) + list(node.outputs):
+                if v is not None and v.name:
+                    values.setdefault(v.name, v)
+    gains: dict[str, float] = {}
+    for key, ratio in noise.items():
+        if not key.startswith(VALUE):
+            continue
+        value = values.get(key[len(VALUE):])
+        if value is None:
+            continue
+        members = []
+        writer = value.producer()
+        if writer is not None and writer.name in quantized:
+            members.append(writer.name)
+        readers = list(value.consumers())
+        if len(readers) == 1 and _is_relu(readers[0]) and readers[0].name not in quantized:
+            readers = list(readers[0].outputs[0].consumers())  # a Relu folded into it
+        members += [r.name for r in readers if r.name in quantized]
+        if members:
+            units[key] = tuple(dict.fromkeys(members))
+            gains[key] = ratio
+    for name in layers:
+        node_noise = noise.get(name)
+        if node_noise is None:
+            continue
+        node = next((n for g in quantizable_graphs(base) for n in g if n.name == name), None)
+        inputs = [noise.get(VALUE + v.name, 0.0) for v in (node.inputs if node else ()) if v is not None]
+        gains[name] = max(0.0, node_noise - max(inputs, default=0.0))
+    return gains
 
 
 @dataclass(frozen=True)
