@@ -349,6 +349,7 @@ class _Tried:
     skipped: str | None = None       # why it was not built: it could not have been chosen
     int8: dict | None = None         # weight range and scoring path, when int8 was used
     int8_time: dict | None = None    # where an int8 candidate's time went (profiled)
+    model_digest: str | None = None  # sha256 of the candidate's model files
 
 
 def _build(inputs: _Inputs, staging: str, key: str, digests: dict, cache_dir: str,
@@ -584,6 +585,18 @@ def _evaluate(config, index: int, ctx: _Context, *, explicit_backend: bool,
         return attempt
     save_model(model, os.path.join(folder, "model.onnx"))
     optimized = onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
+    # A configuration whose passes gave the very model a built candidate on the same
+    # backend has (a per-layer fallback that kept no layer fp32) is that candidate.
+    attempt.model_digest = hashlib.sha256(b"".join(
+        name.encode() + bytes.fromhex(art.sha256_file(os.path.join(folder, name)))
+        for name in sorted(os.listdir(folder)))).hexdigest()  # model.onnx and its weights
+    twin = next((t for t in rivals if t.skipped is None and t.result is not None
+                 and t.model_digest == attempt.model_digest
+                 and t.evaluation.config.backend == config.backend), None)
+    if twin is not None:
+        attempt.skipped = f"not built: its passes gave the same model as {twin.evaluation.config.label}"
+        shutil.rmtree(folder, ignore_errors=True)
+        return attempt
 
     try:
         backend = get_backend(config.backend)
