@@ -477,6 +477,11 @@ def _cmd_passes(args: argparse.Namespace) -> int:
 
 
 def _type_name(t) -> str:
+    from edgec.passmgr.base import literal_values
+
+    allowed = literal_values(t)
+    if allowed is not None:  # Literal["l1", "l2"] -> l1|l2
+        return "|".join("none" if a is None else str(a) for a in allowed)
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from edgec.frontend import export_model
 from edgec.ir.core import Graph, Model, Node, Value
 from edgec.ir.types import DataType, TensorType
-from edgec.passmgr.base import Pass, PassContext, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 from edgec.passes.infer_shapes import InferShapes
 from edgec.quantization.observe import observe
 
@@ -56,6 +56,11 @@ class ConvertFp16(Pass):
     keep_io_types: bool = field(default=True, metadata={"help": "graph inputs/outputs stay fp32"})
     calibration_data: str = field(default="", metadata={"help": ".npz to find overflowing ops (optional)"})
     overflow_margin: float = field(default=0.5, metadata={"help": "fraction of 65504 an fp16 value may reach"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.overflow_margin <= 1.0:
+            raise OptionError("overflow-margin", f"must be in (0, 1], got {self.overflow_margin}")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         # Which values are float must be known: intermediate values may be untyped.

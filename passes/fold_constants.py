@@ -31,7 +31,7 @@ from edgec.frontend.onnx_export import _attribute
 from edgec.ir.core import Graph, Model, Node, Tensor, Value
 from edgec.ir.types import DataType, Shape, TensorType
 from edgec.passes.cse import is_deterministic
-from edgec.passmgr.base import Pass, PassContext, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 
 # Domains onnxruntime's CPU provider implements; other domains' nodes are left alone.
 ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
@@ -60,6 +60,11 @@ class FoldConstants(Pass):
     max_size: int = field(default=1 << 20, metadata={
         "help": "largest folded tensor, in elements, unless it replaces at least as many "
                 "bytes of constants"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_size < 0:
+            raise OptionError("max-size", f"must be >= 0, got {self.max_size}")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         folder = _Folder(model, self.max_size)

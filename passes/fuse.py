@@ -36,11 +36,11 @@ from typing import ClassVar
 
 import onnx
 
-from edgec.diagnostics import Diagnostic, Location, UsageError
+from edgec.diagnostics import Location
 from edgec.ir.core import Model
 from edgec.passes import (fuse_activation, fuse_affine, fuse_attention, fuse_batchnorm,
                           fuse_layer_norm, fuse_pad, fuse_qdq, fuse_reshape)
-from edgec.passmgr.base import Pass, PassContext, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 from edgec.rewrite import RewriteDriver, Rule, returned_values
 
 RULE_MODULES = (fuse_batchnorm, fuse_affine, fuse_pad, fuse_reshape, fuse_activation,
@@ -71,13 +71,18 @@ class Fuse(Pass):
         "help": "raise the default-domain opset to this version first, when no op's "
                 "definition changes in between (0: never)"})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for option in ("patterns", "exclude"):
+            unknown = [p for p in getattr(self, option) if p not in PATTERNS]
+            if unknown:
+                raise OptionError(option, f"unknown pattern '{unknown[0]}'; known patterns: "
+                                          + ", ".join(PATTERNS))
+        if self.raise_opset < 0:
+            raise OptionError("raise-opset", f"must be >= 0 (0: never), got {self.raise_opset}")
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         selected = tuple(p for p in (self.patterns or DEFAULT_PATTERNS) if p not in self.exclude)
-        unknown = [p for p in (*selected, *self.exclude) if p not in PATTERNS]
-        if unknown:
-            raise UsageError(Diagnostic.error(
-                f"fuse: unknown pattern {unknown[0]!r}", Location(path="<pipeline>"),
-                notes=("known patterns: " + ", ".join(PATTERNS),)))
         stats: dict[str, int | float] = {}
         raised = False
         if self.raise_opset:

@@ -37,7 +37,7 @@ import onnx
 
 from edgec.ir.core import Model, Node, Value
 from edgec.ir.types import DataType, Shape, TensorType
-from edgec.passmgr.base import Pass, PassContext, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 
 # ONNX-domain ops that TVM 0.27's importer has no converter for, or whose converter does
 # not implement the ONNX op (Attention: it is com.microsoft's), and whose ONNX schema
@@ -421,6 +421,11 @@ class BindDims(Pass):
     batch: int = field(default=0, metadata={
         "help": "the size of the leading symbolic dimension; 0: the spec's batch (1 without a spec)"})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch < 0:
+            raise OptionError("batch", f"must be >= 0 (0: the spec's batch), got {self.batch}")
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         batch = self.batch or _spec_batch(ctx) or 1
         bound = 0
@@ -471,6 +476,11 @@ class LegalizeTVM(Pass):
     max_iterations: int = field(default=4, metadata={
         "help": "rounds of infer-shapes, expand-functions, lower-castlike, fold-constants "
                 "and dce at most"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_iterations < 1:
+            raise OptionError("max-iterations", f"must be at least 1, got {self.max_iterations}")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         from edgec.passes.dce import DeadCodeElimination

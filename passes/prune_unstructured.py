@@ -21,12 +21,12 @@ Stats: ``sparsity`` (global, achieved), ``sparsity.<node>`` per layer, ``weights
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from edgec.ir.core import Model, Node, Value
-from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 
 # Which input holds the weight: candidates in order, the first constant one wins.
 _WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1, 0), "MatMul": (1, 0)}
@@ -38,18 +38,19 @@ class PruneUnstructured(Pass):
 
     name: ClassVar[str] = "prune-unstructured"
     sparsity: float = field(default=0.5, metadata={"help": "fraction of weight elements that are zero afterwards"})
-    scope: str = field(default="global", metadata={"help": "global (one threshold) or per-layer"})
+    scope: Literal["global", "per-layer"] = field(default="global", metadata={"help": "global (one threshold) or per-layer"})
     ops: tuple[str, ...] = field(default=("Conv", "Gemm", "MatMul"), metadata={"help": "op types whose weights are pruned"})
 
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.sparsity < 1.0:
-            raise PassError(f"prune-unstructured: sparsity must be in [0, 1), got {self.sparsity}")
-        if self.scope not in ("global", "per-layer"):
-            raise PassError(f"prune-unstructured: scope must be global or per-layer, got '{self.scope}'")
+            raise OptionError("sparsity", f"must be in [0, 1), got {self.sparsity}")
         unknown = set(self.ops) - set(_WEIGHT_INPUTS)
         if unknown:
-            raise PassError(f"prune-unstructured: cannot prune {sorted(unknown)}; "
-                            f"supported: {sorted(_WEIGHT_INPUTS)}")
+            raise OptionError("ops", f"cannot prune {', '.join(sorted(unknown))}; "
+                                     f"supported: {', '.join(sorted(_WEIGHT_INPUTS))}")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         layers = prunable_weights(model, self.ops)
         if not layers:
             return PassResult(False, {"layers": 0})

@@ -14,13 +14,13 @@ full-range pairs (x86 without VNNI) and 8 elsewhere, unless ``reduce-range`` say
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from edgec.ir.core import Graph, Model, Node, Value
 from edgec.ir.types import DataType, TensorType
-from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 from edgec.quantization.arithmetic import weight_range
 from edgec.quantization.qdq import quantizable_graphs, quantize_weight
 
@@ -32,16 +32,17 @@ class QuantizeDynamic(Pass):
     name: ClassVar[str] = "quantize-dynamic"
     ops: tuple[str, ...] = field(default=("MatMul", "Gemm"), metadata={"help": "MatMul and/or Gemm"})
     per_channel: bool = field(default=True, metadata={"help": "per-output-column weight scales"})
-    format: str = field(default="contrib", metadata={"help": "contrib (DynamicQuantizeMatMul) or standard (MatMulInteger)"})
+    format: Literal["contrib", "standard"] = field(default="contrib", metadata={"help": "contrib (DynamicQuantizeMatMul) or standard (MatMulInteger)"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names kept fp32"})
     reduce_range: bool | None = field(default=None, metadata={"help": "true: 7-bit weights, false: 8-bit; unset: what the target's int8 kernels need (x86 without VNNI saturates 8-bit u8 x s8 pairs: 7-bit; 7-bit without a target)"})
 
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        if self.format not in ("contrib", "standard"):
-            raise PassError(f"quantize-dynamic: format must be contrib or standard, got '{self.format}'")
+    def __post_init__(self) -> None:
+        super().__post_init__()
         bad = set(self.ops) - {"MatMul", "Gemm"}
         if bad:
-            raise PassError(f"quantize-dynamic: only MatMul and Gemm, not {sorted(bad)}")
+            raise OptionError("ops", f"only MatMul and Gemm, not {', '.join(sorted(bad))}")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         bits = weight_range(ctx.target, self.reduce_range).bits
         rewritten = biases = 0
         for graph in quantizable_graphs(model):

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from edgec.ir.core import Model
-from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
+from edgec.metrics import BUILTIN_METRICS, plugin_metrics
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassError, PassResult
 from edgec.passes.infer_shapes import InferShapes
 from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
@@ -45,7 +46,7 @@ class QuantizeInt8(Pass):
     """Static int8 (QDQ) quantization calibrated on the spec's data."""
 
     name: ClassVar[str] = "quantize-int8"
-    calibration: str = field(default="minmax", metadata={"help": "minmax, percentile or entropy"})
+    calibration: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": "minmax, percentile or entropy"})
     percentile: float = field(default=99.99, metadata={"help": "kept percentile for calibration=percentile"})
     ops: tuple[str, ...] = field(default=("Conv", "MatMul", "Gemm"),
                                  metadata={"help": "op types to quantize, or 'all'"})
@@ -55,23 +56,32 @@ class QuantizeInt8(Pass):
     reduce_range: bool | None = field(default=None, metadata={"help": "true: 7-bit weights, false: 8-bit; unset: what the target's int8 kernels need (7-bit where u8 x s8 pairs saturate, x86 without VNNI; 7-bit without a target)"})
     samples: int = field(default=128, metadata={"help": "most calibration samples used"})
     calibration_data: str = field(default="", metadata={"help": ".npz file/folder/glob when not under `edgec compile`"})
-    placement: str = field(default="ops", metadata={"help": "ops: the op types in `ops`; contiguous: every node onnxruntime runs in int8 (probed), in regions joined to a Conv/MatMul/Gemm, so no fp32 island sits between int8 kernels where an int8 kernel exists"})
-    fallback: str = field(default="none", metadata={"help": "none, or per-layer: return to fp32 the layers that gain the most accuracy per latency lost until the tolerance holds"})
+    placement: Literal["ops", "contiguous"] = field(default="ops", metadata={"help": "ops: the op types in `ops`; contiguous: every node onnxruntime runs in int8 (probed), in regions joined to a Conv/MatMul/Gemm, so no fp32 island sits between int8 kernels where an int8 kernel exists"})
+    fallback: Literal["none", "per-layer"] = field(default="none", metadata={"help": "none, or per-layer: return to fp32 the layers that gain the most accuracy per latency lost until the tolerance holds"})
     metric: str = field(default="top1-agreement", metadata={"help": "metric for fallback=per-layer"})
     tolerance: str = field(default="1%", metadata={"help": "tolerance for fallback=per-layer (1%, 0.05, 30dB)"})
 
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        if self.calibration not in ("minmax", "percentile", "entropy"):
-            raise PassError(f"quantize-int8: calibration must be minmax, percentile or entropy, "
-                            f"got '{self.calibration}'")
+    def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = [op for op in self.ops if op.lower() != "all" and op not in ALL_OPS]
         if unknown:
-            raise PassError(f"quantize-int8: no int8 kernel for {unknown}; quantizable: all, "
-                            + ", ".join(ALL_OPS))
-        if self.placement not in ("ops", "contiguous"):
-            raise PassError(f"quantize-int8: placement must be ops or contiguous, got '{self.placement}'")
-        if self.fallback not in ("none", "per-layer"):
-            raise PassError(f"quantize-int8: fallback must be none or per-layer, got '{self.fallback}'")
+            raise OptionError("ops", f"no int8 kernel for {', '.join(unknown)}; quantizable: all, "
+                                     + ", ".join(ALL_OPS))
+        if not 0.0 < self.percentile <= 100.0:
+            raise OptionError("percentile", f"must be in (0, 100], got {self.percentile}")
+        if self.samples < 1:
+            raise OptionError("samples", f"must be at least 1, got {self.samples}")
+        if not _known_metric(self.metric):
+            raise OptionError("metric", f"unknown metric '{self.metric}'; built-in: "
+                                        + ", ".join(BUILTIN_METRICS))
+        try:  # as edgec.metrics.evaluate reads it
+            text = self.tolerance.strip().removesuffix("%")
+            float(text.removesuffix("dB").removesuffix("db").strip())
+        except ValueError:
+            raise OptionError("tolerance", f"expected a number, a percentage or decibels "
+                                           f"(1%, 0.05, 30dB), got '{self.tolerance}'") from None
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         weights = weight_range(ctx.target, self.reduce_range)
         config = QuantConfig(ops=self.ops, calibration=self.calibration,
                              percentile=self.percentile, per_channel=self.per_channel,
@@ -120,6 +130,10 @@ class QuantizeInt8(Pass):
             stats["opset-converted-from"] = converted_from
         return PassResult(bool(stats["nodes-quantized"] or stats["batchnorm-folded"]
                                or model.opset() != converted_from), stats)
+
+
+def _known_metric(name: str) -> bool:
+    return name in BUILTIN_METRICS or name in plugin_metrics()
 
 
 def _upgrade_opset(model: Model, target: int) -> None:

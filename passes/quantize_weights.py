@@ -13,13 +13,13 @@ opset >= 21, where they are 4-bit blockwise DequantizeLinear along the input cha
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from edgec.ir.core import Model, Node, Value
 from edgec.ir.types import DataType, TensorType
-from edgec.passmgr.base import Pass, PassContext, PassError, PassResult
+from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 from edgec.quantization.qdq import quantizable_graphs, quantize_weight
 
 _AXIS = {"Conv": lambda n: 0, "Gemm": lambda n: 0 if n.attr("transB", 0) else 1, "MatMul": lambda n: 1}
@@ -30,21 +30,25 @@ class QuantizeWeights(Pass):
     """Weight-only int8/int4: weights stored quantized, dequantized in front of the fp32 op."""
 
     name: ClassVar[str] = "quantize-weights"
-    bits: int = field(default=8, metadata={"help": "8 or 4"})
+    bits: Literal[8, 4] = field(default=8, metadata={"help": "8 or 4"})
     block_size: int = field(default=32, metadata={"help": "4-bit block size along K (16, 32, 64, 128, 256)"})
     ops: tuple[str, ...] = field(default=("Conv", "MatMul", "Gemm"), metadata={"help": "op types whose weights are quantized"})
     per_channel: bool = field(default=True, metadata={"help": "int8: per-output-channel scales"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names kept fp32"})
     min_elements: int = field(default=256, metadata={"help": "smaller weights are left fp32"})
 
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        if self.bits not in (8, 4):
-            raise PassError(f"quantize-weights: bits must be 8 or 4, got {self.bits}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.bits == 4 and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
-            raise PassError(f"quantize-weights: block-size must be a power of two >= 16, got {self.block_size}")
+            raise OptionError("block-size", f"must be a power of two >= 16, got {self.block_size}")
         bad = set(self.ops) - set(_AXIS)
         if bad:
-            raise PassError(f"quantize-weights: supported ops are {sorted(_AXIS)}, not {sorted(bad)}")
+            raise OptionError("ops", f"supported ops are {', '.join(sorted(_AXIS))}, "
+                                     f"not {', '.join(sorted(bad))}")
+        if self.min_elements < 0:
+            raise OptionError("min-elements", f"must be >= 0, got {self.min_elements}")
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
         stats = {"int8-weights": 0, "int4-weights": 0, "bytes-before": 0, "bytes-after": 0}
         root = model.graph
         for graph in quantizable_graphs(model):

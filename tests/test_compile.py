@@ -246,7 +246,7 @@ def test_candidate_outputs_of_another_shape_are_a_candidate_error_not_a_crash():
     """Found by the mutated-ONNX campaign: a candidate whose outputs differ in shape from
     the original's made the metric crash (exit 1) on a broadcast error; it is now that
     candidate's error, named."""
-    from edgec.compiler import _outputs_mismatch
+    from edgec.planner.samples import outputs_mismatch as _outputs_mismatch
 
     same = [np.zeros((4, 10))]
     assert _outputs_mismatch(same, [np.ones((4, 10))]) is None

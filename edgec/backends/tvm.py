@@ -739,17 +739,49 @@ class TVMBackend:
     def _tune(self, mod, target, tvm_target, options: BuildOptions):
         """Tune every task of the fused module that the database lacks; return the module
         with the database's schedules applied, the tuning details and notes."""
-        import tvm_ffi
-        from tvm import relax
         from tvm.s_tir import meta_schedule as ms
 
-        progress = options.progress
         notes: list[str] = []
+        db_dir = self._prepare_database_dir(target, options)
+        tasks, dynamic = self._tunable_tasks(mod, tvm_target, notes)
+        cost_model = "xgb" if _has_xgboost() else "random"
+
+        # One process tunes a target's database at a time; others wait for it.
+        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir, \
+                _meta_schedule_logging():
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            database = _open_database(db_dir, target, notes)
+            ledger = _read_ledger(db_dir, notes)
+            per_task, todo, keys = self._trials_wanted(tasks, database, ledger, options)
+            stopped_early = False
+            if todo:
+                stopped_early = self._run_tuning(
+                    todo, per_task, keys, ledger, db_dir / LEDGER_FILE, database, target,
+                    work_dir, cost_model, options,
+                    builder=ms.builder.LocalBuilder(f_build=_build_candidate, timeout_sec=120),
+                    runner=self._tuning_runner(options))
+            mod, tuned_names = self._apply_database(mod, tvm_target, database, tasks)
+
+        details = self._tuning_details(db_dir, cost_model, options, tasks, dynamic, per_task,
+                                       tuned_names, stopped_early, notes)
+        return mod, details, notes
+
+    @staticmethod
+    def _prepare_database_dir(target, options: BuildOptions) -> Path:
+        """The target's tuning database folder under the cache, with the target it is for."""
         db_dir = tuning_database_dir(options.cache_dir, target)
         db_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(db_dir / "target.json",
                           json.dumps(target.tvm_target(), indent=2, sort_keys=True) + "\n")
         _load_tensor_intrinsics(target)
+        return db_dir
+
+    @staticmethod
+    def _tunable_tasks(mod, tvm_target, notes: list[str]) -> tuple[list, list[str]]:
+        """The fused module's tuning tasks MetaSchedule can tune, and the names of those it
+        cannot (a kernel with a symbolic dimension)."""
+        from tvm.s_tir import meta_schedule as ms
+
         tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
         # MetaSchedule cannot tune a kernel with a symbolic dimension (one the batch
         # binding left, a sequence length say): those keep TVM's default schedule.
@@ -758,81 +790,95 @@ class TVMBackend:
         if dynamic:
             notes.append(f"{len(dynamic)} kernels have symbolic shapes, which MetaSchedule "
                          f"cannot tune, and keep TVM's default schedule: {', '.join(dynamic)}")
-        cost_model = "xgb" if _has_xgboost() else "random"
+        return tasks, dynamic
 
-        # One process tunes a target's database at a time; others wait for it.
-        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir, \
-                _meta_schedule_logging():
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            database = _open_database(db_dir, target, notes)
+    def _trials_wanted(self, tasks, database, ledger: dict[str, int], options: BuildOptions):
+        """Per task: its record (trials so far), and the tasks still owed trials with how
+        many, and each task's workload key in the ledger."""
+        import tvm_ffi
 
-            def has_record(task) -> bool:
-                return bool(database.query_tuning_record(task.dispatched[0], tvm_target,
-                                                         task.task_name))
+        # Each task's share of the budget is fixed by the model and the budget, so a
+        # rebuild with the same budget finds every share spent and runs no trial,
+        # and a larger budget tunes on from where the database stands.
+        shares = self._split_trials(options.tuning_trials, len(tasks))
+        recorded = _records_per_workload(database)
+        # Trials granted per workload so far (the ledger): a task whose search space ran
+        # dry records fewer trials than it was granted, and must not be retried.
+        per_task: dict[str, dict] = {}
+        todo = []
+        keys = {}
+        for task, share in zip(tasks, shares):
+            key = str(tvm_ffi.structural_hash(task.dispatched[0]))
+            keys[task.task_name] = key
+            in_database = max(recorded.get(int(key), 0), ledger.get(key, 0))
+            wanted = max(0, share - in_database) if options.tuning_trials else \
+                (0 if in_database else share)
+            per_task[task.task_name] = {"task": task.task_name, "trials": 0,
+                                        "trials_in_database": in_database}
+            if wanted:
+                todo.append((task, wanted))
+        return per_task, todo, keys
 
-            # Each task's share of the budget is fixed by the model and the budget, so a
-            # rebuild with the same budget finds every share spent and runs no trial,
-            # and a larger budget tunes on from where the database stands.
-            shares = self._split_trials(options.tuning_trials, len(tasks))
-            recorded = _records_per_workload(database)
-            # Trials granted per workload so far: a task whose search space ran dry
-            # records fewer trials than it was granted, and must not be retried.
-            ledger_path = db_dir / LEDGER_FILE
-            ledger = _read_ledger(db_dir, notes)
-            per_task: dict[str, dict] = {}
-            todo = []
-            keys = {}
-            for task, share in zip(tasks, shares):
-                key = str(tvm_ffi.structural_hash(task.dispatched[0]))
-                keys[task.task_name] = key
-                in_database = max(recorded.get(int(key), 0), ledger.get(key, 0))
-                wanted = max(0, share - in_database) if options.tuning_trials else \
-                    (0 if in_database else share)
-                per_task[task.task_name] = {"task": task.task_name, "trials": 0,
-                                            "trials_in_database": in_database}
-                if wanted:
-                    todo.append((task, wanted))
-            builder = runner = None
-            if todo:
-                builder = ms.builder.LocalBuilder(f_build=_build_candidate, timeout_sec=120)
-                runner = self._tuning_runner(options)
-            start = time.monotonic()
-            stopped_early = False
-            index = 0
-            for index, (task, trials) in enumerate(todo):
-                elapsed = time.monotonic() - start
-                if options.tuning_seconds is not None and index > 0:
-                    # Stop between tasks when the next one would likely overrun.
-                    expected = elapsed / index
-                    if elapsed + expected > options.tuning_seconds:
-                        stopped_early = True
-                        break
-                progress("tune", index, len(todo), f"{task.task_name}: {trials} trials")
-                strategy = _search_strategy(per_task[task.task_name]["trials_in_database"],
-                                            trials)
-                per_task[task.task_name]["strategy"] = strategy
-                contexts, weights = _tune_contexts(task, target, work_dir, options.seed,
-                                                   strategy)
-                before = len(database)
-                ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
-                              max_trials_global=trials, max_trials_per_task=trials,
-                              num_trials_per_iter=min(TRIALS_PER_ROUND, trials),
-                              builder=builder, runner=runner, database=database,
-                              cost_model=cost_model)
-                per_task[task.task_name]["trials"] = len(database) - before
-                key = keys[task.task_name]
-                ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
-                # Atomically: a kill mid-write must not leave a ledger that fails every
-                # later tuned compile for this target.
-                _write_atomically(ledger_path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
-            if todo:
-                progress("tune", len(todo) if not stopped_early else index, len(todo),
-                         "tuning done" if not stopped_early else "wall time spent")
+    @staticmethod
+    def _run_tuning(todo, per_task: dict[str, dict], keys: dict[str, str],
+                    ledger: dict[str, int], ledger_path: Path, database, target,
+                    work_dir: str, cost_model: str, options: BuildOptions, *,
+                    builder, runner) -> bool:
+        """MetaSchedule run on each task owed trials, in turn, recording the trials in
+        ``per_task`` and the ledger; returns whether the wall-time budget stopped it."""
+        from tvm.s_tir import meta_schedule as ms
 
-            with tvm_target, database:
-                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-            tuned_names = {task.task_name for task in tasks if has_record(task)}
+        progress = options.progress
+        start = time.monotonic()
+        stopped_early = False
+        index = 0
+        for index, (task, trials) in enumerate(todo):
+            elapsed = time.monotonic() - start
+            if options.tuning_seconds is not None and index > 0:
+                # Stop between tasks when the next one would likely overrun.
+                expected = elapsed / index
+                if elapsed + expected > options.tuning_seconds:
+                    stopped_early = True
+                    break
+            progress("tune", index, len(todo), f"{task.task_name}: {trials} trials")
+            strategy = _search_strategy(per_task[task.task_name]["trials_in_database"],
+                                        trials)
+            per_task[task.task_name]["strategy"] = strategy
+            contexts, weights = _tune_contexts(task, target, work_dir, options.seed,
+                                               strategy)
+            before = len(database)
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
+                          max_trials_global=trials, max_trials_per_task=trials,
+                          num_trials_per_iter=min(TRIALS_PER_ROUND, trials),
+                          builder=builder, runner=runner, database=database,
+                          cost_model=cost_model)
+            per_task[task.task_name]["trials"] = len(database) - before
+            key = keys[task.task_name]
+            ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
+            # Atomically: a kill mid-write must not leave a ledger that fails every
+            # later tuned compile for this target.
+            _write_atomically(ledger_path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+        progress("tune", len(todo) if not stopped_early else index, len(todo),
+                 "tuning done" if not stopped_early else "wall time spent")
+        return stopped_early
 
+    @staticmethod
+    def _apply_database(mod, tvm_target, database, tasks):
+        """``mod`` with the database's schedules applied, and the tasks it has one for."""
+        from tvm import relax
+
+        with tvm_target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        tuned_names = {task.task_name for task in tasks
+                       if database.query_tuning_record(task.dispatched[0], tvm_target,
+                                                       task.task_name)}
+        return mod, tuned_names
+
+    @staticmethod
+    def _tuning_details(db_dir: Path, cost_model: str, options: BuildOptions, tasks,
+                        dynamic: list[str], per_task: dict[str, dict], tuned_names: set[str],
+                        stopped_early: bool, notes: list[str]) -> dict:
+        """The manifest's account of the tuning; notes on kernels left untuned."""
         for entry in per_task.values():
             entry["tuned"] = entry["task"] in tuned_names
         untuned = [name for name, entry in per_task.items() if not entry["tuned"]]
@@ -843,7 +889,7 @@ class TVMBackend:
                          f"schedule ({why}): {', '.join(untuned)}")
         if options.rpc is not None:
             notes.append(f"tuned on {options.rpc.where}")
-        details = {
+        return {
             "database": f"{TUNING_DIR}/{db_dir.name}",
             "cost_model": cost_model,
             "trials_requested": options.tuning_trials,
@@ -858,7 +904,6 @@ class TVMBackend:
             "stopped_by_wall_time": stopped_early,
             "per_task": [per_task[task.task_name] for task in tasks],
         }
-        return mod, details, notes
 
     @staticmethod
     def _split_trials(trials: int | None, tasks: int) -> list[int]:

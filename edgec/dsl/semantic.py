@@ -441,8 +441,11 @@ class Resolver:
         return word.text
 
     def _check_pipeline(self, text: ast.Text, source: SourceText) -> bool:
+        """Check the pipeline as the pass manager will run it: its parser, and every pass
+        constructed by the registry with its options, so an unknown pass or a bad option
+        is an error here, at its place in the string, and not when compiling."""
         from edgec.passmgr.pipeline import PipelineSyntaxError, parse_pipeline
-        from edgec.passmgr.registry import default_registry
+        from edgec.passmgr.registry import UNKNOWN_PASS, default_registry
 
         def span_at(offset: int, length: int = 1) -> ast.Span:
             # Map into the line only when the literal has no escapes to shift columns.
@@ -451,7 +454,7 @@ class Resolver:
             return text.span
 
         try:
-            parse_pipeline(text.value)
+            pipeline = parse_pipeline(text.value)
         except PipelineSyntaxError as error:
             offset = getattr(error, "offset", 0) or 0
             self.error(source, span_at(offset), f"pass pipeline: {error.message}",
@@ -462,19 +465,22 @@ class Resolver:
                        f"(a bug in edgec): {type(error).__name__}: {error}", "spec.pipeline")
             return False
         try:
-            known = list(default_registry().names())
+            problems = default_registry().pipeline_problems(pipeline, text.value)
         except Exception as error:  # noqa: BLE001 - a broken plugin must be named, not crash
-            self.error(source, text.span, f"cannot list the passes to check this pipeline: "
+            self.error(source, text.span, f"cannot check the passes of this pipeline: "
                        f"{error}", "spec.pipeline")
             return False
-        ok = True
-        for name, offset in pass_names_in_pipeline(text.value):
-            if name not in known:
-                self.error(source, span_at(offset, len(name)), f"unknown pass '{name}'"
-                           f"{did_you_mean(name, known)}", "spec.unknown-pass",
-                           ("`edgec passes` lists the passes installed",))
-                ok = False
-        return ok
+        for problem in problems:
+            where = problem.location
+            span = (span_at(where.column - 1, where.length)
+                    if where is not None and where.column is not None else text.span)
+            # The spec's diagnostics carry the suggestion in the message.
+            hints = [n for n in problem.notes if n.startswith("did you mean")]
+            message = problem.message + "".join(f"; {h}" for h in hints)
+            code = "spec.unknown-pass" if problem.code == UNKNOWN_PASS else "spec.pipeline"
+            self.error(source, span, message, code,
+                       tuple(n for n in problem.notes if n not in hints))
+        return not problems
 
     # -- quantities ------------------------------------------------------------------
 
@@ -841,31 +847,4 @@ def _real(path: str) -> str:
     if not path or path.startswith("<"):
         return ""
     return os.path.realpath(path)
-
-
-_PASS_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
-
-
-def pass_names_in_pipeline(text: str) -> list[tuple[str, int]]:
-    """(pass name, offset) of each pass a pipeline text names; option blocks in braces
-    are skipped and group names (``fixed-point(...)``) are not passes."""
-    found = []
-    depth = 0
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth = max(0, depth - 1)
-        elif depth == 0 and (char.isalpha() or char == "_"):
-            match = _PASS_WORD.match(text, i)
-            word = match.group(0)
-            following = text[match.end():].lstrip()[:1]
-            if following != "(":
-                found.append((word, i))
-            i = match.end()
-            continue
-        i += 1
-    return found
 

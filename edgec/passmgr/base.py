@@ -10,13 +10,25 @@
 
 On the command line and in spec files that pass is ``fuse{patterns=conv-bn}``; a
 field ``max_iterations`` is the option ``max-iterations``. Option types are bool,
-int, float, str and tuple[str | int | float, ...]. A field's help text is its
-``metadata["help"]``.
+int, float, str, tuple[str | int | float, ...] and ``Literal[...]`` (one of the listed
+values). A field's help text is its ``metadata["help"]``.
+
+Options are checked when the pass is constructed, so a bad value is a usage error
+pointing at the pipeline text (exit 2) before any pass runs, never a model error
+after some have: `Pass.__post_init__` checks ``Literal`` fields, and a pass with
+further rules (a range, a list of known names) adds its own ``__post_init__`` that
+calls ``super().__post_init__()`` and raises `OptionError`:
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not 0.0 <= self.sparsity < 1.0:
+                raise OptionError("sparsity", f"must be in [0, 1), got {self.sparsity}")
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -63,6 +75,34 @@ class PassOption:
     help: str
 
 
+class OptionError(ValueError):
+    """A pass option's value is invalid; ``option`` is its kebab-case name.
+
+    Raised from a pass's ``__post_init__``; the registry reports it at the option in
+    the pipeline text (exit 2)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"option '{option}': {message}")
+        self.option = option
+        self.message = message
+
+
+def literal_values(annotation: Any) -> tuple | None:
+    """The values ``Literal[...]`` (or ``Literal[...] | None``) allows, None included
+    where it is; None when the annotation is not a Literal."""
+    if annotation is None:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return typing.get_args(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = typing.get_args(annotation)
+        literals = [literal_values(a) for a in parts if a is not type(None)]
+        if len(literals) == 1 and literals[0] is not None:
+            return (*literals[0], *((None,) if type(None) in parts else ()))
+    return None
+
+
 class PassError(Exception):
     """A pass could not do its job on this model; the message says why (exit 3)."""
 
@@ -72,6 +112,15 @@ class Pass:
     """Base of every pass. Subclasses are frozen dataclasses and set ``name``."""
 
     name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            allowed = literal_values(hints.get(f.name))
+            value = getattr(self, f.name)
+            if allowed is not None and value not in allowed:
+                raise OptionError(f.name.replace("_", "-"),
+                                  f"expected one of {', '.join(map(str, allowed))}, got {value!r}")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError

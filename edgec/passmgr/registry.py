@@ -20,11 +20,13 @@ import typing
 from dataclasses import dataclass
 
 from edgec.diagnostics import Diagnostic, Location, UsageError
-from edgec.passmgr.base import Pass
+from edgec.passmgr.base import OptionError, Pass
 from edgec.passmgr.pipeline import GROUPS, Option, PassInvocation, Pipeline
 
 ENTRY_POINT_GROUP = "edgec.passes"
 BUILTIN_DISTRIBUTION = "edgec"
+# The code of the diagnostic for a pass name no installed pass has.
+UNKNOWN_PASS = "pipeline.unknown-pass"
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -71,7 +73,7 @@ class PassRegistry:
                 f"{who} failed to load entry point '{described}': {reason}",
                 code="plugin.import-failed"))
             return
-        problem = _contract_problem(ep.name, obj)
+        problem = contract_problem(ep.name, obj)
         if problem:
             self._broken[ep.name] = f"{who} does not fit the pass contract ({problem})"
             self.problems.append(Diagnostic.warning(
@@ -117,7 +119,8 @@ class PassRegistry:
         if close:
             notes.append(f"did you mean '{close[0]}'?")
         notes.append("`edgec passes` lists the installed passes")
-        raise UsageError(_located(f"unknown pass '{name}'", offset, text, notes))
+        raise UsageError(_located(f"unknown pass '{name}'", offset, text, notes,
+                                  code=UNKNOWN_PASS, length=len(name)))
 
     def create(self, invocation: PassInvocation, text: str | None = None) -> Pass:
         """An instance of the invoked pass with its options converted to their types."""
@@ -140,18 +143,38 @@ class PassRegistry:
                                           opt.offset, text)) from None
         try:
             return cls(**kwargs)
+        except OptionError as e:
+            written = next((o for o in invocation.options if o.key == e.option), None)
+            if written is None:  # a default that fails only with the options given
+                raise UsageError(_located(f"pass '{invocation.name}': {e}", invocation.offset,
+                                          text)) from None
+            raise UsageError(_located(f"option '{e.option}' of pass '{invocation.name}': "
+                                      f"{e.message}", written.offset, text)) from None
         except (TypeError, ValueError) as e:
             raise UsageError(_located(f"pass '{invocation.name}': {e}", invocation.offset,
                                       text)) from None
 
     def check_pipeline(self, pipeline: Pipeline, text: str | None = None) -> None:
-        """Raise UsageError if any pass or option of ``pipeline`` is unknown or ill-typed."""
+        """Raise UsageError naming every pass of ``pipeline`` that is unknown or whose
+        options are unknown, ill-typed or invalid (each pass is constructed)."""
+        problems = self.pipeline_problems(pipeline, text)
+        if problems:
+            raise UsageError(problems)
+
+    def pipeline_problems(self, pipeline: Pipeline, text: str | None = None) -> list[Diagnostic]:
+        """The errors `check_pipeline` raises, one per bad element, in text order."""
+        problems: list[Diagnostic] = []
         for element in pipeline:
+            try:
+                if element.children is not None:
+                    _check_group_options(element, text)
+                else:
+                    self.create(element, text)
+            except UsageError as e:
+                problems.extend(e.diagnostics)
             if element.children is not None:
-                _check_group_options(element, text)
-                self.check_pipeline(element.children, text)
-            else:
-                self.create(element, text)
+                problems.extend(self.pipeline_problems(element.children, text))
+        return problems
 
 
 def _check_group_options(element: PassInvocation, text: str | None) -> None:
@@ -182,10 +205,11 @@ def convert_option(opt: Option, annotation) -> object:
             return None
         annotation = args[0]
     if typing.get_origin(annotation) is typing.Literal:
-        allowed = [str(a) for a in typing.get_args(annotation)]
-        if opt.text not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got '{opt.text}'")
-        return opt.text
+        allowed = typing.get_args(annotation)
+        for value in allowed:  # Literal[8, 4] is written 8 or 4 and is the int
+            if str(value) == opt.text:
+                return value
+        raise ValueError(f"expected one of {', '.join(map(str, allowed))}, got '{opt.text}'")
     return _scalar(opt.text, annotation)
 
 
@@ -210,7 +234,8 @@ def _scalar(text: str, annotation) -> object:
     return text
 
 
-def _contract_problem(name: str, obj: object) -> str | None:
+def contract_problem(name: str, obj: object) -> str | None:
+    """Why ``obj`` cannot be the pass entry point ``name``, or None when it fits."""
     if not isinstance(obj, type) or not issubclass(obj, Pass):
         return f"it is {type(obj).__name__} {obj!r}, not a subclass of edgec.passmgr.Pass"
     if not dataclasses.is_dataclass(obj) or not obj.__dataclass_params__.frozen:  # type: ignore[attr-defined]
@@ -242,12 +267,14 @@ def _and(items: list[str]) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def _located(message: str, offset: int | None, text: str | None, notes=()) -> Diagnostic:
+def _located(message: str, offset: int | None, text: str | None, notes=(), *,
+             code: str | None = None, length: int = 1) -> Diagnostic:
     """A diagnostic pointing into pipeline text (column = offset + 1)."""
     if offset is None or text is None:
-        return Diagnostic.error(message, notes=notes)
-    return Diagnostic.error(message, Location(path="<pipeline>", line=1, column=offset + 1),
-                            notes=notes, source_line=text)
+        return Diagnostic.error(message, notes=notes, code=code)
+    return Diagnostic.error(message, Location(path="<pipeline>", line=1, column=offset + 1,
+                                              length=length),
+                            notes=notes, source_line=text, code=code)
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from edgec.backends.base import RpcConfig
+from edgec.testing.required import import_or_missing
 
 RPC_KEY = "local"
 STARTUP_SECONDS = 90  # both processes import TVM; a loaded 2-core machine is slow at it
@@ -49,8 +50,8 @@ def _stop(process: subprocess.Popen) -> None:
 def rpc_tracker(tmp_path_factory):
     """An `RpcConfig` for a tracker on 127.0.0.1 with one CPU server registered under
     the key "local"; both are stopped at the end of the session."""
-    pytest.importorskip("tvm")
-    pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install tornado)")
+    import_or_missing("tvm")
+    import_or_missing("tornado", reason="TVM's RPC tracker needs tornado (pip install tornado)")
     port, server_port = _free_port(), _free_port()
     logs = tmp_path_factory.mktemp("rpc")
     commands = {

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from edgec.testing.required import import_or_missing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +46,7 @@ def test_native_output_and_metaschedule_logging_go_to_the_log(tmp_path):
 
 
 def test_tvm_gather_warning_stays_off_the_terminal(tmp_path):
-    pytest.importorskip("tvm")
+    import_or_missing("tvm")
     table = numpy_helper.from_array(
         np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32), "table")
     graph = helper.make_graph(

@@ -15,12 +15,13 @@ import pytest
 
 import edgec
 from edgec.testing import models
+from edgec.testing.required import import_or_missing
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
 DIGITS_DATA = REPO / "spec_examples" / "data" / "digits.npz"
 
-pytest.importorskip("tvm")
+import_or_missing("tvm")
 
 
 def edgec_cli(*args, cwd, timeout=900):

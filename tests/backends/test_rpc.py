@@ -17,8 +17,9 @@ import onnx
 import pytest
 
 import edgec
+from edgec.testing.required import import_or_missing
 
-pytest.importorskip("tvm")
+import_or_missing("tvm")
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
@@ -163,9 +164,9 @@ def test_auto_backend_over_rpc_estimates_ort_for_a_target_not_at_hand(
     # As for a Raspberry Pi behind the tracker: TVM's module is measured on the device,
     # onnxruntime's latency can only be estimated. (The loopback device is this x86 host,
     # so the target is host, taken as not at hand.)
-    from edgec import compiler
+    from edgec.planner import plan
 
-    monkeypatch.setattr(compiler, "_target_at_hand", lambda target: False)
+    monkeypatch.setattr(plan, "target_at_hand", lambda target: False)
     art = edgec.compile(DIGITS, write_spec(tmp_path / "s.edge", "auto"), tmp_path / "out",
                         cache_dir=str(tmp_path / "cache"), rpc=rpc_tracker,
                         allow_over_budget=True)

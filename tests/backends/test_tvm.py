@@ -16,7 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-pytest.importorskip("tvm")
+from edgec.testing.required import import_or_missing, missing
+
+import_or_missing("tvm")
 
 from edgec.backends.base import BackendError, BuildOptions  # noqa: E402
 from edgec.backends.tvm import TVMBackend, tuning_database_dir  # noqa: E402
@@ -46,7 +48,7 @@ def reference(model: onnx.ModelProto, inputs: dict) -> list[np.ndarray]:
 
 def file_type(path: Path) -> str:
     if shutil.which("file") is None:
-        pytest.skip("the 'file' command is missing (Debian package file)")
+        missing("cross", "the 'file' command is missing (Debian package file)")
     return subprocess.run(["file", "-b", str(path)], capture_output=True, text=True,
                           check=True).stdout
 
@@ -106,7 +108,7 @@ def test_cross_build(tmp_path, target_name, expected):
     backend = TVMBackend()
     reason = backend.unavailable_reason(target)
     if reason is not None:
-        pytest.skip(reason)
+        missing("cross", reason)
     out = tmp_path / "out"
     result = backend.build(models.conv_bn_relu(), target, str(out), BuildOptions(str(tmp_path)))
     assert not result.runnable_here
@@ -129,7 +131,7 @@ def test_cuda_build_for_jetson(tmp_path):
     backend = TVMBackend()
     reason = backend.unavailable_reason(target)
     if reason is not None:
-        pytest.skip(reason)
+        missing("cross", reason)
     out = tmp_path / "out"
     result = backend.build(models.mlp(), target, str(out), BuildOptions(str(tmp_path)))
     assert not result.runnable_here and "model.so" in result.files
@@ -152,7 +154,7 @@ def test_tuning_cross_target_without_rpc_builds_untuned(tmp_path):
     target = spec_target("rpi4.edge")
     backend = TVMBackend()
     if backend.unavailable_reason(target) is not None:
-        pytest.skip(backend.unavailable_reason(target))
+        missing("cross", backend.unavailable_reason(target))
     result = backend.build(models.mlp(), target, str(tmp_path / "out"),
                            BuildOptions(str(tmp_path), tuning_trials=4))
     assert result.tuned is False

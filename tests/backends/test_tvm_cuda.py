@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-tvm = pytest.importorskip("tvm")
+from edgec.testing.required import import_or_missing
+
+tvm = import_or_missing("tvm")
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"

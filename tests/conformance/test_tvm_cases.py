@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("tvm")
+from edgec.testing.required import import_or_missing
+
+import_or_missing("tvm")
 
 from edgec.testing import conformance  # noqa: E402
 from edgec.testing.conformance import Outcome  # noqa: E402

@@ -20,13 +20,10 @@ import pytest
 
 from edgec.backends.base import RpcConfig
 from edgec.testing import device_root as dr
+from edgec.testing.required import missing
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 300  # the RPC server imports TVM under qemu on a loaded 2-core host
-
-
-def required(what: str) -> bool:
-    return what in os.environ.get("EDGEC_REQUIRE", "").replace(",", " ").split()
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +33,7 @@ def device_root():
     try:
         device = dr.build("arm64")
     except dr.Unavailable as error:
-        if required("emulator"):
-            pytest.fail(f"EDGEC_REQUIRE lists 'emulator', but: {error}")
-        pytest.skip(f"no emulated arm64 device: {error}")
+        missing("emulator", f"no emulated arm64 device: {error}")
     runtime = REPO / "edgec_runtime"
     if runtime.is_dir():
         device.stage_source(runtime)
@@ -87,9 +82,7 @@ def emulated_rpc(device_root, tmp_path_factory):
             __import__(module)
         except ImportError as error:
             why = f"the emulated RPC device needs {module} on this host: {error}"
-            if required("emulator"):
-                pytest.fail(f"EDGEC_REQUIRE lists 'emulator', but {why}")
-            pytest.skip(why)
+            missing("emulator", why)
     key = "rpi4-emulated"
     port, server_port = _free_port(), _free_port()
     logs = tmp_path_factory.mktemp("emulated-rpc")

@@ -154,16 +154,29 @@ def test_tuning_and_pruning():
 
 
 def test_pipeline_is_checked_against_the_pass_registry():
-    pytest.importorskip("edgec.passmgr.registry")
     assert errors('target host\noptimize { pipeline "cse,dce" }\n') == []
     found = errors('target host\noptimize { pipeline "cse,,dce" }\n')
     assert len(found) == 1 and found[0].startswith("2:26 pass pipeline:")
 
 
-def test_pass_names_in_pipeline_text():
-    assert semantic.pass_names_in_pipeline(
-        "fold-constants,fixed-point(cse,dce),fuse{patterns=conv-bn,matmul-add max-iterations=3}"
-    ) == [("fold-constants", 0), ("cse", 27), ("dce", 31), ("fuse", 36)]
+def test_pipeline_options_are_checked_by_constructing_the_passes():
+    # The string starts at column 22: each error points at its option or pass in it.
+    assert errors('target host\noptimize { pipeline "cse{bogus=1}" }\n') == [
+        "2:26 pass 'cse' has no option 'bogus'"]
+    assert errors('target host\noptimize { pipeline "prune-channels{criterion=l3}" }\n') == [
+        "2:37 option 'criterion' of pass 'prune-channels': expected one of l1, l2, got 'l3'"]
+    assert errors('target host\noptimize { pipeline "fuse{patterns=conv-bn raise-opset=x}" }\n') == [
+        "2:44 option 'raise-opset' of pass 'fuse': expected an integer, got 'x'"]
+
+
+def test_every_bad_pass_of_a_pipeline_is_reported_with_a_caret():
+    text = 'target host\noptimize { pipeline "fixed-point(csee,dce),quantize-int8{fallback=x}" }\n'
+    spec, diagnostics = check_text(text)
+    assert spec is None
+    assert [(d.location.column, d.code) for d in diagnostics] == [
+        (34, "spec.unknown-pass"), (58, "spec.pipeline")]
+    assert diagnostics[0].message == "unknown pass 'csee'; did you mean 'cse'?"
+    assert diagnostics[0].render().splitlines()[-2].endswith("^~~~")
 
 
 def test_repeated_setting_in_one_file_warns():

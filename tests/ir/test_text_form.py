@@ -18,6 +18,7 @@ from edgec.ir.parser import IRSyntaxError, parse_graph, parse_model
 from edgec.ir.printer import print_graph, print_model
 from edgec.ir.types import DataType
 from edgec.ir.verifier import verify_model
+from edgec.testing import models
 from edgec.testing.protos import assert_protos_equal
 
 A = onnx.AttributeProto
@@ -296,7 +297,6 @@ def test_round_trip_over_onnx_node_test_cases():
 
 
 def _testing_models():
-    models = pytest.importorskip("edgec.testing.models")
     return [
         ("conv_bn_relu", lambda: models.conv_bn_relu()),
         ("mlp", lambda: models.mlp()),
@@ -315,5 +315,4 @@ def test_round_trip_over_testing_models(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "transformer_encoder"])
 def test_round_trip_over_large_testing_models(name):
-    models = pytest.importorskip("edgec.testing.models")
     assert_round_trip(import_model(getattr(models, name)()))

@@ -8,7 +8,9 @@ import numpy as np
 from edgec.ir.core import Model
 from edgec.passes.infer_shapes import InferShapes
 from edgec.passmgr.base import PassContext
-from edgec.passes.prune_channels import PruneChannels, _ChannelAnalysis, _Rewrite
+from edgec.passes.prune_channels import PruneChannels
+from edgec.passes.prune_channels.layout import ChannelAnalysis
+from edgec.passes.prune_channels.rewrite import ChannelRewrite
 
 
 def zero_channels_to_prune(model: Model, sparsity: float, *, zero_after_bn: bool = True,
@@ -20,10 +22,10 @@ def zero_channels_to_prune(model: Model, sparsity: float, *, zero_after_bn: bool
     as the pass's option. Returns the
     number of channels zeroed."""
     InferShapes().run(model, PassContext())
-    analysis = _ChannelAnalysis(model)
+    analysis = ChannelAnalysis(model)
     analysis.run()
-    keep = PruneChannels(sparsity=sparsity, multiple_of=multiple_of)._choose(analysis)
-    rewrite = _Rewrite(model, analysis, keep, compensate=False)
+    keep = PruneChannels(sparsity=sparsity, multiple_of=multiple_of).choose(analysis)
+    rewrite = ChannelRewrite(model, analysis, keep, compensate=False)
     rewrite.compute_indices()
     zeroed = 0
     for node in analysis.nodes:

@@ -3,7 +3,7 @@ within a stated tolerance of the fp32 model in onnxruntime."""
 
 import numpy as np
 
-from pass_testing import load, parse, run_pass
+from edgec.testing.passes import load, parse, run_pass
 from edgec.frontend import export_model
 from edgec.ir.types import DataType
 from edgec.passes.convert_fp16 import ConvertFp16

@@ -3,8 +3,8 @@
 import numpy as np
 from onnx import TensorProto, helper
 
-from pass_testing import assert_same_outputs, conformance, load, ops, parse, run_pass
 
+from edgec.testing.passes import assert_same_outputs, conformance, load, op_types, parse, run_pass
 from edgec.passes.dce import DeadCodeElimination
 
 DCE = DeadCodeElimination()
@@ -23,7 +23,7 @@ def test_removes_dead_chain_transitively():
     """)
     model = load(proto)
     result = run_pass(DCE, model)
-    assert ops(model) == ["Relu", "Neg"]
+    assert op_types(model) == ["Relu", "Neg"]
     assert set(model.graph.initializers) == set()
     assert result.stats == {"nodes-removed": 3, "initializers-removed": 2}
     assert_same_outputs(proto, model, rtol=0, atol=0)  # nothing computed changes
@@ -62,7 +62,7 @@ def test_subgraph_uses_keep_outer_nodes_alive_and_dead_inner_nodes_go():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     model = load(proto)
     result = run_pass(DCE, model)
-    assert ops(model) == ["Relu", "Neg", "If"]
+    assert op_types(model) == ["Relu", "Neg", "If"]
     then = model.graph.nodes[-1].attr("then_branch")
     assert [n.op_type for n in then] == ["Add"]
     assert result.stats["nodes-removed"] == 2
@@ -84,7 +84,7 @@ def test_dead_if_releases_what_its_branches_read():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
     model = load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     run_pass(DCE, model)
-    assert ops(model) == ["Tanh"]
+    assert op_types(model) == ["Tanh"]
 
 
 def test_keeps_model_local_functions():

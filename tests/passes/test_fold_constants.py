@@ -9,8 +9,8 @@ import time
 import numpy as np
 from onnx import TensorProto, helper
 
-from pass_testing import assert_same_outputs, conformance, load, ops, parse, run_pass
 
+from edgec.testing.passes import assert_same_outputs, conformance, load, op_types, parse, run_pass
 from edgec.frontend import export_model, import_model
 from edgec.passes.cse import CommonSubexpressionElimination
 from edgec.passes.dce import DeadCodeElimination
@@ -34,7 +34,7 @@ def test_folds_constant_chain_and_constant_nodes():
     """)
     model = load(proto)
     result = run_pass(FOLD, model)
-    assert ops(model) == ["Mul"]
+    assert op_types(model) == ["Mul"]
     t = model.graph.nodes[0].inputs[1]
     assert t.name == "t" and t.is_constant()
     np.testing.assert_array_equal(t.const.numpy(), np.sqrt(np.array([1.5, 2.25, 5.0], np.float32)))
@@ -56,7 +56,7 @@ def test_folded_graph_output_keeps_its_name():
     """)
     model = load(proto)
     run_pass(FOLD, model)
-    assert ops(model) == ["Add"]
+    assert op_types(model) == ["Add"]
     assert [v.name for v in model.graph.outputs] == ["y", "k", "c"]
     assert_same_outputs(proto, model, rtol=0, atol=0)
     assert not run_pass(FOLD, model).modified
@@ -72,7 +72,7 @@ def test_initializer_that_is_a_graph_input_is_not_folded():
     """)
     model = load(proto)
     assert not run_pass(FOLD, model).modified
-    assert ops(model) == ["Mul", "Mul"]
+    assert op_types(model) == ["Mul", "Mul"]
     feed = {"x": np.ones(2, np.float32), "scale": np.array([5.0, 7.0], np.float32)}
     assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
 
@@ -90,11 +90,11 @@ def test_size_cap_keeps_big_expand_and_tile_unfolded():
     model = load(proto)
     result = run_pass(FoldConstants(), model)
     # 2 Mi elements: over the default cap of 1 Mi; Tile's 32 elements fold.
-    assert ops(model) == ["Expand", "Add", "Add"]
+    assert op_types(model) == ["Expand", "Add", "Add"]
     assert result.stats["too-large"] == 1
     model = load(proto)
     run_pass(FoldConstants(max_size=16), model)
-    assert ops(model) == ["Expand", "Add", "Tile", "Add"]
+    assert op_types(model) == ["Expand", "Add", "Tile", "Add"]
     assert_same_outputs(proto, model, rtol=0, atol=0)
 
 
@@ -109,7 +109,7 @@ def test_big_output_folds_when_it_replaces_as_many_bytes():
     """)
     model = load(proto)
     run_pass(FoldConstants(max_size=4), model)
-    assert ops(model) == ["MatMul"]  # 24 elements > 4, but w (24 elements) dies
+    assert op_types(model) == ["MatMul"]  # 24 elements > 4, but w (24 elements) dies
     assert_same_outputs(proto, model, rtol=0, atol=0)
 
 
@@ -132,7 +132,7 @@ def test_unsupported_node_among_foldable_ones():
     model = load(proto)
     result = run_pass(FOLD, model)
     # NoSuchOperator and the failing Reshape are left alone; everything else folds.
-    assert ops(model) == ["NoSuchOperator", "Thing", "Reshape", "Add", "Add", "Add", "Add", "Identity"]
+    assert op_types(model) == ["NoSuchOperator", "Thing", "Reshape", "Add", "Add", "Add", "Add", "Identity"]
     assert result.stats["not-evaluable"] == 3  # with the Identity reading the Reshape
     y_node, z_node = model.graph.nodes[3:5]
     np.testing.assert_array_equal(y_node.inputs[1].const.numpy(), [1.0, 2.0, 3.0])
@@ -169,7 +169,7 @@ def test_shape_of_statically_shaped_value():
     run_pass(InferShapes(), model)
     run_pass(FOLD, model)
     # Shape(h) reports N: only the static slice [3, 4] folds, and with it the new shape.
-    assert ops(model) == ["Relu", "Shape", "Reshape"]
+    assert op_types(model) == ["Relu", "Shape", "Reshape"]
     np.testing.assert_array_equal(model.graph.nodes[-1].inputs[1].const.numpy(), [0, 12])
     assert_same_outputs(proto, model, rtol=0, atol=0)
 

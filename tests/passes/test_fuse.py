@@ -7,13 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fuse_testing import ATOL, RTOL, init, weights
-from pass_testing import assert_same_outputs, conformance, load, run_pass
+from fuse_testing import ATOL, RTOL
 
-from edgec.diagnostics import UsageError
 from edgec.passes.fuse import DEFAULT_PATTERNS, PATTERNS, Fuse
-from edgec.passmgr import run_pipeline
+from edgec.passmgr import OptionError, run_pipeline
 from edgec.testing import models
+from edgec.testing.passes import assert_same_outputs, conformance, load, random_weights, run_pass
 
 FUSE = Fuse()
 
@@ -27,9 +26,11 @@ def test_stats_count_every_selected_pattern():
     assert result.stats == {"pad-conv": 0} and not result.modified
 
 
-def test_unknown_pattern_is_a_usage_error():
-    with pytest.raises(UsageError, match="unknown pattern 'conv-relu'"):
-        run_pass(Fuse(patterns=("conv-relu",)), load(models.conv_bn_relu()))
+def test_unknown_pattern_is_an_option_error():
+    with pytest.raises(OptionError, match="unknown pattern 'conv-relu'"):
+        Fuse(patterns=("conv-relu",))
+    with pytest.raises(OptionError, match="unknown pattern 'attn'"):
+        Fuse(exclude=("attn",))
 
 
 def test_pipeline_text_selects_patterns():
@@ -43,7 +44,7 @@ def test_pipeline_text_selects_patterns():
 
 def _if_model() -> onnx.ModelProto:
     """Conv + BN in both branches of an If; the weights live in the main graph."""
-    w, s = weights(4, 2, 3, 3), np.random.default_rng(1).uniform(0.5, 1.5, 4).astype(np.float32)
+    w, s = random_weights(4, 2, 3, 3), np.random.default_rng(1).uniform(0.5, 1.5, 4).astype(np.float32)
     inits = [numpy_helper.from_array(a, n) for n, a in
              [("w", w), ("s", s), ("t", s - 1), ("m", s / 10), ("v", s * 2)]]
 

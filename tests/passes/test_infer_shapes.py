@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from pass_testing import assert_same_outputs, conformance, load, parse, run_pass
 
+from edgec.testing.passes import assert_same_outputs, conformance, load, parse, run_pass
 from edgec.frontend import export_model, load_model
 from edgec.ir.types import DataType, Shape, TensorType
 from edgec.passes.infer_shapes import InferShapes, merge_types

@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from pass_testing import assert_same_outputs, conformance, load, parse, run_pass
 
+from edgec.testing.passes import assert_same_outputs, conformance, load, parse, run_ort, run_pass
 from edgec.frontend import export_model
 from edgec.passes.prune_unstructured import PruneUnstructured
-from edgec.passmgr.base import PassError
+from edgec.passmgr.base import OptionError
 from edgec.testing import models
 
 TEXT = """
@@ -45,7 +45,7 @@ def test_global_threshold_over_all_layers():
     assert result.stats["sparsity"] == 0.5 and result.stats["weights-zeroed"] == 9
     feed = {"x": np.array([[1.0, -1.0, 2.0, 0.5]], np.float32)}
     expected = (feed["x"] @ w["w1"] + w["b"]) @ w["w2"]
-    got = __import__("pass_testing").run_ort(export_model(model), feed)["y"]
+    got = run_ort(export_model(model), feed)["y"]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not run_pass(PruneUnstructured(sparsity=0.5, ops=("MatMul",)), model).modified
 
@@ -88,12 +88,13 @@ def test_zeros_compress():
     assert zipped(model) < 0.8 * dense
 
 
-def test_bad_options():
-    model = load(parse(TEXT))
-    with pytest.raises(PassError, match="sparsity"):
-        PruneUnstructured(sparsity=1.5).run(model, None)
-    with pytest.raises(PassError, match="scope"):
-        PruneUnstructured(scope="layer").run(model, None)
+def test_bad_options_fail_at_construction():
+    with pytest.raises(OptionError, match="sparsity"):
+        PruneUnstructured(sparsity=1.5)
+    with pytest.raises(OptionError, match="scope"):
+        PruneUnstructured(scope="layer")
+    with pytest.raises(OptionError, match="cannot prune Relu"):
+        PruneUnstructured(ops=("Conv", "Relu"))
 
 
 def test_conformance_cases_still_pass():

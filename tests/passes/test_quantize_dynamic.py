@@ -4,7 +4,7 @@ numerics against onnxruntime on the model before the pass."""
 import numpy as np
 import pytest
 
-from pass_testing import load, run_pass
+from edgec.testing.passes import load, run_pass
 from edgec.frontend import export_model
 from edgec.metrics import evaluate
 from edgec.passes.quantize_dynamic import QuantizeDynamic

@@ -4,7 +4,7 @@ model shrinks as expected and stays close to the fp32 model in onnxruntime."""
 import numpy as np
 import pytest
 
-from pass_testing import load, run_pass
+from edgec.testing.passes import load, run_pass
 from edgec.frontend import export_model
 from edgec.metrics import evaluate
 from edgec.passes.quantize_weights import QuantizeWeights, pack_int4_blocks

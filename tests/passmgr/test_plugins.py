@@ -129,3 +129,15 @@ def test_an_entry_point_that_is_not_a_pass_is_rejected_with_the_reason(tmp_path)
     assert "plugin 'oddplugin' entry point 'func = oddplugin:not_a_pass' is not a valid pass" \
         in result.stderr
     assert "its name is 'other' but the entry point is named 'misnamed'" in result.stderr
+
+
+def test_the_example_plugins_own_tests_pass():
+    """The example plugin tests its pass with edgec.testing.passes, as a plugin author
+    would: its tests run here against this checkout's edgec."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EXAMPLE), str(REPO)]),
+               PYTHONDONTWRITEBYTECODE="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests"], cwd=EXAMPLE, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "4 passed" in result.stdout.splitlines()[-1]

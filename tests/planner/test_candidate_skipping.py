@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import onnx
 import pytest
 
-from edgec import compiler
 from edgec.backends.base import BuildOptions
 from edgec.dsl import check_text
+from edgec.planner.evaluate import Attempt, cannot_win
 from edgec.planner.search import Configuration, Evaluation
 from edgec.testing import models
 
@@ -75,15 +75,14 @@ def _tried(label, backend, latency_s, held=True, precision="fp32"):
     ev = Evaluation(Configuration(label, precision, "", "", backend), latency_s=latency_s,
                     latency_where="host",
                     budgets=[{"name": "latency", "status": "held" if held else "missed"}])
-    return compiler._Tried(ev, "", latency=SimpleNamespace(), estimate=None)
+    return Attempt(ev, "", latency=SimpleNamespace(), estimate=None)
 
 
 def _ctx(trials):
     spec, diagnostics = check_text("target host\nbudget {\n  latency < 1 s p50 at batch 1\n}\n"
                                    "optimize {\n  search fastest\n}\n", "t.edge")
     assert spec is not None, diagnostics
-    return SimpleNamespace(spec=spec, at_hand=True, options=SimpleNamespace(rpc=None),
-                           build_options=BuildOptions(cache_dir="", tuning_trials=trials))
+    return SimpleNamespace(spec=spec, at_hand=True, build_options=BuildOptions(cache_dir="", tuning_trials=trials))
 
 
 def test_a_tuned_tvm_candidate_estimated_far_slower_than_a_measured_one_is_skipped(monkeypatch):
@@ -93,19 +92,19 @@ def test_a_tuned_tvm_candidate_estimated_far_slower_than_a_measured_one_is_skipp
     rivals = [_tried("fp32 on ort", "ort", 0.010),
               _tried("int8 on ort", "ort", 0.002, precision="int8")]
     monkeypatch.setattr(costmodel, "estimate", lambda *a, **k: SimpleNamespace(seconds=0.021))
-    reason = compiler._cannot_win(tvm, None, _ctx(64), rivals)
+    reason = cannot_win(tvm, None, _ctx(64), rivals)
     assert reason == ("not built: even tuned, estimated at 21 ms, over 10x the 2 ms "
                       "int8 on ort measured")
     monkeypatch.setattr(costmodel, "estimate", lambda *a, **k: SimpleNamespace(seconds=0.019))
-    assert compiler._cannot_win(tvm, None, _ctx(64), rivals) is None
+    assert cannot_win(tvm, None, _ctx(64), rivals) is None
     # Nothing measured yet, a rival that neither holds nor shares the group, or an
     # onnxruntime candidate: built.
-    assert compiler._cannot_win(tvm, None, _ctx(0), []) is None
-    assert compiler._cannot_win(
+    assert cannot_win(tvm, None, _ctx(0), []) is None
+    assert cannot_win(
         tvm, None, _ctx(0), [_tried("int8 on ort", "ort", 0.001, held=False,
                                     precision="int8")]) is None
-    assert compiler._cannot_win(Configuration("x on ort", "fp32", "", "", "ort"), None,
-                                _ctx(0), rivals) is None
+    assert cannot_win(Configuration("x on ort", "fp32", "", "", "ort"), None,
+                      _ctx(0), rivals) is None
 
 
 def test_progress_shows_each_plan_step_and_why_the_plan_ended(monkeypatch):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edgec.testing.required import missing
+
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "spec_examples" / "digits.onnx"
 DATA = REPO / "spec_examples" / "data" / "digits.npz"
@@ -100,8 +102,16 @@ def test_labels_of_nearby_candidates_do_not_overlap():
     assert xs["int8 (Conv, MatMul, Gemm) on ort"] - xs["fp32 on ort"] > 60
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
-def test_chart_is_drawn_in_headless_chromium(report, tmp_path):
+@pytest.fixture(scope="module")
+def chromium():
+    """The browser (before `report` compiles anything): missing, a skip, or a failure
+    where EDGEC_REQUIRE lists chromium."""
+    if CHROMIUM is None:
+        missing("chromium", "chromium is not installed (.ci/run installs it)")
+    return CHROMIUM
+
+
+def test_chart_is_drawn_in_headless_chromium(chromium, report, tmp_path):
     from PIL import Image
 
     shot = tmp_path / "shot.png"

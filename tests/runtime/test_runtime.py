@@ -17,6 +17,7 @@ import pytest
 
 import edgec
 import edgec_runtime
+from edgec.testing.required import missing
 from edgec.testing.artifacts import (DIGITS, DIGITS_DATA, REPO, built,  # noqa: F401
                                      ort_artifact, tvm_artifact)
 from edgec_runtime import host
@@ -243,7 +244,7 @@ def test_tvm_runtime_library_named_by_environment(built, tmp_path):
     from edgec_runtime.host import tvm_runtime_library
     library = tvm_runtime_library()
     if library is None:
-        pytest.skip("no libtvm_runtime.so here")
+        missing("tvm", "no libtvm_runtime.so here")
     copy = tmp_path / "lib" / "libtvm_runtime.so"
     copy.parent.mkdir()
     copy.write_bytes(Path(library).read_bytes())

@@ -1,0 +1,154 @@
+"""The plan: every configuration the spec allows tried in order (`search.configurations`),
+each evaluated in its own folder (`evaluate.evaluate`), the winner chosen
+(`search.choose`), and its files kept in the staging folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+from edgec.backends import get_backend
+from edgec.backends.base import BuildOptions, Progress, RpcConfig
+from edgec.diagnostics import Diagnostic, DiagnosticSink, EdgecError, ModelError, UsageError
+from edgec.metrics import cannot_discriminate
+from edgec.planner.evaluate import Attempt, Context, evaluate
+from edgec.planner.samples import prepare_samples
+from edgec.planner.search import (Evaluation, Skipped, choose, configurations,
+                                  reject_slower_than_fp32)
+
+
+@dataclass
+class Plan:
+    """What the planner tried and chose, for the manifest and the measurements."""
+
+    ctx: Context
+    nodes_before: int            # the imported model's, before any pass
+    data_note: str               # which samples accuracy was checked on
+    caveat: str | None           # why the metric may not tell candidates apart
+    tried: list[Attempt]
+    skipped: list[Skipped]       # configurations the spec allows that cannot be tried here
+    evaluations: list[Evaluation]  # those built
+    winner: Evaluation | None    # None: no configuration holds every budget
+    best: Evaluation             # the winner, or the best of those that miss
+    chosen: Attempt              # best's attempt
+    phases: dict[str, float]     # compile seconds per phase (load, passes, calibrate, ...)
+
+
+def make_plan(*, model_path: str, model_bytes: bytes, data_pattern: str | None, spec,
+         staging: str, cache_dir: str, sink: DiagnosticSink, backend_choice: str,
+         rpc: RpcConfig | None, threads: int | None, progress: Progress) -> Plan:
+    """Try the configurations ``spec`` allows on ``backend_choice`` (auto, or a backend's
+    name) in folders under ``staging`` and choose one; its files are left in ``staging``."""
+    from edgec.frontend.onnx_import import import_model, parse_model_bytes
+
+    from edgec.progress import PhaseClock
+
+    # Compile time per phase, for measurements.json and the report.
+    clock = PhaseClock(progress, names={"plan": "passes"})
+    progress = clock
+    base_dir = os.path.dirname(os.path.abspath(model_path))
+    original = parse_model_bytes(model_bytes, model_path)
+    nodes_before = import_model(original, base_dir=base_dir, source=model_path).node_count()
+    samples = prepare_samples(spec, original, model_path, data_pattern, sink)
+    batch = spec.budget.latency.batch if spec.budget.latency else 1
+    tuning = spec.optimize.tuning
+    ctx = Context(
+        spec=spec, model_path=model_path, model_bytes=model_bytes, original=original,
+        base_dir=base_dir, staging=staging, cache_dir=cache_dir, sink=sink,
+        calibration=samples.calibration, evaluation=samples.evaluation,
+        reference=samples.reference, labels=samples.labels, bench_inputs=samples.bench_inputs,
+        at_hand=target_at_hand(spec.target),
+        build_options=BuildOptions(
+            cache_dir=cache_dir, tuning_trials=tuning.trials,
+            tuning_seconds=tuning.wall_time.to("s") if tuning.wall_time is not None else None,
+            seed=spec.optimize.seed, threads=threads, rpc=rpc, batch=batch, progress=progress))
+    caveat = cannot_discriminate(spec.accuracy.metric, ctx.reference)
+    if caveat:
+        sink.warning(caveat)
+    if rpc is not None:
+        check_rpc(rpc, backend_choice)
+    tried, skipped = _search(ctx, backend_choice)
+    evaluations = [t.evaluation for t in tried if t.skipped is None]
+    reject_slower_than_fp32(evaluations)
+    winner, best = choose(evaluations, spec.optimize.search)
+    result = Plan(ctx, nodes_before, samples.note, caveat, tried, skipped, evaluations, winner,
+                  best, chosen=next(t for t in tried if t.evaluation is best),
+                  phases=clock.finish())
+    _keep_chosen(result, staging, sink)
+    return result
+
+
+def target_at_hand(target) -> bool:
+    """Whether the target is this machine, so that candidates are measured here."""
+    from edgec.dsl.host import architecture
+    return target.accelerator is None and target.arch == architecture()
+
+
+def check_rpc(rpc: RpcConfig, choice: str) -> None:
+    """Before any work: an RPC tracker only serves backends measured over TVM RPC, and
+    it must answer with a device under the key (exit 2 otherwise)."""
+    if choice != "auto":
+        try:
+            backend = get_backend(choice)
+        except EdgecError:
+            return  # the configuration step reports an unknown backend
+        if not getattr(backend, "measures_over_rpc", False):
+            raise UsageError(Diagnostic.error(
+                f"the {choice} backend cannot be measured (or tuned) over TVM RPC: drop "
+                "--rpc-tracker/--rpc-key and measure the artifact on the device with "
+                "`edgec bench` there, or use --backend tvm or auto"))
+    from edgec.backends.tvm import check_rpc_tracker
+
+    check_rpc_tracker(rpc)
+
+
+def _search(ctx: Context, choice: str) -> tuple[list[Attempt], list[Skipped]]:
+    """The configurations evaluated in order; with ``search first``, until a group of
+    them holds every budget."""
+    from edgec.passmgr import default_registry
+
+    spec, progress = ctx.spec, ctx.build_options.progress
+    configs, skipped = configurations(spec, spec.target, choice, set(default_registry().names()))
+    if not configs:
+        raise UsageError(Diagnostic.error(
+            "the spec allows no configuration that can be built here",
+            notes=[f"{s.label}: {s.reason}" for s in skipped]))
+    tried: list[Attempt] = []
+    for index, config in enumerate(configs):
+        done_group = tried and tried[-1].evaluation.config.group != config.group
+        if done_group and spec.optimize.search == "first" and any(
+                t.evaluation.held for t in tried):
+            break  # the previous group holds; its backends were all measured
+        progress("plan", index, len(configs), config.label)
+        start = time.perf_counter()
+        attempt = evaluate(config, index, ctx, explicit_backend=choice != "auto", rivals=tried)
+        attempt.seconds = time.perf_counter() - start
+        tried.append(attempt)
+    built = sum(t.skipped is None for t in tried)
+    rest = len(configs) - len(tried)
+    progress("plan", len(configs), len(configs),
+             f"done: {built} built" + (f", {len(tried) - built} skipped"
+                                       if built < len(tried) else "")
+             + (f", {rest} not needed (search first: an earlier one holds)" if rest else ""))
+    return tried, skipped
+
+
+def _keep_chosen(plan: Plan, staging: str, sink: DiagnosticSink) -> None:
+    """The chosen candidate's files moved up into ``staging``; every candidate's folder
+    removed; warnings about the chosen module."""
+    chosen = plan.chosen
+    if chosen.result is None:
+        raise ModelError(Diagnostic.error(
+            "no configuration could be built: "
+            + "; ".join(f"{t.evaluation.config.label}: {t.evaluation.error}" for t in plan.tried)))
+    for name in os.listdir(chosen.folder):
+        os.replace(os.path.join(chosen.folder, name), os.path.join(staging, name))
+    for t in plan.tried:
+        shutil.rmtree(t.folder, ignore_errors=True)
+    if chosen.int8 and not chosen.int8["representative"]:
+        sink.warning(f"int8 accuracy: {chosen.int8['scoring']}")
+    if not chosen.result.tuned:
+        sink.warning(f"the {chosen.result.backend} module is untuned: expect it to be far slower "
+                     "than a tuned one; give the spec a tuning budget")
