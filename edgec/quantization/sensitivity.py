@@ -463,6 +463,19 @@ def _noise_ratio(sqnr_db: float) -> float:
     return 0.0 if sqnr_db > 0 else 1e9
 
 
+def _input_noise(value, noise: dict[str, float]) -> float:
+    """The quantization noise of what a layer reads: the value's own, or, behind a
+    Relu folded into its producer's quantization, the Relu's input's."""
+    from edgec.quantization.qdq import _is_relu
+
+    if VALUE + (value.name or "") in noise:
+        return noise[VALUE + value.name]
+    writer = value.producer()
+    if writer is not None and _is_relu(writer) and writer.inputs[0] is not None:
+        return noise.get(VALUE + (writer.inputs[0].name or ""), 0.0)
+    return 0.0
+
+
 def _unit_gains(base: Model, layers: list[str], noise: dict[str, float],
                 units: dict[str, tuple[str, ...]]) -> dict[str, float]:
     """The units the fallback returns to fp32, and the noise each one removes.
@@ -504,7 +517,7 @@ def _unit_gains(base: Model, layers: list[str], noise: dict[str, float],
         if node_noise is None:
             continue
         node = next((n for g in quantizable_graphs(base) for n in g if n.name == name), None)
-        inputs = [noise.get(VALUE + v.name, 0.0) for v in (node.inputs if node else ()) if v is not None]
+        inputs = [_input_noise(v, noise) for v in (node.inputs if node else ()) if v is not None]
         gains[name] = max(0.0, node_noise - max(inputs, default=0.0))
     return gains
 
