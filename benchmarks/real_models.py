@@ -107,7 +107,8 @@ def feeds(case: Case, samples: dict[str, np.ndarray], sess) -> list[dict[str, np
     names = {i.name for i in sess.get_inputs()}
     count = min(len(v) for v in samples.values())
     if case.layout == "per-sample":
-        return [{k: v[i] for k, v in samples.items() if k in names} for i in range(count)]
+        # np.asarray: a scalar input's entry is a 0-d array, not a numpy scalar.
+        return [{k: np.asarray(v[i]) for k, v in samples.items() if k in names} for i in range(count)]
     return [{k: v[i:i + 1] for k, v in samples.items() if k in names} for i in range(count)]
 
 

@@ -123,8 +123,8 @@ class QuantizeInt8(Pass):
                     f" fully quantized): no per-layer fallback makes it faster")
             if not report.held:
                 ctx.diagnostics.warning(
-                    f"quantize-int8: {self.metric} misses {self.tolerance} even with every "
-                    f"layer fp32 ({report.steps[-1]['detail']})")
+                    f"quantize-int8: {self.metric} misses {self.tolerance} with every layer fp32 "
+                    f"that keeps int8 faster than fp32 ({report.steps[-1]['detail'] if report.steps else 'nothing tried'})")
         stats.update(quantize_static(model, samples, config, progress=ctx.progress))
         if model.opset() != converted_from:
             stats["opset-converted-from"] = converted_from

@@ -287,11 +287,13 @@ def _differs(tensor: onnx.TensorProto, base: onnx.ModelProto) -> bool:
 def latency_costs(trials: _Trials, config: QuantConfig, feed: dict[str, np.ndarray], *,
                   threads: int = 0) -> tuple[dict[str, float], float, float]:
     """What returning each quantized layer to fp32 would cost in seconds, measured:
-    both models are profiled once (`executed.profile`); a layer's cost is its int8
-    kernel's time times how much slower its op class ran in fp32 than in int8 here,
-    less that kernel's time, plus a DequantizeLinear and a QuantizeLinear over its
-    input at the seconds per element the model's own Q/DQ kernels took. Also the
-    measured seconds of the fp32 and of the fully quantized model."""
+    both models are profiled once (`executed.profile`). A layer's cost is the time of
+    its fp32 kernel (or of the fp32 kernel that absorbed it with its activation) less
+    its int8 kernel's, or, where its fp32 kernel cannot be told apart, its int8 time
+    times how much slower its op class ran in fp32 than in int8; plus a
+    DequantizeLinear and a QuantizeLinear over its input at the seconds per element
+    the model's own Q/DQ kernels took. A cost below 0 is a layer that runs faster in
+    fp32 here. Also the measured seconds of the fp32 and of the fully quantized model."""
     from edgec.quantization.executed import profile
 
     full = _copy(trials.base)
@@ -316,17 +318,43 @@ def latency_costs(trials: _Trials, config: QuantConfig, feed: dict[str, np.ndarr
     for k in int8.kernels:
         if k.precision == "int8":
             by_node.setdefault(_kernel_node(k.name), k)
+    layers = trials.layers()
+    fp32_time = _fp32_layer_times(trials.base, layers, fp32.node_time)
     costs = {}
-    for name in trials.layers():
+    for name in layers:
         k = by_node.get(name)
         if k is None:
             costs[name] = 0.0
             continue
-        op = _float_op(k.op)
-        ratio = (per_class_fp32.get(op, 0.0) / per_class_int8[op]
-                 if per_class_int8.get(op) and per_class_fp32.get(op) else 1.0)
-        costs[name] = max(0.0, k.microseconds * 1e-6 * (ratio - 1.0)) + 2 * k.elements * per_element
+        if name in fp32_time:
+            saved = fp32_time[name] - k.microseconds * 1e-6
+        else:
+            op = _float_op(k.op)
+            ratio = (per_class_fp32.get(op, 0.0) / per_class_int8[op]
+                     if per_class_int8.get(op) and per_class_fp32.get(op) else 1.0)
+            saved = k.microseconds * 1e-6 * (ratio - 1.0)
+        costs[name] = saved + 2 * k.elements * per_element
     return costs, fp32.seconds(), int8.seconds()
+
+
+def _fp32_layer_times(base: Model, layers: list[str], node_time: dict[str, float]) -> dict[str, float]:
+    """Each layer's fp32 kernel time, where the fp32 profile tells it: its own, or that
+    of the one activation after it that onnxruntime fused into its kernel (an NCHWc
+    Conv is named after the value it writes, the activation's output)."""
+    quantized = set(layers)
+    out = {}
+    for g in quantizable_graphs(base):
+        for node in g:
+            if node.name not in quantized:
+                continue
+            if node.name in node_time:
+                out[node.name] = node_time[node.name]
+                continue
+            readers = node.outputs[0].consumers() if node.outputs else []
+            if len(readers) == 1 and readers[0].name not in quantized \
+                    and readers[0].name in node_time and len(readers[0].inputs) <= 3:
+                out[node.name] = node_time[readers[0].name]
+    return out
 
 
 def _float_op(op: str) -> str:
@@ -388,19 +416,24 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
     if latency:
         feed = {k: v[:1] for k, v in samples.items()}
         costs, fp32_s, int8_s = latency_costs(trials, config, feed, threads=threads)
-        budget = max(0.0, fp32_s - int8_s)
+        budget = fp32_s - int8_s
         report.latency = {"fp32_ms": fp32_s * 1e3, "int8_ms": int8_s * 1e3}
 
     def unit_cost(unit: str) -> float:
         return sum(costs.get(n, 0.0) for n in units[unit]) if latency else float(len(units[unit]))
 
+    # Layers measured faster in fp32 than in int8 here go back to fp32 whatever their
+    # accuracy: they are the first units, always kept (the search starts after them).
+    faster = sorted((n for n in layers if latency and costs.get(n, 0.0) < 0),
+                    key=lambda n: (costs[n], n))
     if gain:
         # A floor on the cost: a unit measured as free (kernels too short to time) is
         # not ranked first for that alone.
         floor = max(budget / max(len(layers), 1) * 0.1, 1e-7) if latency and budget > 0 else 1e-7
-        order = sorted(gain, key=lambda u: (-gain[u] / max(unit_cost(u), floor), u))
+        order = faster + sorted((u for u in gain if u not in faster),
+                                key=lambda u: (-gain[u] / max(unit_cost(u), floor), u))
     else:
-        order = [name for name, _ in ranking]  # already most sensitive first
+        order = faster + [name for name, _ in ranking if name not in faster]
 
     def fp32_nodes(k: int) -> list[str]:
         return list(dict.fromkeys(n for unit in order[:k] for n in units[unit]))
@@ -408,13 +441,17 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
     def cost_of(nodes: list[str]) -> float:
         return sum(costs.get(n, 0.0) for n in nodes)
 
+    start = len(faster)
+    budget -= cost_of(faster)  # negative: returning those to fp32 makes it faster
     affordable = len(order)
     if latency and budget <= 0:
-        # Fully quantized already measured no faster than fp32: no fallback can be.
+        # Measured no faster than fp32 already: no fallback will be (the planner, which
+        # measures every candidate against fp32, then ships fp32); the search still
+        # finds what holds the tolerance, for the report.
         report.faster_than_fp32 = False
     elif latency:
-        for k in range(1, len(order) + 1):
-            if cost_of(fp32_nodes(k)) >= budget:
+        for k in range(start + 1, len(order) + 1):
+            if cost_of(fp32_nodes(k)) - cost_of(faster) >= budget:
                 affordable = k - 1
                 break
     report.order = order
@@ -431,14 +468,15 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
         return bool(result.held)
 
     held_at = None
-    failed_at = -1
-    k = 0
+    failed_at = start - 1
+    k = start
     while k <= affordable:
         if trial(k):
             held_at = k
             break
         failed_at = k
-        k = 1 if k == 0 else min(2 * k, affordable) if k < affordable else affordable + 1
+        step = max(k - start, 1)  # 0, 1, 2, 4, ... units past the always-kept ones
+        k = min(k + step, affordable) if k < affordable else affordable + 1
     if held_at is not None:
         low, high = failed_at, held_at  # low fails, high holds
         while high - low > 1:
