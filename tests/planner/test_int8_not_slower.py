@@ -75,6 +75,9 @@ optimize {{
             assert c["status"] != "chosen" and "not-slower-than-fp32 missed" in c["reason"]
     # The model is built so that int8 loses: the rule must have had work to do.
     assert any(latency[c["label"]] > fp32 for c in int8), latency
+    # Each int8 candidate says how onnxruntime ran it: Q/DQ transitions, node precisions.
+    assert all(c["int8_executed"]["transitions"] > 0 and c["int8_executed"]["nodes"]["fp32"] >= 8
+               for c in int8), int8  # the Tanh islands
     report = (tmp_path / "out" / "report.txt").read_text()
     assert "compile time per phase:" in report
 
