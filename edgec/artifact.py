@@ -28,7 +28,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 # One verification for the compiler (up-to-date, cache) and the device runtime (load).
-from edgec_runtime.artifact import plain_name, verify_files  # noqa: F401 (re-exported)
+from edgec_runtime.artifact import (RUNTIME_BACKENDS, plain_name,  # noqa: F401 (re-exported)
+                                    verify_files)
 from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
                                UsageError)
 
@@ -168,7 +169,7 @@ class Artifact:
     @property
     def runnable_here(self) -> bool:
         """Decided here, on this machine (never from what the compile host wrote)."""
-        if self.backend_name not in ("ort", "tvm"):
+        if self.backend_name not in RUNTIME_BACKENDS:
             return bool(self.manifest["backend"].get("runnable_here", False))
         return self._artifact.runnable_here
 
@@ -176,7 +177,7 @@ class Artifact:
         return self._artifact.problems_here(facts)
 
     def check_runnable(self, facts=None) -> None:
-        if self.backend_name not in ("ort", "tvm"):
+        if self.backend_name not in RUNTIME_BACKENDS:
             return
         with translated_errors():
             self._artifact.check_runnable(facts)
@@ -185,40 +186,72 @@ class Artifact:
         if self._runner is None:
             name = self.backend_name
             with translated_errors():
-                if name in ("ort", "tvm"):
-                    self._runner = self._artifact.runner(threads=threads)
-                else:  # a plugin backend: verified here, loaded by the plugin
+                if name not in RUNTIME_BACKENDS:
+                    # A plugin backend: verified here, loaded by the plugin, then fed,
+                    # run and benched by the device runtime like its own.
                     self._artifact.verify()
                     from edgec.backends import get_backend
-                    self._runner = get_backend(name).load(self.path, self._artifact.details)
+                    details = self._artifact.details
+                    loaded = get_backend(name).load(self.path, details)
+                    self._artifact.use_runner(PluginRunner(
+                        loaded, os.path.join(self.path, details.get("model", "model.onnx"))))
+                self._runner = self._artifact.runner(threads=threads)
         return self._runner
 
+    def _load_plugin(self) -> None:
+        if self.backend_name not in RUNTIME_BACKENDS:
+            self.runner()
+
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.backend_name not in ("ort", "tvm"):
-            runner = self.runner()
-            missing = [n for n in runner.input_names if n not in inputs]
-            if missing:
-                raise UsageError(Diagnostic.error(
-                    f"missing input '{missing[0]}' (the model takes: "
-                    f"{', '.join(runner.input_names)})"))
-            return runner.run(inputs)
+        self._load_plugin()
         with translated_errors():
             return self._artifact.run(inputs)
 
     def run_file(self, path: str) -> dict[str, np.ndarray]:
+        self._load_plugin()
         with translated_errors():
             return self._artifact.run_file(path)
 
     def bench_inputs(self, path: str | None = None) -> dict[str, np.ndarray]:
+        self._load_plugin()
         with translated_errors():
             return self._artifact.bench_inputs(path)
 
     def bench(self, feed=None, *, threads: int | None = None) -> dict:
+        self._load_plugin()
         with translated_errors():
             return self._artifact.bench(feed, threads=threads)
 
     def __repr__(self) -> str:
         return f"Artifact({self.path!r}, backend={self.backend_name!r})"
+
+
+class PluginRunner:
+    """A plugin backend's `edgec.backends.base.Runner` in the shape the device runtime
+    feeds, runs and benches: the input types come from the artifact's ONNX model."""
+
+    def __init__(self, runner, model_path: str):
+        import onnx
+        from edgec_runtime.feeds import InputInfo
+
+        graph = onnx.load(model_path, load_external_data=False).graph
+        initializers = {t.name for t in graph.initializer}
+        types = {v.name: v.type.tensor_type for v in graph.input}
+        self._runner = runner
+        self.input_names = list(runner.input_names)
+        self.output_names = list(runner.output_names)
+        self.inputs = [InputInfo(name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+                           types[name].elem_type)),
+                           tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                 for d in types[name].shape.dim))
+                       for name in self.input_names if name not in initializers]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._runner.run(inputs)
+
+    def timed_call(self, feed: Mapping[str, np.ndarray]):
+        """A no-argument callable that runs ``feed`` once (what bench times)."""
+        return lambda: self._runner.run(feed)
 
 
 def load(path: str, *, verify: bool = True) -> Artifact:

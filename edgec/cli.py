@@ -154,7 +154,9 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="the artifact folder (default: build/<model name>)")
     comp.add_argument("--data", metavar="DATA",
                       help="sample data (.npz, folder or glob), overriding the spec's")
-    comp.add_argument("--backend", choices=["auto", "tvm", "ort"],
+    from edgec.backends import backend_names  # the registry: plugins included
+
+    comp.add_argument("--backend", choices=["auto", *backend_names()],
                       help="override the spec's backend")
     comp.add_argument("--cache-dir", metavar="DIR",
                       help="build and tuning caches (default: $EDGEC_CACHE_DIR or ~/.cache/edgec)")
@@ -370,7 +372,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"warning: {caveat}", file=sys.stderr)
         return code
     # Over RPC: the module runs on the device; this host only sends it.
-    from edgec.backends import get_backend
+    from edgec.backends import capabilities, get_backend
     from edgec.backends.base import BuildOptions
     from edgec.compiler import default_cache_dir
     from edgec_runtime.feeds import synthetic
@@ -378,10 +380,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgec_runtime.tvm_runner import _value_infos
 
     artifact = load(args.artifact)
-    if artifact.backend_name != "tvm":
-        raise UsageError(f"--rpc-tracker measures TVM artifacts; this one is "
-                         f"'{artifact.backend_name}': run `edgec bench` (or python3 -m "
-                         "edgec_runtime bench) on the device")
+    backend = get_backend(artifact.backend_name)
+    if not capabilities(artifact.backend_name).measures_over_rpc:
+        raise UsageError(f"--rpc-tracker measures artifacts of backends with a TVM RPC "
+                         f"runtime; this one is '{artifact.backend_name}': run `edgec bench` "
+                         "(or python3 -m edgec_runtime bench) on the device")
     details = artifact.manifest["backend"]["details"]
     with translated_errors():
         inputs_info = _value_infos(details.get("inputs"), "inputs", artifact.path)
@@ -390,7 +393,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                               layouts=("batch",))
         else:
             arrays = synthetic(inputs_info, artifact.batch())
-    backend = get_backend(artifact.backend_name)
     stats = backend.measure(artifact.path, details, arrays,
                             BuildOptions(cache_dir=default_cache_dir(), threads=args.threads,
                                          rpc=rpc))

@@ -17,7 +17,7 @@ import importlib.metadata
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from edgec import artifact as art
 from edgec import publish
@@ -59,6 +59,14 @@ class CompileResult:
     @property
     def budgets_held(self) -> bool:
         return bool(self.manifest.get("budgets_held"))
+
+    # What the artifact offers, for code written when edgec.compile returned the Artifact.
+    @property
+    def measurements(self) -> dict:
+        return self.artifact.measurements
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return self.artifact.run(inputs)
 
 
 def default_cache_dir() -> str:

@@ -1,10 +1,23 @@
-"""Progress on the terminal: a redrawn bar on a TTY, plain lines when piped, nothing when quiet."""
+"""Progress: the one callback type long stages report through (`Progress`), and its
+terminal form: a redrawn bar on a TTY, plain lines when piped, nothing when quiet."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
+
+
+class Progress(Protocol):
+    """``progress(stage, done, total, message)``: ``done`` of ``total`` steps of ``stage``
+    (total None when unknown). Backends call it while tuning or building, passes while
+    calibrating; the CLI draws a bar on a terminal and lines otherwise."""
+
+    def __call__(self, stage: str, done: int, total: int | None, message: str) -> None: ...
+
+
+def no_progress(stage: str, done: int, total: int | None, message: str) -> None:
+    """A `Progress` that reports nothing."""
 
 
 class ProgressPrinter:

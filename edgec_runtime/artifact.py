@@ -19,6 +19,9 @@ from edgec_runtime.errors import ArtifactError, InputError, NotRunnableHere, Run
 from edgec_runtime.feeds import InputInfo, conform, run_all
 
 FORMAT_VERSION = 1
+# The backends whose artifacts this runtime runs by itself (numpy and the backend's own
+# runtime); another backend's artifact runs through its plugin, with edgec installed.
+RUNTIME_BACKENDS = ("ort", "tvm")
 MANIFEST = "manifest.json"
 MEASUREMENTS = "measurements.json"
 MANIFEST_LIMIT = 64 << 20
@@ -242,13 +245,20 @@ class Artifact:
 
     # -- running ----------------------------------------------------------------------
 
+    def use_runner(self, runner) -> None:
+        """Run (and bench) through ``runner``: one with ``inputs``, ``input_names``,
+        ``output_names``, ``run(feed)`` and ``timed_call(feed)``. For an artifact of a
+        backend this runtime does not run, loaded by that backend's plugin (edgec does
+        it, after verifying the files); the runtime's own loading is skipped."""
+        self._runner = runner
+
     def runner(self, threads: int | None = None):
         if self._runner is None:
             self.verify()
             name = self.backend_name
-            if name not in ("ort", "tvm"):
+            if name not in RUNTIME_BACKENDS:
                 raise NotRunnableHere(f"this runtime cannot run a '{name}' artifact (it runs "
-                                      "ort and tvm)", self.path)
+                                      f"{' and '.join(RUNTIME_BACKENDS)})", self.path)
             self.check_runnable()
             details = self.details
             if name == "ort":

@@ -20,9 +20,9 @@ import numpy as np
 
 from edgec.frontend import export_model
 from edgec.ir.core import Graph, Model, Node, Value
+from edgec.ir.shape_inference import infer_types
 from edgec.ir.types import DataType, TensorType
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
-from edgec.passes.infer_shapes import InferShapes
 from edgec.quantization.observe import observe
 
 FP16_MAX = 65504.0
@@ -64,7 +64,7 @@ class ConvertFp16(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         # Which values are float must be known: intermediate values may be untyped.
-        InferShapes().run(model, ctx)
+        infer_types(model, ctx.diagnostics)
         overflowing = self._overflowing(model, ctx)
         graph = model.graph
         half = [n for n in graph if self._fp16(n, overflowing)]

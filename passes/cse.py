@@ -16,27 +16,10 @@ from typing import Any, ClassVar, Hashable
 import onnx
 
 from edgec.ir.core import Attr, Graph, Model, Node, Tensor, Value
+from edgec.ir.ops import PURE_DOMAINS, canonical_domain, is_deterministic
 from edgec.passmgr.base import Pass, PassContext, PassResult
 
 A = onnx.AttributeProto
-
-# Same inputs, different outputs: merging two of these would change the model.
-NON_DETERMINISTIC_OPS = frozenset({
-    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-    "Multinomial", "Bernoulli", "BiasDropout", "BitmaskDropout", "BitmaskBiasDropout",
-})
-# Domains whose ops are pure functions of their inputs; a custom domain may not be.
-PURE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-
-
-def is_deterministic(node: Node) -> bool:
-    if node.op_type in NON_DETERMINISTIC_OPS:
-        return False
-    # Dropout is random only in training mode, which its third input switches on.
-    if node.op_type == "Dropout" and len(node.inputs) > 2 and node.inputs[2] is not None:
-        return False
-    return True
-
 
 @dataclass(frozen=True)
 class CommonSubexpressionElimination(Pass):
@@ -47,27 +30,15 @@ class CommonSubexpressionElimination(Pass):
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         graphs = list(model.all_graphs())
         local_functions = {(f.domain, f.name) for f in model.functions.values()}
-        returned = _returned_from_enclosing_scope(graphs)
         initializers_merged = nodes_merged = 0
         for g in graphs:
-            initializers_merged += _merge_initializers(g, returned)
-            nodes_merged += _merge_nodes(g, returned, local_functions)
+            initializers_merged += _merge_initializers(g)
+            nodes_merged += _merge_nodes(g, local_functions)
         stats = {"nodes-merged": nodes_merged, "initializers-merged": initializers_merged}
         return PassResult(bool(nodes_merged or initializers_merged), stats)
 
 
-def _returned_from_enclosing_scope(graphs: list[Graph]) -> set[int]:
-    """Values that a subgraph returns without defining them: not node uses, so
-    `replace_value` would not reach them; such values are left alone."""
-    out: set[int] = set()
-    for g in graphs:
-        defined = {id(v) for v in g.inputs} | {id(v) for v in g.initializers.values()}
-        defined.update(id(o) for n in g for o in n.outputs)
-        out.update(id(v) for v in g.outputs if id(v) not in defined)
-    return out
-
-
-def _merge_initializers(graph: Graph, returned: set[int]) -> int:
+def _merge_initializers(graph: Graph) -> int:
     by_key: dict[tuple, list[Value]] = {}
     merged = 0
     for name, v in list(graph.initializers.items()):
@@ -78,7 +49,8 @@ def _merge_initializers(graph: Graph, returned: set[int]) -> int:
         key = (t.dtype, t.dims, _digest(t))
         same = by_key.setdefault(key, [])
         canonical = next((c for c in same if _same_bytes(c.const, t)), None)
-        if canonical is None or v.is_graph_output() or id(v) in returned:
+        # An initializer the graph returns keeps its name: an Identity would save nothing.
+        if canonical is None or v.is_graph_output():
             same.append(v)
             continue
         graph.replace_value(v, canonical)
@@ -101,7 +73,7 @@ def _same_bytes(a: Tensor, b: Tensor) -> bool:
     return x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
 
 
-def _merge_nodes(graph: Graph, returned: set[int], local_functions: set[tuple[str, str]]) -> int:
+def _merge_nodes(graph: Graph, local_functions: set[tuple[str, str]]) -> int:
     seen: dict[Hashable, Node] = {}
     merged = 0
     for node in graph:
@@ -112,8 +84,6 @@ def _merge_nodes(graph: Graph, returned: set[int], local_functions: set[tuple[st
         if canonical is None:
             seen[key] = node
             continue
-        if any(id(o) in returned for o in node.outputs):
-            continue
         for old, new in zip(node.outputs, canonical.outputs):
             graph.replace_value(old, new)
         graph.remove(node)
@@ -123,7 +93,7 @@ def _merge_nodes(graph: Graph, returned: set[int], local_functions: set[tuple[st
 
 def _node_key(node: Node, local_functions: set[tuple[str, str]]) -> Hashable | None:
     """What makes two nodes interchangeable, or None if ``node`` must never merge."""
-    domain = "" if node.domain == "ai.onnx" else node.domain
+    domain = canonical_domain(node.domain)
     if (domain not in PURE_DOMAINS or (node.domain, node.op_type) in local_functions
             or not is_deterministic(node) or not node.outputs):
         return None

@@ -8,7 +8,6 @@ graph inputs are interface and stay; model-local functions stay.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -23,18 +22,14 @@ class DeadCodeElimination(Pass):
     name: ClassVar[str] = "dce"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        graphs = list(model.all_graphs())
-        # A subgraph may return a value of an enclosing graph directly; that is not a
-        # node use, so such returns are counted here to keep their producers alive.
-        returned: Counter[int] = Counter(id(v) for g in graphs for v in g.outputs)
-        sweep = _Sweep(returned)
+        sweep = _Sweep()
         sweep.graph(model.graph)
         for f in model.functions.values():
             sweep.graph(f.graph)
         initializers_removed = 0
         for g in [model.graph, *model.graph.subgraphs()]:
             for name, v in list(g.initializers.items()):
-                if not v.has_uses() and not returned[id(v)] and not v.is_graph_input():
+                if not v.has_uses() and not v.is_returned() and not v.is_graph_input():
                     g.remove_initializer(name)
                     initializers_removed += 1
         stats = {"nodes-removed": sweep.removed, "initializers-removed": initializers_removed}
@@ -42,12 +37,14 @@ class DeadCodeElimination(Pass):
 
 
 class _Sweep:
-    def __init__(self, returned: Counter[int]):
-        self.returned = returned
+    def __init__(self):
         self.removed = 0
 
-    def is_live(self, v: Value) -> bool:
-        return v.has_uses() or self.returned[id(v)] > 0
+    @staticmethod
+    def is_live(v: Value) -> bool:
+        # A value some graph returns (a subgraph may return one of an enclosing graph)
+        # is live without a reader.
+        return v.has_uses() or v.is_returned()
 
     def graph(self, graph: Graph) -> None:
         # Reverse topological order sees every reader before the node it reads from,
@@ -60,11 +57,10 @@ class _Sweep:
                 self.removed += 1
 
     def discard(self, graph: Graph, node: Node) -> None:
-        # The nodes of a dead node's subgraphs read values of enclosing scopes too;
-        # dropping them releases those uses (and the subgraphs' returns).
+        # The nodes of a dead node's subgraphs read values of enclosing scopes too, and
+        # the subgraphs may return such values; dropping both releases them.
         for sub in node.subgraphs():
-            for v in sub.outputs:
-                self.returned[id(v)] -= 1
+            sub.outputs.clear()
             for inner in reversed(sub):
                 self.discard(sub, inner)
         graph.remove(node, safe=False)

@@ -27,20 +27,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgec.frontend.onnx_export import _attribute
+from edgec.frontend.onnx_export import export_node
 from edgec.ir.core import Graph, Model, Node, Tensor, Value
+from edgec.ir.ops import NON_TENSOR_OPS, canonical_domain, is_deterministic
 from edgec.ir.types import DataType, Shape, TensorType
-from edgec.passes.cse import is_deterministic
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 
 # Domains onnxruntime's CPU provider implements; other domains' nodes are left alone.
 ORT_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft"})
-# Ops whose values are sequences or optionals, which an initializer cannot hold.
-NON_TENSOR_OPS = frozenset({
-    "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",
-    "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
-    "OptionalGetElement", "OptionalHasElement",
-})
 # onnxruntime's names of the element types whose values it returns as these numpy types.
 _ORT_TENSOR_TYPES = {f"tensor({name})": np.dtype(dtype) for name, dtype in [
     ("float", np.float32), ("double", np.float64), ("float16", np.float16),
@@ -86,7 +80,6 @@ class _Folder:
         self.model = model
         self.max_size = max_size
         self.local_functions = {(f.domain, f.name) for f in model.functions.values()}
-        self.returned = _returned_from_enclosing_scope(model)
         self.folded = 0
         self.bytes_added = 0
         self.bytes_removed = 0
@@ -132,7 +125,7 @@ class _Folder:
                 self.graph(sub, loop)
 
     def can_fold(self, node: Node) -> bool:
-        domain = "" if node.domain == "ai.onnx" else node.domain
+        domain = canonical_domain(node.domain)
         if (domain not in ORT_DOMAINS or (node.domain, node.op_type) in self.local_functions
                 or node.op_type in NON_TENSOR_OPS or not is_deterministic(node)):
             return False
@@ -176,7 +169,7 @@ class _Folder:
         return total
 
     def removable(self, v: Value) -> bool:
-        return not v.is_graph_output() and id(v) not in self.returned and v.const.sparse_proto is None
+        return not v.is_returned() and v.const.sparse_proto is None
 
     # -- bounding a region's sizes before running it
     def bound_region(self, region: list[Node]) -> list[Node]:
@@ -274,15 +267,7 @@ class _Folder:
                         feed(v, known[id(v)], None)
                     elif v.is_constant():
                         feed(v, None, v.const)
-                np_ = gp.node.add()
-                np_.name = f"{_NODE_PREFIX}{i}"
-                np_.op_type = node.op_type
-                if node.domain:
-                    np_.domain = node.domain
-                np_.input.extend("" if v is None else v.name for v in node.inputs)
-                np_.output.extend(o.name or "" for o in node.outputs)
-                for a in node.attributes.values():
-                    _attribute(a, np_.attribute.add())
+                gp.node.append(export_node(node, name=f"{_NODE_PREFIX}{i}"))
                 for o in node.outputs:
                     if o.name:
                         by_name[o.name] = o
@@ -312,8 +297,7 @@ class _Folder:
             while True:
                 ids = {id(n) for n in folding}
                 needed = [o for n in folding for o in n.outputs if o.name and (
-                    o.is_graph_output() or id(o) in self.returned
-                    or any(id(u) not in ids for u, _ in o.uses()))]
+                    o.is_returned() or any(id(u) not in ids for u, _ in o.uses()))]
                 in_cone = _cone(folding, needed)
                 if len(in_cone) == len(folding):
                     break
@@ -366,11 +350,6 @@ class _Folder:
                     doc_string=v.doc_string, metadata_props=v.metadata_props)
         g.add_initializer(new)
         v.replace_all_uses_with(new, replace_graph_outputs=True)
-        slots = self.returned.pop(id(v), [])
-        for sub, i in slots:
-            sub.outputs[i] = new
-        if slots:
-            self.returned[id(new)] = slots
         return new
 
     # -- evaluation with onnxruntime
@@ -431,17 +410,7 @@ class _Folder:
                     gp.sparse_initializer.append(v.const.sparse_proto)
                 else:
                     gp.initializer.append(_tensor_proto(v.const, v.name))
-            np_ = gp.node.add()
-            np_.name = f"{_NODE_PREFIX}{i}"
-            np_.op_type = node.op_type
-            if node.domain:
-                np_.domain = node.domain
-            if node.overload:
-                np_.overload = node.overload
-            np_.input.extend("" if v is None else v.name for v in node.inputs)
-            np_.output.extend(o.name or "" for o in node.outputs)
-            for a in node.attributes.values():
-                _attribute(a, np_.attribute.add())
+            gp.node.append(export_node(node, name=f"{_NODE_PREFIX}{i}"))
         for v in wanted:
             gp.output.add().name = v.name
         options = ort.SessionOptions()
@@ -476,18 +445,6 @@ def _numel(dims: tuple | None) -> int | None:
     for d in dims:
         count *= d
     return count
-
-
-def _returned_from_enclosing_scope(model: Model) -> dict[int, list[tuple[Graph, int]]]:
-    """Subgraph output slots that hold a value of an enclosing graph (not a node use)."""
-    out: dict[int, list[tuple[Graph, int]]] = {}
-    for g in model.graph.subgraphs():
-        defined = {id(v) for v in g.inputs} | {id(v) for v in g.initializers.values()}
-        defined.update(id(o) for n in g for o in n.outputs)
-        for i, v in enumerate(g.outputs):
-            if id(v) not in defined:
-                out.setdefault(id(v), []).append((g, i))
-    return out
 
 
 def _runnable(nodes: list[Node], known: dict[int, np.ndarray], failed: set[int]) -> list[Node]:

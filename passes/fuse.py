@@ -41,7 +41,7 @@ from edgec.ir.core import Model
 from edgec.passes import (fuse_activation, fuse_affine, fuse_attention, fuse_batchnorm,
                           fuse_layer_norm, fuse_pad, fuse_qdq, fuse_reshape)
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
-from edgec.rewrite import RewriteDriver, Rule, returned_values
+from edgec.rewrite import RewriteDriver, Rule
 
 RULE_MODULES = (fuse_batchnorm, fuse_affine, fuse_pad, fuse_reshape, fuse_activation,
                 fuse_layer_norm, fuse_qdq, fuse_attention)
@@ -96,9 +96,8 @@ class Fuse(Pass):
             stats["opset-raised"] = int(raised)
         rules = [rule for name in selected for rule in PATTERNS[name]]
         driver = RewriteDriver(rules, model)
-        returned = returned_values(model)
         for graph in [model.graph, *model.graph.subgraphs()]:
-            driver.run(graph, returned)
+            driver.run(graph)
         counts = Counter(driver.counts)
         stats.update({name: counts[name] for name in selected})
         return PassResult(raised or bool(sum(counts.values())), stats)

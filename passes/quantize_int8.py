@@ -32,9 +32,9 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from edgec.ir.core import Model
+from edgec.ir.shape_inference import infer_types
 from edgec.metrics import BUILTIN_METRICS, plugin_metrics
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassError, PassResult
-from edgec.passes.infer_shapes import InferShapes
 from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
 from edgec.quantization.samples import calibration_samples
@@ -90,13 +90,13 @@ class QuantizeInt8(Pass):
                              reduce_range=weights.reduce_range, placement=self.placement)
         if candidate_nodes(model, config):
             # Which values are fp32 must be known: an untyped value may be fp16 or double.
-            InferShapes().run(model, ctx)
+            infer_types(model, ctx.diagnostics)
         if not candidate_nodes(model, config):
             return PassResult(False, {"nodes-quantized": 0})
         converted_from = model.opset()
         if converted_from is not None and converted_from < 13:
             _upgrade_opset(model, 13)
-            InferShapes().run(model, ctx)
+            infer_types(model, ctx.diagnostics)
         samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         stats: dict[str, int | float] = {"weight-bits": weights.bits}
         if self.fallback == "per-layer":

@@ -1,8 +1,10 @@
 """What a backend is: it turns optimized ONNX into files in an artifact folder, loads them
-back to run, and measures latency.
+back to run, and measures latency; and it says what it can do (`Capabilities`), so that
+the CLI, the spec checker, the planner and the pass pipeline ask it instead of naming it.
 
 Backends know the IR's ONNX form and the target; they do not know the spec language's
-syntax. Each backend registers under the ``edgec.backends`` entry-point group.
+syntax. Each backend registers under the ``edgec.backends`` entry-point group, the
+built-in ones included (there is one way to add a backend).
 """
 
 from __future__ import annotations
@@ -10,20 +12,49 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
-
-import numpy as np
-import onnx
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 from edgec.diagnostics import EdgecError
+from edgec.progress import Progress, no_progress
 
-# progress(stage, done, total, message): total None when unknown. Backends call it
-# while tuning or building; the CLI draws a bar on a terminal and lines otherwise.
-Progress = Callable[[str, int, "int | None", str], None]
+if TYPE_CHECKING:  # the registry and the CLI import this module: it stays light
+    import numpy as np
+    import onnx
+
+    from edgec.dsl.spec import Target
+
+__all__ = ["Backend", "BackendError", "BuildOptions", "BuildResult", "Capabilities",
+           "LatencyStats", "Progress", "RpcConfig", "Runner", "no_progress", "time_calls"]
 
 
-def no_progress(stage: str, done: int, total: int | None, message: str) -> None:
-    pass
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, as data. The defaults are what any backend that runs
+    ONNX can claim; a plugin that declares nothing gets them.
+
+    ``precisions``: those it has kernels for: a precision it lacks is never planned on
+    it (int8 means integer kernels for a Q/DQ model, not fp32 compute around
+    quantize/dequantize). ``precision_notes`` says why one is missing, for the
+    planner's "skipped" lines: ``{"int8": "TVM 0.27 runs QDQ in fp32"}``.
+
+    ``pass_options``: options it needs on passes of the default pipeline, set on every
+    invocation of the pass: ``{"fuse": {"exclude": "attention"}}``. ``final_passes``:
+    passes run last for it, when installed: ``("legalize-tvm",)``.
+
+    ``measures_over_rpc``: its latency (and tuning) reaches devices through TVM RPC.
+    ``costly_build``: a build takes minutes (compiling, tuning): `backend auto` tries it
+    after the cheap ones, and the planner builds it only where it could still win.
+    ``in_auto``: `backend auto` tries it; a plugin is tried only when named, unless it
+    says so here.
+    """
+
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precision_notes: Mapping[str, str] = field(default_factory=dict)
+    pass_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    final_passes: tuple[str, ...] = ()
+    measures_over_rpc: bool = False
+    costly_build: bool = False
+    in_auto: bool = False
 
 
 @dataclass
@@ -148,10 +179,20 @@ class Runner(Protocol):
 
 
 class Backend(Protocol):
-    name: str
+    """A backend: registered under the ``edgec.backends`` entry points as a class (or
+    factory) called with no arguments."""
 
-    def unavailable_reason(self, target) -> str | None:
-        """Why this backend cannot build for ``target`` here (None: it can)."""
+    name: str
+    capabilities: Capabilities
+
+    def unavailable_reason(self, target: Target) -> str | None:
+        """Why this backend cannot build for ``target`` on this host (None: it can):
+        a missing package or toolchain, an accelerator it has no code generator for."""
+
+    def describe_target(self, target: Target) -> dict[str, Any]:
+        """``target`` as this backend's toolchain takes it (TVM: the JSON dict
+        `tvm.target.Target` accepts; onnxruntime: its execution providers), JSON-ready.
+        The translation lives here, not in the spec language."""
 
     def check_model(self, model: onnx.ModelProto, *, model_path: str | None = None) -> None:
         """Raise `ModelError` naming the op and node if the model cannot be taken.
@@ -160,7 +201,7 @@ class Backend(Protocol):
         (``model`` holds only their references) resolve in its folder, never in the
         current directory."""
 
-    def build(self, model: onnx.ModelProto, target, out_dir: str,
+    def build(self, model: onnx.ModelProto, target: Target, out_dir: str,
               options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
         """Write the backend's files into ``out_dir`` (the artifact's temporary folder).
         ``model_path`` as for `check_model`."""
@@ -175,9 +216,11 @@ class Backend(Protocol):
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    from edgec.frontend.onnx_import import _all_tensor_protos
+    import onnx
 
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensor_protos(model))
+    from edgec.frontend.onnx_import import all_tensor_protos
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in all_tensor_protos(model))
 
 
 class BackendError(EdgecError):

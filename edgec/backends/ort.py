@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import onnx
 
-from edgec.backends.base import (BackendError, BuildOptions, BuildResult, LatencyStats, time_calls,
-                                 uses_external_data)
+from edgec.backends.base import (BackendError, BuildOptions, BuildResult, Capabilities,
+                                 LatencyStats, time_calls, uses_external_data)
 from edgec.diagnostics import Diagnostic, ModelError
+
+if TYPE_CHECKING:
+    from edgec.dsl.spec import Target
 
 SESSION_FILE = "session.json"
 MODEL_FILE = "model.onnx"
@@ -77,16 +80,22 @@ class OrtRunner(_RuntimeOrtRunner):
             raise BackendError(Diagnostic.error(e.message), exit_code=e.exit_code) from None
 
 
-def _is_cuda(target) -> bool:
+def _is_cuda(target: Target | None) -> bool:
     accelerator = getattr(target, "accelerator", None)
     return accelerator is not None and accelerator.kind == "cuda"
 
 
 class OrtBackend:
     name = "ort"
-    measures_over_rpc = False  # onnxruntime has no TVM RPC runtime: measured here only
+    # int8: onnxruntime runs a Q/DQ model's quantized ops with integer kernels. It has no
+    # TVM RPC runtime: it is measured here only (measures_over_rpc stays False).
+    capabilities = Capabilities(precisions=("fp32", "fp16", "int8"), in_auto=True)
 
-    def unavailable_reason(self, target) -> str | None:
+    def describe_target(self, target: Target) -> dict[str, Any]:
+        providers = gpu_providers("fp32") if _is_cuda(target) else ["CPUExecutionProvider"]
+        return {"execution_providers": [p if isinstance(p, str) else p[0] for p in providers]}
+
+    def unavailable_reason(self, target: Target) -> str | None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -107,7 +116,7 @@ class OrtBackend:
             raise ModelError(Diagnostic.error(
                 f"onnxruntime cannot run the model: {str(e).splitlines()[0]}")) from None
 
-    def settings(self, options: BuildOptions, target=None,
+    def settings(self, options: BuildOptions, target: Target | None = None,
                  model: onnx.ModelProto | None = None) -> dict[str, Any]:
         providers: list = ["CPUExecutionProvider"]
         if _is_cuda(target):
@@ -116,7 +125,7 @@ class OrtBackend:
                 "intra_op_num_threads": options.threads or 0, "inter_op_num_threads": 1,
                 "providers": providers}
 
-    def build(self, model: onnx.ModelProto, target, out_dir: str,
+    def build(self, model: onnx.ModelProto, target: Target, out_dir: str,
               options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
         # The compile driver has already written model.onnx; the backend adds how to run it.
         settings = self.settings(options, target, model)

@@ -29,14 +29,17 @@ import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import onnx
 
-from edgec.backends.base import (BackendError, BuildOptions, BuildResult, LatencyStats,
-                                 uses_external_data)
+from edgec.backends.base import (BackendError, BuildOptions, BuildResult, Capabilities,
+                                 LatencyStats, uses_external_data)
 from edgec.diagnostics import Diagnostic, Location, ModelError
+
+if TYPE_CHECKING:
+    from edgec.dsl.spec import Target
 
 MODULE_FILE = "model.so"
 TUNING_DIR = "tvm-tuning"
@@ -67,17 +70,35 @@ def host_arch() -> str:
     return machine
 
 
-def target_json(target) -> str:
+def target_dict(target: Target) -> dict:
+    """The JSON dict `tvm.target.Target` accepts for ``target`` (TVM 0.27 rejects CLI
+    strings): LLVM for the CPU, wrapped in CUDA for a CUDA accelerator."""
+    llvm: dict = {"kind": "llvm", "mtriple": target.triple, "num-cores": target.cores}
+    if target.cpu and target.cpu != "generic":
+        llvm["mcpu"] = target.cpu
+    if target.features:
+        llvm["mattr"] = list(target.features)
+    if target.float_abi:
+        llvm["mfloat-abi"] = target.float_abi
+    if target.accelerator is not None and target.accelerator.kind == "cuda":
+        cuda: dict = {"kind": "cuda", "host": llvm}
+        if target.accelerator.arch:
+            cuda["arch"] = target.accelerator.arch
+        return cuda
+    return llvm
+
+
+def target_json(target: Target) -> str:
     """The canonical JSON text of the target's TVM description (the tuning-cache key)."""
-    return json.dumps(target.tvm_target(), sort_keys=True, separators=(",", ":"))
+    return json.dumps(target_dict(target), sort_keys=True, separators=(",", ":"))
 
 
-def tuning_database_dir(cache_dir: str | os.PathLike, target) -> Path:
+def tuning_database_dir(cache_dir: str | os.PathLike, target: Target) -> Path:
     digest = hashlib.sha256(target_json(target).encode()).hexdigest()[:16]
     return Path(cache_dir) / TUNING_DIR / digest
 
 
-def _is_cuda(target) -> bool:
+def _is_cuda(target: Target) -> bool:
     return target.accelerator is not None and target.accelerator.kind == "cuda"
 
 
@@ -89,7 +110,7 @@ CUDA_RUNTIME_REQUIREMENT = (
     "TVM_CUDA_COMPILE_MODE=nvcc)")
 
 
-def _machine_description(target) -> str:
+def _machine_description(target: Target) -> str:
     text = f"{target.name} ({target.triple}"
     if target.accelerator is not None:
         text += f", {target.accelerator.kind} {target.accelerator.arch or ''}".rstrip()
@@ -102,15 +123,15 @@ CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 491
                "thread_warp_size": 32}
 
 
-def tvm_target_json(target) -> dict:
-    """The dict edgec hands to `tvm.target.Target`: the spec's, plus CUDA limits."""
-    description = target.tvm_target()
+def tvm_target_json(target: Target) -> dict:
+    """The dict edgec hands to `tvm.target.Target`: `target_dict`, plus CUDA limits."""
+    description = target_dict(target)
     if description.get("kind") == "cuda":
         description = {**CUDA_LIMITS, **description}
     return description
 
 
-def _load_tensor_intrinsics(target, everything: bool = False) -> None:
+def _load_tensor_intrinsics(target: Target, everything: bool = False) -> None:
     """Registers only the tensor intrinsics the target's schedule rules use.
 
     MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin``, which parses every
@@ -538,7 +559,19 @@ class TVMBackend:
     """Builds, loads and measures TVM modules (see the module docstring)."""
 
     name = "tvm"
-    measures_over_rpc = True  # latency and tuning reach devices through TVM RPC
+    capabilities = Capabilities(
+        precisions=("fp32", "fp16"),
+        # docs/tvm-notes.md: no int8 speed-up, so int8 configurations go elsewhere.
+        precision_notes={"int8": "TVM 0.27 runs QDQ in fp32"},
+        # TVM's relax importer takes only standard ONNX ops: no com.microsoft contrib
+        # ops, so the attention fusion (into com.microsoft::Attention) is not for TVM.
+        pass_options={"fuse": {"exclude": "attention"}},
+        # The importer needs shapes folded to constants, ops it lacks expanded, and
+        # types populated (passes/legalize_tvm.py).
+        final_passes=("legalize-tvm",),
+        measures_over_rpc=True,  # latency and tuning reach devices through TVM RPC
+        costly_build=True,       # compiling takes tens of seconds, tuning minutes
+        in_auto=True)
 
     def __init__(self) -> None:
         # The last imported model: check_model then build imports once.
@@ -546,7 +579,10 @@ class TVMBackend:
 
     # -- availability -----------------------------------------------------------------
 
-    def unavailable_reason(self, target) -> str | None:
+    def describe_target(self, target: Target) -> dict[str, Any]:
+        return tvm_target_json(target)
+
+    def unavailable_reason(self, target: Target) -> str | None:
         try:
             import tvm  # noqa: F401
         except ImportError as error:
@@ -569,14 +605,14 @@ class TVMBackend:
         return None
 
     @staticmethod
-    def _cross_compiler(target) -> str | None:
+    def _cross_compiler(target: Target) -> str | None:
         """The C compiler that links the module, or None for this machine's own."""
         if target.arch == host_arch():
             return None
         return CROSS_COMPILERS.get(target.arch, (None, None))[0]
 
     @staticmethod
-    def _runnable_here(target) -> bool:
+    def _runnable_here(target: Target) -> bool:
         return target.arch == host_arch() and target.accelerator is None
 
     # -- import -----------------------------------------------------------------------
@@ -641,7 +677,7 @@ class TVMBackend:
 
     # -- build ------------------------------------------------------------------------
 
-    def build(self, model: onnx.ModelProto, target, out_dir: str,
+    def build(self, model: onnx.ModelProto, target: Target, out_dir: str,
               options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
         import tvm
         from tvm import relax
@@ -704,7 +740,7 @@ class TVMBackend:
 
         details: dict[str, Any] = {
             "module": MODULE_FILE,
-            "target": target.tvm_target(),
+            "target": target_dict(target),
             "target_name": target.name,
             "arch": target.arch,
             "triple": target.triple,
@@ -772,7 +808,7 @@ class TVMBackend:
         db_dir = tuning_database_dir(options.cache_dir, target)
         db_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(db_dir / "target.json",
-                          json.dumps(target.tvm_target(), indent=2, sort_keys=True) + "\n")
+                          json.dumps(target_dict(target), indent=2, sort_keys=True) + "\n")
         _load_tensor_intrinsics(target)
         return db_dir
 

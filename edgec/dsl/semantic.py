@@ -25,7 +25,7 @@ from edgec.diagnostics import Diagnostic, Location
 from edgec.dsl import ast, host
 from edgec.dsl.catalogue import Catalogue, TargetLoadError, target_catalogue
 from edgec.dsl.parser import ParseResult, SourceText, parse_text
-from edgec.dsl.spec import (ARCHITECTURES, BACKENDS, INT8_ACCUMULATIONS, PERCENTILES,
+from edgec.dsl.spec import (ARCHITECTURES, INT8_ACCUMULATIONS, PERCENTILES,
                             PRECISIONS, SEARCH_MODES, Accelerator, Accuracy, Budget, Latency,
                             Optimize, Pruning, Spec, Target, Tuning,
                             default_int8_accumulation)
@@ -411,11 +411,14 @@ class Resolver:
         return Tuning(trials, wall_time) if ok else _INVALID
 
     def _optimize_backend(self, item: ast.Field, source: SourceText):
+        from edgec.backends import backend_names  # the registry: plugins included
+
         word = item.values[0]
-        if word.text not in BACKENDS:
+        known = ("auto", *backend_names())
+        if word.text not in known:
             self.error(source, word.span, f"unknown backend '{word.text}'"
-                       f"{did_you_mean(word.text, BACKENDS)}", "spec.unknown-backend",
-                       (f"backends: {', '.join(BACKENDS)}",))
+                       f"{did_you_mean(word.text, known)}", "spec.unknown-backend",
+                       (f"backends: {', '.join(known)}",))
             return _INVALID
         return word.text
 

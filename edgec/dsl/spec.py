@@ -14,7 +14,6 @@ from edgec.dsl.units import Quantity
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ARCHITECTURES = ("x86_64", "aarch64", "armv7")
-BACKENDS = ("auto", "tvm", "ort")
 SEARCH_MODES = ("first", "fastest")
 # How a target's int8 kernels add up u8 x s8 products. int32: every product reaches an
 # int32 accumulator (x86 VNNI vpdpbusd, Arm umull/sdot): 8-bit weights are exact.
@@ -48,7 +47,9 @@ class Accelerator:
 
 @dataclass(frozen=True)
 class Target:
-    """The hardware a spec compiles for, with what a backend needs to build for it."""
+    """The hardware a spec compiles for, with what a backend needs to build for it.
+    Each backend translates it into its own toolchain's terms
+    (`edgec.backends.Backend.describe_target`)."""
 
     name: str
     arch: str
@@ -80,22 +81,6 @@ class Target:
 
     def peak_for(self, precision: str) -> Quantity | None:
         return dict(self.peak).get(precision)
-
-    def tvm_target(self) -> dict:
-        """The JSON dict `tvm.target.Target` accepts (TVM 0.27 rejects CLI strings)."""
-        llvm: dict = {"kind": "llvm", "mtriple": self.triple, "num-cores": self.cores}
-        if self.cpu and self.cpu != "generic":
-            llvm["mcpu"] = self.cpu
-        if self.features:
-            llvm["mattr"] = list(self.features)
-        if self.float_abi:
-            llvm["mfloat-abi"] = self.float_abi
-        if self.accelerator is not None and self.accelerator.kind == "cuda":
-            cuda: dict = {"kind": "cuda", "host": llvm}
-            if self.accelerator.arch:
-                cuda["arch"] = self.accelerator.arch
-            return cuda
-        return llvm
 
     def to_text(self, indent: str = "") -> str:
         inner = indent + "  "
@@ -203,7 +188,7 @@ class Optimize:
     per_layer_fallback: bool = True
     pruning: Pruning = Pruning()
     tuning: Tuning = Tuning()
-    backend: str = "auto"
+    backend: str = "auto"   # auto, or a name in edgec.backends.backend_names()
     # Pass pipeline text as for `edgec opt -p`; None means the target's default.
     pipeline: str | None = None
     seed: int = 0

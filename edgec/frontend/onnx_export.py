@@ -16,7 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgec.diagnostics import Diagnostic, Location, UsageError
-from edgec.ir.core import Attr, Function, Graph, Model, Tensor, Value
+from edgec.ir.core import Attr, Function, Graph, Model, Node, Tensor, Value
 from edgec.ir.types import (MapType, OpaqueType, OptionalType, SequenceType, Shape,
                             SparseTensorType, TensorType, Type)
 
@@ -263,29 +263,56 @@ def _graph(g: Graph, gp: onnx.GraphProto) -> None:
             _tensor(t, gp.initializer.add(), name)
     interface = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
     for node in g:
-        np_ = gp.node.add()
-        np_.input.extend("" if v is None else v.name for v in node.inputs)
-        np_.output.extend(o.name or "" for o in node.outputs)
-        if node.name:
-            np_.name = node.name
-        np_.op_type = node.op_type
-        if node.domain:
-            np_.domain = node.domain
-        if node.overload:
-            np_.overload = node.overload
-        for a in node.attributes.values():
-            _attribute(a, np_.attribute.add())
-        if node.doc_string:
-            np_.doc_string = node.doc_string
-        _props(np_.metadata_props, node.metadata_props)
-        if node.device_configurations:
-            np_.device_configurations.extend(node.device_configurations)
+        _node(node, gp.node.add())
         for o in node.outputs:
             if id(o) not in interface and o.name and _has_info(o):
                 _value_info(o, gp.value_info.add())
     for v in g.outputs:
         _value_info(v, gp.output.add())
     gp.quantization_annotation.extend(g.quantization_annotation)
+
+
+def export_node(node: Node, *, name: str | None = None) -> onnx.NodeProto:
+    """The ONNX form of one node, as `export_model` writes it (subgraph attributes
+    included); ``name`` replaces the node's own name."""
+    np_ = onnx.NodeProto()
+    _node(node, np_)
+    if name is not None:
+        np_.name = name
+    return np_
+
+
+def export_attribute(a: Attr) -> onnx.AttributeProto:
+    """The ONNX form of one attribute."""
+    ap = onnx.AttributeProto()
+    _attribute(a, ap)
+    return ap
+
+
+def export_type(t: Type) -> onnx.TypeProto:
+    """The ONNX form of an IR type."""
+    tp = onnx.TypeProto()
+    _type(t, tp)
+    return tp
+
+
+def _node(node: Node, np_: onnx.NodeProto) -> None:
+    np_.input.extend("" if v is None else v.name for v in node.inputs)
+    np_.output.extend(o.name or "" for o in node.outputs)
+    if node.name:
+        np_.name = node.name
+    np_.op_type = node.op_type
+    if node.domain:
+        np_.domain = node.domain
+    if node.overload:
+        np_.overload = node.overload
+    for a in node.attributes.values():
+        _attribute(a, np_.attribute.add())
+    if node.doc_string:
+        np_.doc_string = node.doc_string
+    _props(np_.metadata_props, node.metadata_props)
+    if node.device_configurations:
+        np_.device_configurations.extend(node.device_configurations)
 
 
 def _has_info(v: Value) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
@@ -423,28 +424,43 @@ class _Importer:
         return ExternalData(location, offset, length, self.base_dir, extra)
 
     def type(self, tp: onnx.TypeProto) -> Type | None:
-        which = tp.WhichOneof("value")
-        if which == "tensor_type":
-            tt = tp.tensor_type
-            return TensorType(self.dtype(tt.elem_type),
-                              _shape(tt.shape) if tt.HasField("shape") else None)
-        if which == "sparse_tensor_type":
-            tt = tp.sparse_tensor_type
-            return SparseTensorType(self.dtype(tt.elem_type),
-                                    _shape(tt.shape) if tt.HasField("shape") else None)
-        if which == "sequence_type":
-            st = tp.sequence_type
-            return SequenceType(self.type(st.elem_type) if st.HasField("elem_type") else None)
-        if which == "optional_type":
-            ot = tp.optional_type
-            return OptionalType(self.type(ot.elem_type) if ot.HasField("elem_type") else None)
-        if which == "map_type":
-            mt = tp.map_type
-            return MapType(self.dtype(mt.key_type),
-                           self.type(mt.value_type) if mt.HasField("value_type") else None)
-        if which == "opaque_type":
-            return OpaqueType(tp.opaque_type.domain, tp.opaque_type.name)
-        return None
+        return import_type(tp, self.dtype)
+
+
+def import_type(tp: onnx.TypeProto, dtype: Callable[[int], DataType] | None = None
+                ) -> Type | None:
+    """The IR type of an ONNX TypeProto (None when it holds no type). ``dtype`` turns an
+    element-type code into a DataType; by default an unknown code is UNDEFINED."""
+    if dtype is None:
+        dtype = _dtype_or_undefined
+    which = tp.WhichOneof("value")
+    if which == "tensor_type":
+        tt = tp.tensor_type
+        return TensorType(dtype(tt.elem_type), _shape(tt.shape) if tt.HasField("shape") else None)
+    if which == "sparse_tensor_type":
+        tt = tp.sparse_tensor_type
+        return SparseTensorType(dtype(tt.elem_type),
+                                _shape(tt.shape) if tt.HasField("shape") else None)
+    if which == "sequence_type":
+        st = tp.sequence_type
+        return SequenceType(import_type(st.elem_type, dtype) if st.HasField("elem_type") else None)
+    if which == "optional_type":
+        ot = tp.optional_type
+        return OptionalType(import_type(ot.elem_type, dtype) if ot.HasField("elem_type") else None)
+    if which == "map_type":
+        mt = tp.map_type
+        return MapType(dtype(mt.key_type),
+                       import_type(mt.value_type, dtype) if mt.HasField("value_type") else None)
+    if which == "opaque_type":
+        return OpaqueType(tp.opaque_type.domain, tp.opaque_type.name)
+    return None
+
+
+def _dtype_or_undefined(code: int) -> DataType:
+    try:
+        return DataType(code)
+    except ValueError:
+        return DataType.UNDEFINED
 
 
 def _tensor_size_problem(tp: onnx.TensorProto, external: ExternalData | None) -> str | None:
@@ -528,7 +544,7 @@ def external_data_files(proto: onnx.ModelProto, base_dir: str, source: str = "<m
     before anything opens, hashes or lists them. Raises `ModelError` (exit 3) naming the
     tensor otherwise."""
     files: set[str] = set()
-    for tp in _all_tensor_protos(proto):
+    for tp in all_tensor_protos(proto):
         if tp.data_location != onnx.TensorProto.EXTERNAL and not len(tp.external_data):
             continue
         info = {e.key: e.value for e in tp.external_data}
@@ -549,7 +565,9 @@ def external_data_files(proto: onnx.ModelProto, base_dir: str, source: str = "<m
     return sorted(files)
 
 
-def _all_tensor_protos(proto: onnx.ModelProto):
+def all_tensor_protos(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of ``proto``: initializers, sparse initializers' parts, tensor
+    attributes, in subgraphs and function bodies too."""
     def graph(g):
         yield from g.initializer
         for st in g.sparse_initializer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from edgec.ir.core import Graph, Node, _node_reads
+from edgec.ir.core import Graph, Node, node_reads
 
 # The single source used for dominator analysis: every graph input flows from it.
 ENTRY = "<entry>"
@@ -30,7 +30,7 @@ def to_networkx(graph: Graph, *, with_entry: bool = False) -> nx.MultiDiGraph:
         g.add_node(ENTRY)
     for node in graph:
         reads_produced = False
-        for v in _node_reads(node):
+        for v in node_reads(node):
             if v is None:
                 continue
             p = producer.get(id(v))

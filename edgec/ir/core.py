@@ -2,9 +2,10 @@
 
 `Model` owns a main `Graph` and local `Function`s. A `Graph` holds its `Node`s in a
 linked list (removal while iterating is safe), its inputs, outputs and initializers.
-A `Value` knows its producer and every use ``(node, input_index)``; nodes inside
-subgraphs that read a value of an enclosing graph are recorded as its uses too, so
-``replace_all_uses_with`` reaches into If/Loop/Scan bodies.
+A `Value` knows its producer, every use ``(node, input_index)`` and every graph
+output slot ``(graph, index)`` that returns it; nodes inside subgraphs that read a
+value of an enclosing graph are recorded as its uses, and subgraphs that return it
+as its output slots, so ``replace_all_uses_with`` reaches into If/Loop/Scan bodies.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class Value:
     """An SSA value: produced by one node output, or a graph input or initializer."""
 
     __slots__ = ("name", "type", "doc_string", "metadata_props", "const", "_producer",
-                 "_index", "_uses", "_graph", "__weakref__")
+                 "_index", "_uses", "_returned", "_graph", "__weakref__")
 
     def __init__(self, name: str | None = None, type: Type | None = None, *,
                  const: Tensor | None = None, doc_string: str = "",
@@ -159,6 +160,9 @@ class Value:
         self._index: int | None = None
         # Ordered set of (node, input_index); a dict keeps insertion order.
         self._uses: dict[tuple[Node, int], None] = {}
+        # Ordered set of (graph, output_index): the graph output slots holding this
+        # value, kept by `GraphOutputs`.
+        self._returned: dict[tuple[Graph, int], None] = {}
         # The graph owning this value when it is a graph input or initializer.
         self._graph: Graph | None = None
 
@@ -190,9 +194,21 @@ class Value:
         g = self._graph
         return g is not None and any(v is self for v in g.inputs)
 
+    def returned_by(self) -> list[tuple["Graph", int]]:
+        """The graph output slots ``(graph, index)`` holding this value: its own
+        graph's, and those of subgraphs that return it from an enclosing scope."""
+        return list(self._returned)
+
+    def is_returned(self) -> bool:
+        """Whether some graph returns this value (its own graph or a nested one):
+        such a value must keep existing even when no node reads it."""
+        return bool(self._returned)
+
     def is_graph_output(self) -> bool:
+        """Whether the graph this value belongs to returns it: part of that graph's
+        interface, whose names matter (a model's outputs)."""
         g = self.graph
-        return g is not None and any(v is self for v in g.outputs)
+        return g is not None and any(slot_graph is g for slot_graph, _ in self._returned)
 
     def is_initializer(self) -> bool:
         g = self._graph
@@ -215,20 +231,21 @@ class Value:
     def replace_all_uses_with(self, new: "Value", *, replace_graph_outputs: bool = False) -> None:
         """Make every node that reads this value read ``new`` instead.
 
-        With ``replace_graph_outputs``, graph output slots holding this value are
-        pointed at ``new`` as well; the caller then decides on names (see
-        `Graph.replace_value`, which keeps the graph's interface names).
+        Output slots of subgraphs that return this value from an enclosing scope are
+        reads too (an If branch returning an outer value) and always take ``new``.
+        The output slots of this value's own graph are its interface: with
+        ``replace_graph_outputs`` they take ``new`` as well and the caller decides on
+        names (see `Graph.replace_value`, which keeps the interface's names);
+        without it they keep this value.
         """
         if new is self:
             return
         for node, i in list(self._uses):
             node._set_input(i, new)
-        if replace_graph_outputs:
-            g = self.graph
-            if g is not None:
-                for i, out in enumerate(g.outputs):
-                    if out is self:
-                        g.outputs[i] = new
+        own = self.graph
+        for g, i in list(self._returned):
+            if replace_graph_outputs or g is not own:
+                g.outputs[i] = new
 
     def __repr__(self) -> str:
         return f"Value({self.name!r}, {self.type})"
@@ -435,6 +452,93 @@ class _Link:
 # --------------------------------------------------------------------------- graphs
 
 
+class GraphOutputs(list):
+    """A graph's outputs: a list of values that records each slot on the value it
+    holds (`Value.returned_by`), through every way of changing a list."""
+
+    __slots__ = ("_graph",)
+
+    def __init__(self, graph: "Graph", values: Iterable[Value] = ()):
+        super().__init__()
+        self._graph = graph
+        self.extend(values)
+
+    def _record(self, start: int = 0) -> None:
+        g = self._graph
+        for i in range(start, len(self)):
+            self[i]._returned[(g, i)] = None
+
+    def _forget(self) -> None:
+        g = self._graph
+        for i, value in enumerate(self):
+            value._returned.pop((g, i), None)
+
+    def __setitem__(self, index, value) -> None:
+        if isinstance(index, slice):
+            self._forget()
+            super().__setitem__(index, value)
+            self._record()
+            return
+        i = range(len(self))[index]  # IndexError as a list gives it
+        self[i]._returned.pop((self._graph, i), None)
+        super().__setitem__(i, value)
+        value._returned[(self._graph, i)] = None
+
+    def __delitem__(self, index) -> None:
+        self._forget()
+        super().__delitem__(index)
+        self._record()
+
+    def append(self, value: Value) -> None:
+        super().append(value)
+        self._record(len(self) - 1)
+
+    def extend(self, values: Iterable[Value]) -> None:
+        start = len(self)
+        super().extend(values)
+        self._record(start)
+
+    def __iadd__(self, values: Iterable[Value]) -> "GraphOutputs":
+        self.extend(values)
+        return self
+
+    def __imul__(self, n: int) -> "GraphOutputs":
+        self._forget()
+        super().__imul__(n)
+        self._record()
+        return self
+
+    def insert(self, index: int, value: Value) -> None:
+        self._forget()
+        super().insert(index, value)
+        self._record()
+
+    def pop(self, index: int = -1) -> Value:
+        self._forget()
+        value = super().pop(index)
+        self._record()
+        return value
+
+    def remove(self, value: Value) -> None:
+        self._forget()
+        super().remove(value)
+        self._record()
+
+    def clear(self) -> None:
+        self._forget()
+        super().clear()
+
+    def sort(self, *args, **kwargs) -> None:
+        self._forget()
+        super().sort(*args, **kwargs)
+        self._record()
+
+    def reverse(self) -> None:
+        self._forget()
+        super().reverse()
+        self._record()
+
+
 class Graph:
     """A graph or subgraph: nodes in order, inputs, outputs, initializers."""
 
@@ -446,7 +550,7 @@ class Graph:
         self.doc_string = doc_string
         self.metadata_props = dict(metadata_props or {})
         self.inputs: list[Value] = []
-        self.outputs: list[Value] = list(outputs)
+        self._outputs = GraphOutputs(self, outputs)
         self.initializers: dict[str, Value] = {}
         # The node whose attribute holds this graph, for subgraphs.
         self.parent: Node | None = None
@@ -463,6 +567,17 @@ class Graph:
             self.add_initializer(v)
         for n in nodes:
             self.append(n)
+
+    @property
+    def outputs(self) -> GraphOutputs:
+        """The values this graph returns; each slot is recorded on its value."""
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, values: Iterable[Value]) -> None:
+        values = list(values)
+        self._outputs.clear()
+        self._outputs.extend(values)
 
     # -- iteration over nodes
     def __iter__(self) -> Iterator[Node]:
@@ -543,8 +658,10 @@ class Graph:
     def remove(self, node: Node, *, safe: bool = True) -> None:
         """Unlink ``node`` and drop its input uses.
 
-        With ``safe`` (the default) a node whose outputs are still used or are graph
-        outputs cannot be removed: that would leave dangling values.
+        With ``safe`` (the default) a node whose outputs are still used or returned
+        by a graph (this one, or a subgraph returning it) cannot be removed: that
+        would leave dangling values. Without it, those uses and output slots keep
+        the removed node's outputs, for the caller to redirect.
         """
         self._check_owned(node)
         if safe:
@@ -553,9 +670,11 @@ class Graph:
                     users = ", ".join(n.describe() for n in out.consumers()[:3])
                     raise ValueError(f"cannot remove {node.describe()}: its output "
                                      f"'{out.name}' is still used by {users}")
-                if any(o is out for o in self.outputs):
+                if out._returned:
+                    where = ", ".join(f"graph '{g.name}'" for g in
+                                      dict.fromkeys(g for g, _ in out._returned))
                     raise ValueError(f"cannot remove {node.describe()}: its output "
-                                     f"'{out.name}' is a graph output")
+                                     f"'{out.name}' is a graph output of {where}")
         node._drop_input_uses()
         link = node._link
         assert link is not None
@@ -594,10 +713,11 @@ class Graph:
         return value
 
     def remove_unused_initializers(self) -> int:
-        """Drop the initializers nothing reads (and that are not graph inputs or
-        outputs), e.g. the fp32 weights a rewrite replaced. Returns how many."""
+        """Drop the initializers nothing reads (and that are not graph inputs, nor
+        returned by this graph or a subgraph), e.g. the fp32 weights a rewrite
+        replaced. Returns how many."""
         unused = [name for name, init in self.initializers.items()
-                  if not init.has_uses() and not init.is_graph_input() and not init.is_graph_output()]
+                  if not init.has_uses() and not init.is_graph_input() and not init.is_returned()]
         for name in unused:
             self.remove_initializer(name)
         return len(unused)
@@ -613,7 +733,8 @@ class Graph:
 
     # -- whole-value replacement
     def replace_value(self, old: Value, new: Value) -> None:
-        """Replace every use of ``old`` by ``new``, keeping graph output names.
+        """Replace every use of ``old`` by ``new`` (subgraphs returning ``old`` from an
+        enclosing scope included), keeping the names of this graph's outputs.
 
         If ``old`` is an output of this graph, the output slot takes ``new``; when
         ``new`` can be renamed (it is an ordinary intermediate value) it takes
@@ -687,7 +808,7 @@ class Graph:
         defined = {id(v) for v in self.inputs} | {id(v) for v in self.initializers.values()}
         outer = self._outer_scope_ids()
         for node in self:
-            for v in _node_reads(node):
+            for v in node_reads(node):
                 if v is not None and id(v) not in defined and id(v) not in outer:
                     return False
             defined.update(id(o) for o in node._outputs)
@@ -717,7 +838,7 @@ class Graph:
         users: dict[int, list[Node]] = {id(n): [] for n in nodes}
         for n in nodes:
             d = set()
-            for v in _node_reads(n):
+            for v in node_reads(n):
                 p = producer_of.get(id(v)) if v is not None else None
                 if p is not None and p is not n:
                     d.add(id(p))
@@ -754,7 +875,7 @@ class Graph:
         return f"Graph({self.name!r}, {len(self)} nodes)"
 
 
-def _node_reads(node: Node) -> Iterator[Value | None]:
+def node_reads(node: Node) -> Iterator[Value | None]:
     """The values a node reads: its inputs and the outer values its subgraphs capture."""
     yield from node._inputs
     for sub in node.subgraphs():
@@ -762,24 +883,28 @@ def _node_reads(node: Node) -> Iterator[Value | None]:
 
 
 def captured_values(graph: Graph) -> list[Value]:
-    """Values of enclosing scopes that nodes of ``graph`` (or deeper) read."""
-    inner: set[int] = set()
+    """Values of enclosing scopes that ``graph`` (or a graph nested in it) reads with a
+    node or returns as an output, in first-seen order."""
     captured: dict[int, Value] = {}
-    graphs = [graph, *graph.subgraphs()]
-    for g in graphs:
-        inner.update(id(v) for v in g.inputs)
-        inner.update(id(v) for v in g.initializers.values())
-        for n in g:
-            inner.update(id(o) for o in n._outputs)
-    for g in graphs:
+    for g in [graph, *graph.subgraphs()]:
         for n in g:
             for v in n._inputs:
-                if v is not None and id(v) not in inner:
+                if v is not None and not _defined_within(v, graph):
                     captured[id(v)] = v
         for v in g.outputs:
-            if id(v) not in inner:
+            if not _defined_within(v, graph):
                 captured[id(v)] = v
     return list(captured.values())
+
+
+def _defined_within(value: Value, graph: Graph) -> bool:
+    """Whether ``value`` belongs to ``graph`` or to a graph nested in it."""
+    g = value.graph
+    while g is not None:
+        if g is graph:
+            return True
+        g = g.parent.graph if g.parent is not None else None
+    return False
 
 
 class NameScope:

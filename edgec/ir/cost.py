@@ -25,8 +25,9 @@ What pruning reports and what the planner's cost model reads. Conventions:
   counts its QKV projection, Q·Kᵀ, P·V and softmax.
 - An op this module does not model costs 0 operations and is flagged
   (``NodeCost.modelled`` False); its bytes are still counted.
-- Shapes come from the IR's value types; `model_cost` runs the ``infer-shapes``
-  pass first when some value's shape is not static (that only refines types).
+- Shapes come from the IR's value types; `model_cost` infers types first
+  (`edgec.ir.shape_inference.infer_types`) when some value's shape is not static
+  (that only refines types).
   Symbolic dimensions take the value given in ``dim_values`` (default 1, i.e.
   batch 1) and unknown ones 1; a node that needed such a guess has ``exact`` False.
 """
@@ -387,14 +388,14 @@ def model_cost(model: Model, *, dim_values: Mapping[str, int] | None = None,
     """Per-node costs of ``model``'s main graph and their totals.
 
     With ``infer_shapes`` (the default) and some node output lacking a shape, the
-    ``infer-shapes`` pass runs on the model first (it only refines value types).
+    model's types are inferred first (`infer_types`: it only refines value types).
     Subgraphs (If/Loop bodies) and functions are not counted: their trip counts are
     not static; such nodes are flagged as not modelled.
     """
     if infer_shapes and _needs_shapes(model.graph):
-        from edgec.passes.infer_shapes import InferShapes  # a pass; imported only when needed
-        from edgec.passmgr.base import PassContext
-        InferShapes().run(model, PassContext())
+        # Imported here: it brings in onnx's shape inference, which most costs never need.
+        from edgec.ir.shape_inference import infer_types
+        infer_types(model)
     return ModelCost([node_cost(n, dim_values) for n in model.graph])
 
 

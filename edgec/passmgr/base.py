@@ -31,10 +31,16 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from edgec.diagnostics import DiagnosticSink
 from edgec.ir.core import Model
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgec.dsl.spec import Spec, Target
+    from edgec.progress import Progress
 
 
 @dataclass
@@ -57,13 +63,13 @@ class PassContext:
     """
 
     diagnostics: DiagnosticSink = field(default_factory=DiagnosticSink)
-    spec: Any = None
-    target: Any = None
-    calibration_data: Any = None  # dict[input name, np.ndarray], leading axis = sample
+    spec: Spec | None = None
+    target: Target | None = None
+    # Input name -> samples, the leading axis one sample each.
+    calibration_data: Mapping[str, np.ndarray] | None = None
     seed: int = 0
-    # progress(stage, done, total, message) for long passes (calibration, sensitivity
-    # analysis); None: report nothing. The CLI draws a bar or prints lines.
-    progress: Any = None
+    # For long passes (calibration, sensitivity analysis); None: report nothing.
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
                                UsageError)
@@ -27,27 +27,23 @@ from edgec.passmgr.pipeline import (Pipeline, PassInvocation, PipelineSyntaxErro
 from edgec.passmgr.registry import PassRegistry, default_registry
 
 DEFAULT_PIPELINE = "fixed-point(fold-constants,cse,dce),infer-shapes,fuse,fixed-point(fold-constants,cse,dce),infer-shapes"
-# TVM's relax importer takes only standard ONNX ops: no com.microsoft contrib ops, so
-# the attention fusion (into com.microsoft::Attention) is onnxruntime's alone.
-_BACKEND_FUSE_OPTIONS = {"tvm": "fuse{exclude=attention}"}
 
 
-# Passes run last for a backend, when installed: TVM's importer needs shapes folded to
-# constants, ops it lacks expanded, and types populated (passes/legalize_tvm.py).
-_BACKEND_LEGALIZE = {"tvm": "legalize-tvm"}
+def default_pipeline(pass_options: Mapping[str, Mapping[str, str]] | None = None,
+                     final_passes: Sequence[str] = (), *,
+                     registry: PassRegistry | None = None) -> str:
+    """The default pipeline, adjusted to what its consumer (a backend: see
+    `edgec.backends.Capabilities`) needs: ``pass_options`` set on every invocation of
+    the passes they name, then ``final_passes`` run last. Edited as a parsed pipeline."""
+    pipeline = parse_pipeline(DEFAULT_PIPELINE)
+    for name, options in (pass_options or {}).items():
+        pipeline = pipeline.with_options(name, options)
+    # A final pass this install does not have (an editable install whose metadata
+    # predates it) is left out rather than failing on an unknown pass.
+    installed = set((registry or default_registry()).names()) if final_passes else set()
+    return str(pipeline.then(*(name for name in final_passes if name in installed)))
 
 
-def default_pipeline(backend: str | None = None) -> str:
-    """The default pipeline, adjusted to what ``backend`` can take."""
-    fuse = _BACKEND_FUSE_OPTIONS.get(backend or "")
-    text = DEFAULT_PIPELINE if fuse is None else \
-        ",".join(fuse if part == "fuse" else part for part in DEFAULT_PIPELINE.split(","))
-    legalize = _BACKEND_LEGALIZE.get(backend or "")
-    # An install whose metadata predates the pass (an editable install not yet
-    # reinstalled) keeps the pipeline it had rather than failing on an unknown pass.
-    if legalize is not None and legalize in default_registry().names():
-        text += "," + legalize
-    return text
 DEFAULT_MAX_ITERATIONS = 10
 
 

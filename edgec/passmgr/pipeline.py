@@ -13,7 +13,8 @@ it was written, up to whitespace between elements.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 # The groups the pass manager knows; anything else followed by "(" is an error.
 GROUPS = ("fixed-point",)
@@ -90,6 +91,25 @@ class Pipeline:
     def __len__(self) -> int:
         return len(self.elements)
 
+    def with_options(self, pass_name: str, options: Mapping[str, str]) -> "Pipeline":
+        """This pipeline with ``options`` (key -> value text) set on every invocation of
+        ``pass_name``, nested ones included; an option already given is replaced."""
+        elements = []
+        for e in self.elements:
+            if e.children is not None:
+                e = replace(e, children=e.children.with_options(pass_name, options))
+            elif e.name == pass_name:
+                kept = tuple(o for o in e.options if o.key not in options)
+                added = tuple(Option(key, quote_value(value), e.offset)
+                              for key, value in options.items())
+                e = replace(e, options=kept + added)
+            elements.append(e)
+        return Pipeline(tuple(elements))
+
+    def then(self, *pass_names: str) -> "Pipeline":
+        """This pipeline followed by the passes ``pass_names`` (without options)."""
+        return Pipeline(self.elements + tuple(PassInvocation(n) for n in pass_names))
+
     def pass_names(self) -> list[str]:
         """Every pass name used, groups excluded, nested ones included."""
         names: list[str] = []
@@ -99,6 +119,13 @@ class Pipeline:
             else:
                 names.append(e.name)
         return names
+
+
+def quote_value(value: str) -> str:
+    """An option value as pipeline text: bare when it can be, else double-quoted."""
+    if _BARE_VALUE.fullmatch(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def parse_pipeline(text: str) -> Pipeline:

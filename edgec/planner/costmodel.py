@@ -14,10 +14,14 @@ produces is an estimate and is labelled "estimated" wherever it is shown.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgec.ir.cost import ELEMENTWISE_COST, VIEW_OPS, ModelCost, NodeCost, model_cost
+
+if TYPE_CHECKING:
+    from edgec.dsl.spec import Target
 
 # Fraction of the described peak compute a runtime reaches per op class, fitted on
 # this host (2-core x86-64, onnxruntime 1.32 CPU EP, the default pipeline) by a grid
@@ -90,7 +94,7 @@ GPU_FUSED_OPS = frozenset(op for op, n in ELEMENTWISE_COST.items()
                                         "DynamicQuantizeLinear")) | {"Cast"}
 
 
-def launch_seconds(target) -> float:
+def launch_seconds(target: Target) -> float:
     """The fixed cost per kernel (GPU) or per node (CPU runtime) on ``target``: its
     ``launch`` field, else the default for its accelerator."""
     launch = getattr(target, "launch", None)
@@ -99,7 +103,7 @@ def launch_seconds(target) -> float:
     return GPU_LAUNCH_S if _is_gpu(target) else NODE_OVERHEAD_S
 
 
-def _is_gpu(target) -> bool:
+def _is_gpu(target: Target) -> bool:
     return target.accelerator is not None and target.accelerator.kind == "cuda"
 
 
@@ -136,7 +140,7 @@ def _op_class(node: NodeCost) -> str:
     return "other"
 
 
-def _peak(target, precision: str) -> float:
+def _peak(target: Target, precision: str) -> float:
     fp32 = target.peak_for("fp32")
     base = fp32.to("GFLOPS") * 1e9 if fp32 is not None else 10e9
     if precision in ("i8", "u8", "i4", "u4"):
@@ -148,7 +152,7 @@ def _peak(target, precision: str) -> float:
     return base
 
 
-def estimate(model, target, *, batch: int = 1, cost: ModelCost | None = None,
+def estimate(model, target: Target, *, batch: int = 1, cost: ModelCost | None = None,
              depthwise_nodes: set[str] | None = None) -> Estimate:
     """The estimated latency of one run of ``model`` on ``target`` at ``batch``."""
     cost = cost or model_cost(model, dim_values=_batch_dims(model, batch))
@@ -214,7 +218,7 @@ def _reduction_length(node) -> int:
     return 0
 
 
-def _estimate_gpu(model, target, cost: ModelCost, depthwise_nodes: set[str],
+def _estimate_gpu(model, target: Target, cost: ModelCost, depthwise_nodes: set[str],
                   bandwidth: float, batch: int, exact: bool) -> Estimate:
     """One kernel per compute node, pointwise followers fused (see GPU_EFFICIENCY)."""
     launch = launch_seconds(target)

@@ -21,14 +21,14 @@ import numpy as np
 import onnx
 
 from edgec import artifact as art
-from edgec.backends import get_backend
+from edgec.backends import capabilities, get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats
 from edgec.backends.logs import backend_output_to
 from edgec.diagnostics import Diagnostic, DiagnosticSink, EdgecError, ModelError, UsageError
 from edgec.metrics import evaluate as score_metric
 from edgec.planner.budgets import judge
 from edgec.planner.samples import fixed_batch, in_batches_of, outputs_mismatch, run_all
-from edgec.planner.search import Configuration, Evaluation
+from edgec.planner.search import Configuration, Evaluation, backend_pipeline
 
 # How much slower than the cost model's (tuned) estimate an untuned TVM module is
 # taken to be: the low end of the 10-200x measured here (docs/tvm-notes.md).
@@ -122,12 +122,12 @@ def _run_passes(config: Configuration, ctx: Context, attempt: Attempt):
     """The base pipeline and the configuration's passes, run on a fresh import of the
     original; returns the optimized IR."""
     from edgec.frontend.onnx_import import import_model
-    from edgec.passmgr import PassContext, PassManager, default_pipeline
+    from edgec.passmgr import PassContext, PassManager
 
     spec = ctx.spec
     model = import_model(ctx.original, base_dir=ctx.base_dir, source=ctx.model_path,
                          check=False)
-    base = spec.optimize.pipeline or default_pipeline(config.backend)
+    base = spec.optimize.pipeline or backend_pipeline(config.backend)
     attempt.pipeline = ",".join(filter(None, [base, config.passes]))
     pass_ctx = PassContext(diagnostics=DiagnosticSink(), spec=spec, target=spec.target,
                            seed=spec.optimize.seed, calibration_data=ctx.calibration,
@@ -223,7 +223,7 @@ def _latency(backend, config: Configuration, model, result: BuildResult, ctx: Co
     lat = spec.budget.latency
     percentile = lat.percentile if lat else 50
     rpc = ctx.build_options.rpc
-    measures_over_rpc = getattr(backend, "measures_over_rpc", False)
+    measures_over_rpc = capabilities(config.backend).measures_over_rpc
     if rpc is not None and not measures_over_rpc:
         attempt.latency_note = (
             f"the {config.backend} backend cannot be measured over TVM RPC: its latency was "
@@ -341,9 +341,10 @@ def cannot_win(config: Configuration, model, ctx: Context, rivals) -> str | None
     the same fate on every budget but latency). An untuned TVM module does not: it runs
     5-190x slower than onnxruntime on the same model here (docs/tvm-notes.md). A tuned
     one is not built when even the cost model's estimate, which assumes tuned kernels,
-    is over FAR_SLOWER times the fastest such rival. Only TVM is judged this way: its build
-    (and tuning) is where the minutes go; an onnxruntime candidate costs seconds."""
-    if config.backend != "tvm":
+    is over FAR_SLOWER times the fastest such rival. Only a backend that declares a costly
+    build (TVM) is judged this way: its build (and tuning) is where the minutes go; an
+    onnxruntime candidate costs seconds."""
+    if not capabilities(config.backend).costly_build:
         return None
     measured = [t for t in rivals if t.skipped is None and t.evaluation.error is None
                 and t.latency is not None and t.evaluation.latency_s is not None

@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from edgec.backends import get_backend
+from edgec.backends import auto_backends, capabilities
 from edgec.backends.base import BuildOptions, Progress, RpcConfig
 from edgec.diagnostics import Diagnostic, DiagnosticSink, EdgecError, ModelError, UsageError
 from edgec.metrics import cannot_discriminate
@@ -91,14 +91,15 @@ def check_rpc(rpc: RpcConfig, choice: str) -> None:
     it must answer with a device under the key (exit 2 otherwise)."""
     if choice != "auto":
         try:
-            backend = get_backend(choice)
+            over_rpc = capabilities(choice).measures_over_rpc
         except EdgecError:
             return  # the configuration step reports an unknown backend
-        if not getattr(backend, "measures_over_rpc", False):
+        if not over_rpc:
+            able = [n for n in auto_backends()[0] if capabilities(n).measures_over_rpc]
             raise UsageError(Diagnostic.error(
                 f"the {choice} backend cannot be measured (or tuned) over TVM RPC: drop "
                 "--rpc-tracker/--rpc-key and measure the artifact on the device with "
-                "`edgec bench` there, or use --backend tvm or auto"))
+                f"`edgec bench` there, or use --backend {' or '.join([*able, 'auto'])}"))
     from edgec.backends.tvm import check_rpc_tracker
 
     check_rpc_tracker(rpc)

@@ -13,10 +13,13 @@ configuration measured slower than fp32 is never chosen (`reject_slower_than_fp3
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-# TVM 0.27 imports QDQ as fp32 compute around quantize/dequantize: no int8 speed-up
-# (docs/tvm-notes.md), so int8 configurations go to onnxruntime.
-_INT8_BACKENDS = ("ort",)
+from edgec.backends import auto_backends, capabilities
+from edgec.diagnostics import EdgecError
+
+if TYPE_CHECKING:
+    from edgec.dsl.spec import Spec, Target
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Configuration:
     precision: str        # fp32 | fp16 | int8
     policy: str           # "" | "compute-ops" | "all-ops" | "per-layer-fallback"
     passes: str           # pipeline text run after the base pipeline ("" for none)
-    backend: str          # ort | tvm
+    backend: str          # a name in edgec.backends.backend_names()
     sparsity: float = 0.0
 
     @property
@@ -85,14 +88,61 @@ def _tolerance_text(tolerance) -> str:
     return f"{value:g}{unit or ''}"
 
 
-def configurations(spec, target, backend_choice: str,
+def backend_pipeline(backend: str) -> str:
+    """The default pass pipeline for ``backend``: with the pass options and final passes
+    its capabilities ask for."""
+    from edgec.passmgr import default_pipeline
+
+    needs = capabilities(backend)
+    return default_pipeline(needs.pass_options, needs.final_passes)
+
+
+def _backends_for(backend_choice: str, skipped: list[Skipped]) -> list[str]:
+    """The backends to try: those `auto` tries (cheap builds first), or the one named.
+    A named backend that is unknown or broken is left to the build to report, where it
+    is an error; a broken plugin that auto would have asked is a skipped line."""
+    if backend_choice != "auto":
+        return [backend_choice]
+    names, broken = auto_backends()
+    skipped += [Skipped(f"backend {name}", why) for name, why in broken]
+    return names
+
+
+def _precisions_of(backend: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    try:
+        declared = capabilities(backend)
+    except EdgecError:
+        # Unknown or broken: planned as fp32 so that building it reports why.
+        return ("fp32", "fp16", "int8"), {}
+    return declared.precisions, dict(declared.precision_notes)
+
+
+def configurations(spec: Spec, target: Target, backend_choice: str,
                    available_passes: set[str]) -> tuple[list[Configuration], list[Skipped]]:
-    """Every configuration the spec allows, cheapest first, and those skipped with why."""
+    """Every configuration the spec allows, cheapest first, and those skipped with why.
+    Which backends run which precision is what each declares (`Capabilities`)."""
     opt = spec.optimize
     precisions = opt.precisions
     skipped: list[Skipped] = []
-    fp_backends = ["ort", "tvm"] if backend_choice == "auto" else [backend_choice]
-    int8_backends = [b for b in fp_backends if b in _INT8_BACKENDS]
+    candidates = _backends_for(backend_choice, skipped)
+    declared = {b: _precisions_of(b) for b in candidates}
+    runs = {p: [b for b in candidates if p in declared[b][0]] for p in ("fp32", "fp16", "int8")}
+
+    def no_kernels(precision: str) -> bool:
+        if runs[precision]:
+            return False
+        notes = [(f"{b}: " if len(candidates) > 1 else "") + declared[b][1][precision]
+                 for b in candidates if precision in declared[b][1]]
+        reason = (f"the {backend_choice} backend has no {precision} kernels"
+                  if backend_choice != "auto" else
+                  f"no backend that auto tries has {precision} kernels")
+        if notes:
+            reason += f" ({'; '.join(notes)})"
+        able = [b for b in auto_backends()[0] if precision in capabilities(b).precisions]
+        if able and backend_choice != "auto":
+            reason += f"; use backend {' or '.join(able)} or auto"
+        skipped.append(Skipped(precision, reason))
+        return True
 
     def need(pass_name: str, label: str) -> bool:
         if pass_name in available_passes:
@@ -101,19 +151,16 @@ def configurations(spec, target, backend_choice: str,
         return False
 
     base: list[tuple[str, str, str, list[str]]] = []  # (label, precision, policy, passes)
-    if "fp32" in precisions:
+    if "fp32" in precisions and not no_kernels("fp32"):
         base.append(("fp32", "fp32", "", []))
-    if "fp16" in precisions:
+    if "fp16" in precisions and not no_kernels("fp16"):
         if "fp16" not in target.fast_precisions:
             skipped.append(Skipped("fp16", f"{target.name} does not run fp16 fast "
                                            f"(fast: {', '.join(target.fast_precisions)})"))
         elif need("convert-fp16", "fp16"):
             base.append(("fp16", "fp16", "", ["convert-fp16"]))
-    if "int8" in precisions:
-        if not int8_backends:
-            skipped.append(Skipped("int8", f"the {backend_choice} backend has no int8 kernels "
-                                           "(TVM 0.27 runs QDQ in fp32); use backend ort or auto"))
-        elif need("quantize-int8", "int8"):
+    if "int8" in precisions and not no_kernels("int8"):
+        if need("quantize-int8", "int8"):
             # Written out, so that `edgec opt -p` (which has no target) reproduces it:
             # 7-bit weights only where the target's u8 x s8 pairs saturate.
             reduce = f"reduce-range={'true' if target.int8_saturates else 'false'}"
@@ -139,7 +186,7 @@ def configurations(spec, target, backend_choice: str,
     configs: list[Configuration] = []
     for sparsity in levels:
         for label, precision, policy, passes in base:
-            backends = int8_backends if precision == "int8" else fp_backends
+            backends = runs[precision]
             prune = [f"{prune_pass}{{sparsity={sparsity:g}}}"] if sparsity else []
             for backend in backends:
                 text = ",".join([*prune, *passes, *(["dce"] if passes or prune else [])])

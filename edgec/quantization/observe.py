@@ -18,8 +18,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from edgec.progress import Progress
+
 Observer = Callable[[str, np.ndarray], None]
-Progress = Callable[[str, int, int, str], None]
 
 BATCH = 16
 

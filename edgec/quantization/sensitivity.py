@@ -13,7 +13,6 @@ planner calls them directly; the ``quantize-int8{fallback=per-layer}`` pass uses
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -21,12 +20,11 @@ import onnx
 from edgec.frontend import export_model, import_model
 from edgec.ir.core import Model
 from edgec.metrics import evaluate, higher_is_better
+from edgec.progress import Progress
 from edgec.quantization.arithmetic import run_exact
 from edgec.quantization.observe import feed_batches, run, session
 from edgec.quantization.qdq import (Calibration, QuantConfig, apply, calibrate, candidate_nodes,
                                     prepare, quantizable_graphs)
-
-Progress = Callable[[str, int, int, str], None]
 
 
 @dataclass

@@ -8,7 +8,7 @@ number of nodes times the (small, fixed) size of the patterns.
 A match is legal for the driver when every node it covers, except the root, has all
 its outputs read only inside the match (the rewrite removes them: another reader
 would keep them alive and the rewrite would duplicate work instead of removing it)
-and none is a graph output. The rule's ``check`` then decides the rest.
+and returned by no graph. The rule's ``check`` then decides the rest.
 """
 
 from __future__ import annotations
@@ -84,9 +84,8 @@ class RewriteDriver:
     rejected: Counter = field(default_factory=Counter)
     max_rewrites_per_node: int = 8
 
-    def run(self, graph: Graph, returned: set[int]) -> int:
-        """Rewrite ``graph`` (not its subgraphs) to a fixed point; returns the rewrites made.
-        ``returned``: ids of values some graph returns, which must keep existing."""
+    def run(self, graph: Graph) -> int:
+        """Rewrite ``graph`` (not its subgraphs) to a fixed point; returns the rewrites made."""
         by_op: dict[str, list[Rule]] = defaultdict(list)
         for rule in self.rules:
             by_op[rule.pattern.op_type].append(rule)
@@ -105,7 +104,7 @@ class RewriteDriver:
                 match = rule.pattern.match(node)
                 if match is None:
                     continue
-                reason = self._structural_reason(match, rule, graph, returned)
+                reason = self._structural_reason(match, rule, graph)
                 if reason is None:
                     reason = rule.check(match, self.model)
                 if reason is not None:
@@ -122,7 +121,7 @@ class RewriteDriver:
         return made
 
     @staticmethod
-    def _structural_reason(match: Match, rule: Rule, graph: Graph, returned: set[int]) -> str | None:
+    def _structural_reason(match: Match, rule: Rule, graph: Graph) -> str | None:
         covered = {id(n) for n in match.covered}
         shared = {id(match.nodes[k]) for k in rule.shared_ok if k in match.nodes}
         for node in match.covered:
@@ -130,14 +129,11 @@ class RewriteDriver:
                 return "the match spans graphs"
             if node.subgraphs():
                 return "a matched node has subgraphs"
-            if node is match.root:
-                if any(id(o) in returned and not o.is_graph_output() for o in node.outputs):
-                    return "the result is returned by a subgraph"
-                continue
-            if id(node) in shared:
+            # The root's outputs are replaced (`Graph.replace_value`), returns included.
+            if node is match.root or id(node) in shared:
                 continue
             for out in node.outputs:
-                if out.is_graph_output() or id(out) in returned:
+                if out.is_returned():
                     return f"'{out.name}' is a graph output"
                 if any(id(reader) not in covered for reader in out.consumers()):
                     return f"'{out.name}' has readers outside the match"
@@ -161,23 +157,12 @@ class RewriteDriver:
             if producer is not None:
                 touched.append(producer)
         for node in reversed(match.covered):
-            if node.graph is graph and not any(o.has_uses() or o.is_graph_output() for o in node.outputs):
+            if node.graph is graph and not any(o.has_uses() or o.is_returned() for o in node.outputs):
                 for v in node.inputs:
                     if v is not None and v.producer() is not None:
                         touched.append(v.producer())
                 graph.remove(node)
         return touched
-
-
-def returned_values(model: Model) -> set[int]:
-    """Ids of values some graph returns without defining them (a subgraph returning an
-    outer value): such returns are not uses, so those values must not be replaced."""
-    out: set[int] = set()
-    for g in [model.graph, *model.graph.subgraphs()]:
-        defined = {id(v) for v in g.inputs} | {id(v) for v in g.initializers.values()}
-        defined.update(id(o) for n in g for o in n.outputs)
-        out.update(id(v) for v in g.outputs if id(v) not in defined)
-    return out
 
 
 def replaceable_by(result: Value, x: Value) -> str | None:

@@ -68,7 +68,7 @@ class _GraphBuilder:
             doc_string=doc_string,
         )
         model.ir_version = IR_VERSION
-        _calibrate_batchnorms(model, self.rng)
+        calibrate_batchnorms(model, self.rng)
         return model
 
 
@@ -129,7 +129,7 @@ def _conv(
 def _batchnorm(b: _GraphBuilder, x: str, scope: str, channels: int) -> str:
     """Eval-mode BatchNormalization with random scale and shift.
 
-    The running mean and variance are placeholders until ``_calibrate_batchnorms``
+    The running mean and variance are placeholders until ``calibrate_batchnorms``
     replaces them with the statistics the network really produces.
     """
     gamma = b.rng.uniform(0.8, 1.2, channels).astype(np.float32)
@@ -149,7 +149,7 @@ def _batchnorm(b: _GraphBuilder, x: str, scope: str, channels: int) -> str:
     )
 
 
-def _calibrate_batchnorms(model: onnx.ModelProto, rng: np.random.Generator, batch: int = 2,
+def calibrate_batchnorms(model: onnx.ModelProto, rng: np.random.Generator, batch: int = 2,
                           feed: np.ndarray | None = None) -> None:
     """Sets every BatchNormalization's running statistics to those of its real input.
 

@@ -103,7 +103,7 @@ def fit_to_task(model: onnx.ModelProto, task: TextureTask, *, train: int = 600, 
     callers evaluate on other seeds.
     """
     from edgec.quantization.observe import run
-    from edgec.testing.models import _calibrate_batchnorms
+    from edgec.testing.models import calibrate_batchnorms
 
     gemm = model.graph.node[-1]
     if gemm.op_type != "Gemm" or len(model.graph.output) != 1 or gemm.output[0] != model.graph.output[0].name:
@@ -114,7 +114,7 @@ def fit_to_task(model: onnx.ModelProto, task: TextureTask, *, train: int = 600, 
     fitted = onnx.ModelProto()
     fitted.CopyFrom(model)
     x, _ = task.sample(calibration, seed)
-    _calibrate_batchnorms(fitted, np.random.default_rng(seed), feed=x)
+    calibrate_batchnorms(fitted, np.random.default_rng(seed), feed=x)
 
     # The classifier's input, read as an extra output of a dynamic-batch copy.
     probe = _symbolic_batch(fitted)

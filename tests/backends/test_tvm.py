@@ -21,7 +21,7 @@ from edgec.testing.required import import_or_missing, missing
 import_or_missing("tvm")
 
 from edgec.backends.base import BackendError, BuildOptions  # noqa: E402
-from edgec.backends.tvm import TVMBackend, tuning_database_dir  # noqa: E402
+from edgec.backends.tvm import TVMBackend, target_dict, tuning_database_dir  # noqa: E402
 from edgec.diagnostics import ExitCode, ModelError  # noqa: E402
 from edgec.dsl import load_spec  # noqa: E402
 from edgec.testing import models  # noqa: E402
@@ -82,7 +82,7 @@ def test_host_build_matches_onnxruntime(tmp_path, host):
     details = result.details
     assert details["inputs"] == [{"name": "input", "dtype": "float32", "shape": [1, 3, 16, 16]}]
     assert [value["name"] for value in details["outputs"]] == ["output"]
-    assert details["target"] == host.tvm_target() and details["tuning"] is None
+    assert details["target"] == target_dict(host) and details["tuning"] is None
 
     x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
     runner = backend.load(str(tmp_path), details)

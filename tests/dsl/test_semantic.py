@@ -79,7 +79,9 @@ def test_canonical_example():
     assert spec.accuracy.tolerance.base == pytest.approx(0.01)
     assert "int8" in spec.optimize.precisions
     assert spec.accuracy.data == str((EXAMPLES / "data" / "digits.npz").resolve())
-    assert spec.target.tvm_target() == {
+    from edgec.backends.tvm import target_dict  # the TVM backend translates the target
+
+    assert target_dict(spec.target) == {
         "kind": "cuda", "arch": "sm_87",
         "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 6,
                  "mcpu": "cortex-a78", "mattr": ["+neon", "+fullfp16", "+dotprod"]}}
@@ -122,7 +124,9 @@ def test_target_with_overrides_and_inline_target():
     assert spec.target.cores == 6                       # kept from the catalogue
     spec = resolved("target { arch armv7; cores 2 }\n")
     assert spec.target.triple == "armv7l-linux-gnueabihf" and spec.target.float_abi == "hard"
-    assert spec.target.tvm_target()["mfloat-abi"] == "hard"
+    from edgec.backends.tvm import target_dict
+
+    assert target_dict(spec.target)["mfloat-abi"] == "hard"
 
 
 def test_unknown_names_get_a_did_you_mean():
@@ -132,6 +136,9 @@ def test_unknown_names_get_a_did_you_mean():
         "1:15 unknown arch 'aarch46'; did you mean 'aarch64'?"]
     assert errors("target host\naccuracy { metric cosine }\n") == [
         "2:19 unknown metric 'cosine'; did you mean 'cosine-similarity'?"]
+    # Backends are the registry's (edgec.backends entry points), plugins included.
+    assert errors("target host\noptimize { backend tvn }\n") == [
+        "2:20 unknown backend 'tvn'; did you mean 'tvm'?"]
 
 
 def test_tolerance_must_fit_the_metric():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgec.ir import Graph, Node, Shape, TensorType, Value
+from edgec.ir import Graph, Node, Shape, TensorType, Value, captured_values, node_reads
 from edgec.ir.parser import parse_graph
 from edgec.ir.types import DataType
 
@@ -201,3 +201,133 @@ def test_make_constant_and_unnamed_outputs_get_names():
     assert n.output.name == "mul_out"
     omitted = g.append(Node("Split", [x], outputs=[Value("s0"), Value("")]))
     assert omitted.outputs[1].name == ""
+
+
+# --------------------------------------------------------------------------- graph outputs
+
+
+def test_graph_output_slots_are_recorded_on_values_through_every_list_change():
+    g, x, a, b, c = chain()
+    assert c.output.returned_by() == [(g, 0)] and c.output.is_graph_output()
+    assert not b.output.is_returned() and not b.output.is_graph_output()
+    g.outputs.append(b.output)
+    g.outputs.insert(0, a.output)
+    assert g.outputs == [a.output, c.output, b.output]
+    assert [v.returned_by() for v in g.outputs] == [[(g, 0)], [(g, 1)], [(g, 2)]]
+    g.outputs[1] = a.output  # the same value in two slots
+    assert a.output.returned_by() == [(g, 0), (g, 1)] and not c.output.is_returned()
+    del g.outputs[0]
+    assert a.output.returned_by() == [(g, 0)] and b.output.returned_by() == [(g, 1)]
+    assert g.outputs.pop() is b.output and not b.output.is_returned()
+    g.outputs.remove(a.output)
+    assert g.outputs == [] and not a.output.is_returned()
+    g.outputs = [c.output, b.output]
+    g.outputs.reverse()
+    assert b.output.returned_by() == [(g, 0)] and c.output.returned_by() == [(g, 1)]
+    g.outputs[:] = [x]
+    assert x.returned_by() == [(g, 0)] and not b.output.is_returned() and not c.output.is_returned()
+    g.outputs += [a.output]
+    g.outputs *= 2
+    assert x.returned_by() == [(g, 0), (g, 2)] and a.output.returned_by() == [(g, 1), (g, 3)]
+    g.outputs *= 0
+    assert not x.is_returned() and not a.output.is_returned()
+    g.outputs.append(x)
+    g.outputs.clear()
+    assert not x.is_returned()
+    built = Graph("h", inputs=[Value("y", F32)], outputs=[x])
+    assert x.returned_by() == [(built, 0)]
+    with pytest.raises(IndexError):
+        built.outputs[3] = x
+
+
+IF_RETURNING_OUTER = """
+graph @main(%c: bool, %x: f32[2]) -> (%y, %a) {
+  %a = Relu(%x)
+  %y = If(%c) {
+    then_branch = graph @t() -> (%t) {
+      %t = Neg(%a)
+    },
+    else_branch = graph @e() -> (%a) {
+    }
+  }
+}
+"""
+
+
+def test_a_subgraph_returning_an_outer_value_is_recorded_on_it():
+    g = parse_graph(IF_RETURNING_OUTER)
+    relu, if_node = g.nodes
+    then_branch, else_branch = if_node.attr("then_branch"), if_node.attr("else_branch")
+    a = relu.output
+    assert set(a.returned_by()) == {(g, 1), (else_branch, 0)}
+    assert a.is_graph_output() and a.is_returned()
+    t = then_branch.outputs[0]
+    assert t.returned_by() == [(then_branch, 0)] and t.is_graph_output()
+    # Returning an outer value is a read of it, as a node's use is.
+    assert a in captured_values(else_branch) and a in captured_values(then_branch)
+    assert [v for v in node_reads(if_node) if v is not None] == [g.inputs[0], a, a]
+
+
+def test_replace_all_uses_with_retargets_subgraph_returns_and_keeps_the_interface():
+    g = parse_graph(IF_RETURNING_OUTER)
+    relu, if_node = g.nodes
+    else_branch = if_node.attr("else_branch")
+    x = g.inputs[1]
+    relu.output.replace_all_uses_with(x)
+    # The else branch returned %a from the enclosing scope: that slot follows the value;
+    # the main graph's own output slot is interface and stays until asked.
+    assert else_branch.outputs[0] is x and (else_branch, 0) in x.returned_by()
+    assert g.outputs[1] is relu.output and relu.output.returned_by() == [(g, 1)]
+    relu.output.replace_all_uses_with(x, replace_graph_outputs=True)
+    assert g.outputs[1] is x and not relu.output.is_returned()
+    g.remove(relu)
+    assert [n.op_type for n in g] == ["If"]
+
+
+def test_replace_value_of_a_graph_output_keeps_its_name_and_reaches_subgraphs():
+    g = parse_graph(IF_RETURNING_OUTER)
+    relu, if_node = g.nodes
+    else_branch = if_node.attr("else_branch")
+    abs_node = Node("Abs", [g.inputs[1]], outputs=[Value("m")])
+    g.insert_before(relu, abs_node)
+    g.replace_value(relu.output, abs_node.output)
+    assert g.outputs[1] is abs_node.output and abs_node.output.name == "a"
+    assert else_branch.outputs[0] is abs_node.output
+    assert set(abs_node.output.returned_by()) == {(g, 1), (else_branch, 0)}
+    assert relu.output.name != "a" and not relu.output.is_returned()
+    g.remove(relu)
+
+
+def test_removing_a_node_whose_output_a_graph_returns_is_refused():
+    g = parse_graph(IF_RETURNING_OUTER)
+    relu, if_node = g.nodes
+    neg = if_node.attr("then_branch").nodes[0]
+    neg.set_input(0, g.inputs[1])  # %a: no node reads it any more, but two graphs return it
+    with pytest.raises(ValueError, match="is a graph output of graph '(main|e)', graph '(main|e)'"):
+        g.remove(relu)
+    g.outputs.pop()
+    with pytest.raises(ValueError, match="graph output of graph 'e'"):
+        g.remove(relu)
+    # An unsafe removal leaves the slot holding the removed node's output, as it leaves uses.
+    g.remove(relu, safe=False)
+    assert if_node.attr("else_branch").outputs[0] is relu.output
+
+
+def test_unused_initializers_that_a_subgraph_returns_are_kept():
+    g = parse_graph("""
+    graph @main(%c: bool, %x: f32[2]) -> (%y) {
+      %y = If(%c) {
+        then_branch = graph @t() -> (%x) {
+        },
+        else_branch = graph @e() -> (%x) {
+        }
+      }
+    }
+    """)
+    w = g.make_constant(np.ones(2, np.float32), "w")
+    if_node = g.nodes[0]
+    for branch in if_node.subgraphs():
+        branch.outputs[0] = w
+    g.make_constant(np.zeros(2, np.float32), "dead")
+    assert g.remove_unused_initializers() == 1
+    assert list(g.initializers) == ["w"] and not w.has_uses() and w.is_returned()

@@ -238,3 +238,28 @@ def test_canonical_proto_clears_set_defaults_but_keeps_oneofs():
     assert canonical_proto(a) == canonical_proto(b)
     dim = canonical_proto(a).type.tensor_type.shape.dim[0]
     assert dim.WhichOneof("value") == "dim_param"  # dim_param: "" is not an unknown dim
+
+
+def test_export_node_and_import_type_are_the_codecs_own():
+    from edgec.frontend.onnx_export import export_attribute, export_node, export_type
+    from edgec.frontend.onnx_import import import_type
+    from edgec.ir.types import DataType
+
+    proto = model(helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w"], ["y"], name="g", alpha=0.5, transB=1,
+                          doc_string="the layer")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")]))
+    m = import_model(proto, check=False)
+    gemm = m.graph.nodes[0]
+    assert export_node(gemm) == export_model(m).graph.node[0] == proto.graph.node[0]
+    assert export_node(gemm, name="other").name == "other"
+    assert export_attribute(gemm.attributes["alpha"]) == proto.graph.node[0].attribute[0]
+    y = m.graph.outputs[0]
+    assert export_type(y.type) == proto.graph.output[0].type
+    assert import_type(proto.graph.output[0].type) == y.type
+    seq = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.INT64, [3]))
+    assert export_type(import_type(seq)) == seq
+    unknown = helper.make_tensor_type_proto(999, [1])
+    assert import_type(unknown).dtype is DataType.UNDEFINED

@@ -6,9 +6,9 @@ Merging removes duplicate work only, so outputs are compared exactly (rtol=0, at
 import numpy as np
 from onnx import TensorProto, helper
 
-
-from edgec.testing.passes import assert_same_outputs, conformance, load, op_types, parse, run_pass
+from edgec.ir.parser import parse_model
 from edgec.passes.cse import CommonSubexpressionElimination
+from edgec.testing.passes import assert_same_outputs, conformance, load, op_types, parse, run_pass
 
 CSE = CommonSubexpressionElimination()
 
@@ -115,3 +115,29 @@ def test_merges_inside_if_branches_but_not_the_if_nodes():
 
 def test_onnx_node_cases():
     conformance(CSE)
+
+
+def test_a_duplicate_that_a_branch_returns_from_the_enclosing_graph_merges():
+    # The else branch returns the outer %b directly (the IR allows it; onnx's checker
+    # and onnxruntime do not, so it arises only inside a pipeline): not a node use, but
+    # an output slot the IR records on %b, so merging %b into %a retargets the branch.
+    model = parse_model("""
+    model {ir_version = 8, opset_import = {"": 17}} {
+      graph @g(%x: f32[2], %c: bool) -> (%y: f32[2]) {
+        %a = Abs(%x)
+        %b = Abs(%x)
+        %y = If(%c) {
+          then_branch = graph @t() -> (%t) {
+            %t = Neg(%a)
+          },
+          else_branch = graph @e() -> (%b) {
+          }
+        }
+      }
+    }
+    """)
+    result = run_pass(CSE, model)
+    assert result.stats["nodes-merged"] == 1 and [n.op_type for n in model.graph] == ["Abs", "If"]
+    a = model.graph.nodes[0].output
+    assert model.graph.nodes[1].attr("else_branch").outputs[0] is a
+    assert not run_pass(CSE, model).modified

@@ -10,8 +10,9 @@ from onnx import TensorProto, helper
 
 from edgec.testing.passes import assert_same_outputs, conformance, load, parse, run_pass
 from edgec.frontend import export_model, load_model
+from edgec.ir.shape_inference import merge_types
 from edgec.ir.types import DataType, Shape, TensorType
-from edgec.passes.infer_shapes import InferShapes, merge_types
+from edgec.passes.infer_shapes import InferShapes
 from edgec.passmgr.base import PassContext
 
 INFER = InferShapes()

@@ -214,15 +214,16 @@ def test_widen_half_matches_onnxruntime():
 
 def test_the_tvm_default_pipeline_ends_with_legalize_tvm():
     from edgec.passmgr import default_pipeline, default_registry
+    from edgec.planner.search import backend_pipeline
 
     registry = default_registry()
     added = LegalizeTVM.name not in registry.names()
     if added:  # an editable install whose metadata predates the pass
-        assert default_pipeline("tvm").split(",")[-1] != "legalize-tvm"
+        assert backend_pipeline("tvm").split(",")[-1] != "legalize-tvm"
         registry.register(LegalizeTVM)
     try:
-        assert default_pipeline("tvm").endswith(",legalize-tvm")
-        assert "legalize-tvm" not in default_pipeline("ort") and "legalize-tvm" not in default_pipeline()
+        assert backend_pipeline("tvm").endswith(",legalize-tvm")
+        assert "legalize-tvm" not in backend_pipeline("ort") and "legalize-tvm" not in default_pipeline()
     finally:
         if added:
             registry._entries.pop(LegalizeTVM.name, None)

@@ -90,3 +90,32 @@ def test_garbage_never_crashes(text):
         parse_pipeline(text)
     except PipelineSyntaxError as e:
         assert 0 <= e.offset <= len(text)
+
+
+def test_with_options_sets_options_on_every_invocation_nested_ones_included():
+    pipeline = parse_pipeline("fuse,fixed-point(cse,fuse{patterns=conv-bn exclude=x}),dce")
+    edited = pipeline.with_options("fuse", {"exclude": "attention"})
+    assert str(edited) == ("fuse{exclude=attention},fixed-point(cse,fuse{patterns=conv-bn "
+                           "exclude=attention}),dce")
+    assert str(pipeline) == "fuse,fixed-point(cse,fuse{patterns=conv-bn exclude=x}),dce"
+
+
+def test_edited_option_values_are_quoted_when_they_must_be_and_round_trip():
+    edited = parse_pipeline("a").with_options("a", {"note": 'two words {and "quotes"}'})
+    assert str(edited) == 'a{note="two words {and \\"quotes\\"}"}'
+    [invocation] = parse_pipeline(str(edited))
+    assert invocation.option("note") == 'two words {and "quotes"}'
+
+
+def test_then_appends_passes():
+    assert str(parse_pipeline("fixed-point(cse,dce)").then("a", "b")) == "fixed-point(cse,dce),a,b"
+    assert str(parse_pipeline("").then("a")) == "a"
+
+
+def test_default_pipeline_for_a_consumer_edits_the_parsed_default(registry):
+    from edgec.passmgr import DEFAULT_PIPELINE, default_pipeline
+
+    assert default_pipeline() == DEFAULT_PIPELINE
+    text = default_pipeline({"fuse": {"exclude": "attention"}}, ("count-nodes", "not-installed"),
+                            registry=registry)
+    assert text == DEFAULT_PIPELINE.replace(",fuse,", ",fuse{exclude=attention},") + ",count-nodes"

@@ -4,7 +4,7 @@ orders; the driver refuses matches whose intermediates are read outside them."""
 import numpy as np
 
 from edgec.ir.parser import parse_model
-from edgec.rewrite import Const, Op, RewriteDriver, Rule, Var, returned_values
+from edgec.rewrite import Const, Op, RewriteDriver, Rule, Var
 
 MODEL = """
 model {ir_version = 8, opset_import = {"": 17}} {
@@ -52,7 +52,7 @@ def test_driver_rewrites_and_counts():
     model = parse_model(MODEL)
     counted: list = []
     driver = RewriteDriver([_neg_add_rule(counted)], model)
-    assert driver.run(model.graph, returned_values(model)) == 1
+    assert driver.run(model.graph) == 1
     assert [n.op_type for n in model.graph] == ["Sigmoid", "Mul", "Sub"]
     assert model.graph.outputs[1].name == "z" and driver.counts["neg-add"] == 1
 
@@ -61,5 +61,46 @@ def test_driver_refuses_intermediates_read_outside_the_match():
     text = MODEL.replace('-> (%y: f32[3], %z: f32[3])', '-> (%y: f32[3], %z: f32[3], %t)')
     model = parse_model(text)
     driver = RewriteDriver([_neg_add_rule([])], model)
-    assert driver.run(model.graph, returned_values(model)) == 0
+    assert driver.run(model.graph) == 0
     assert any("graph output" in reason for reason in driver.rejected)
+
+
+def test_driver_rewrites_a_root_that_a_subgraph_returns_and_retargets_the_return():
+    model = parse_model("""
+    model {ir_version = 8, opset_import = {"": 17}} {
+      graph @g(%x: f32[3], %c: bool) -> (%y: f32[3]) {
+        init %k: f32[] = dense<[2.0]>
+        "n": %t = Neg(%x)
+        "a": %z = Add(%k, %t)
+        %y = If(%c) {
+          then_branch = graph @then() -> (%z) {
+          },
+          else_branch = graph @else() -> (%x) {
+          }
+        }
+      }
+    }
+    """)
+    driver = RewriteDriver([_neg_add_rule([])], model)
+    assert driver.run(model.graph) == 1
+    sub, if_node = model.graph.nodes
+    assert sub.op_type == "Sub" and if_node.attr("then_branch").outputs[0] is sub.output
+    # Intermediates returned by a subgraph still stop a match: the rewrite removes them.
+    text = """
+    model {ir_version = 8, opset_import = {"": 17}} {
+      graph @g(%x: f32[3], %c: bool) -> (%y: f32[3]) {
+        init %k: f32[] = dense<[2.0]>
+        "n": %t = Neg(%x)
+        "a": %z = Add(%k, %t)
+        %y = If(%c) {
+          then_branch = graph @then() -> (%t) {
+          },
+          else_branch = graph @else() -> (%z) {
+          }
+        }
+      }
+    }
+    """
+    model = parse_model(text)
+    driver = RewriteDriver([_neg_add_rule([])], model)
+    assert driver.run(model.graph) == 0 and any("graph output" in r for r in driver.rejected)

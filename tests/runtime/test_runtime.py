@@ -279,8 +279,10 @@ def test_builtin_targets_run_on_their_boards(target, cpu, ok):
     from edgec.dsl import check_text
     spec, diagnostics = check_text(f"target {target}\n", "<t>")
     assert spec is not None, [d.render() for d in diagnostics]
+    from edgec.backends.tvm import target_dict
+
     t = spec.target
-    details = _tvm_details(target=t.tvm_target(), target_name=t.name, arch=t.arch,
+    details = _tvm_details(target=target_dict(t), target_name=t.name, arch=t.arch,
                            triple=t.triple, accelerator=None)
     facts = HostFacts("aarch64", frozenset(cpu), {"tvm": "0.27.0"})
     assert (host.problems("tvm", details, facts) == []) is ok, host.problems("tvm", details, facts)

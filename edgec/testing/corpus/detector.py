@@ -18,7 +18,7 @@ import numpy as np
 from edgec.testing.corpus.graph import (PADDLE, ExporterGraph, batchnorm_params, float_input, he_conv, logistic, ridge,
                                         run_values, set_initializer)
 from edgec.testing.corpus.mobilenet_v3 import DETECTOR, conv_bn, residual_unit
-from edgec.testing.models import _calibrate_batchnorms
+from edgec.testing.models import calibrate_batchnorms
 from edgec.testing.tasks import TextureTask
 
 OPSET = 14  # HardSwish needs 14; Paddle2ONNX writes it natively from there on
@@ -160,7 +160,7 @@ def dbnet(size: int = 736, inner: int = 64, seed: int = 0, fit_pixels: float = 4
                 for v in range(2):
                     routing[(2 * a + u) * 4 + (2 * b + v), 2 * u + v, a, b] = 1.0
     set_initializer(model, upsample.input[1], routing)
-    _calibrate_batchnorms(model, rng, feed=calibration)  # the head's statistics changed
+    calibrate_batchnorms(model, rng, feed=calibration)  # the head's statistics changed
 
     # The last ConvTranspose (1 output channel, 2x2 stride 2) is a logistic regression per
     # sub-pixel position (a, b) on the features below it, with one shared bias.

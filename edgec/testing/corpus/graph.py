@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.testing.models import _calibrate_batchnorms
+from edgec.testing.models import calibrate_batchnorms
 
 IR_VERSION = 8
 
@@ -123,8 +123,8 @@ class ExporterGraph:
                                   producer_name=producer, producer_version=version, doc_string=doc_string)
         model.ir_version = IR_VERSION
         if calibration_feed is not None:
-            # Running statistics of the task's images (see models._calibrate_batchnorms).
-            _calibrate_batchnorms(model, self.rng, feed=calibration_feed)
+            # Running statistics of the task's images (see models.calibrate_batchnorms).
+            calibrate_batchnorms(model, self.rng, feed=calibration_feed)
         return model
 
 
