@@ -23,6 +23,7 @@ Which ops are quantized is a policy (`QuantConfig.ops`): the compute-heavy ops o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -98,6 +99,7 @@ class Calibration:
     ranges: dict[str, tuple[float, float]]
     method: str
     samples: int
+    observed: frozenset[str] = frozenset()  # the values asked for (some have no range)
 
 
 # --------------------------------------------------------------------------- plan
@@ -303,10 +305,19 @@ def _needed_names(model: Model, config: QuantConfig) -> set[str]:
 # --------------------------------------------------------------------------- calibration
 
 
+# Calibrations of this process, newest last: the planner's int8 candidates quantize the
+# same model on the same samples under different policies; a value's range does not
+# depend on which other values are observed, so one run for all of them serves each.
+_CALIBRATIONS: list[tuple[tuple, Calibration]] = []
+_KEPT_CALIBRATIONS = 4
+
+
 def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
               progress: Progress | None = None) -> Calibration:
     """Run the model on up to ``config.samples`` samples and compute a range for every
-    value the policy may quantize, with the configured method."""
+    value the policy may quantize, with the configured method. Every value any policy
+    (op types, all ops, contiguous) may quantize is observed at once, and the ranges
+    are kept for the next call on the same model and samples."""
     samples = {k: v[:config.samples] for k, v in samples.items()}
     proto = export_model(model)
     initializers = {t.name for t in proto.graph.initializer}
@@ -316,6 +327,29 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
     if count == 0:
         raise ValueError("calibration needs at least one sample")
     wanted = _needed_names(model, config)
+    key = _calibration_key(proto, samples, config)
+    for cached_key, cached in reversed(_CALIBRATIONS):
+        if cached_key == key and wanted <= cached.observed:
+            return cached
+    for policy in (replace(config, placement="ops", ops=("all",)), replace(config, placement="contiguous")):
+        wanted |= _needed_names(model, policy)
+    calibration = _calibrate(model, proto, samples, config, wanted, count, progress)
+    _CALIBRATIONS.append((key, calibration))
+    del _CALIBRATIONS[:-_KEPT_CALIBRATIONS]
+    return calibration
+
+
+def _calibration_key(proto, samples: dict[str, np.ndarray], config: QuantConfig) -> tuple:
+    digest = hashlib.sha256(proto.SerializeToString())
+    for name in sorted(samples):
+        array = np.ascontiguousarray(samples[name])
+        digest.update(f"{name}{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest(), config.calibration, config.percentile
+
+
+def _calibrate(model: Model, proto, samples: dict[str, np.ndarray], config: QuantConfig,
+               wanted: set[str], count: int, progress: Progress | None) -> Calibration:
     observed: dict[str, list[float]] = {}
 
     def minmax(name: str, array: np.ndarray) -> None:
@@ -345,7 +379,7 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
     elif config.calibration != "minmax":
         raise ValueError(f"unknown calibration method '{config.calibration}' "
                          "(minmax, percentile or entropy)")
-    return Calibration(ranges, config.calibration, count)
+    return Calibration(ranges, config.calibration, count, observed=frozenset(wanted))
 
 
 # --------------------------------------------------------------------------- parameters

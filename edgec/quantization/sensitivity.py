@@ -490,7 +490,19 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
         report.faster_than_fp32 = report.faster_than_fp32 and affordable == len(order)
         return replace(config, exclude=tuple(config.exclude) + tuple(kept)), report
     report.kept_fp32, report.held = fp32_nodes(held_at), True
-    return replace(config, exclude=tuple(config.exclude) + tuple(report.kept_fp32)), report
+    chosen = replace(config, exclude=tuple(config.exclude) + tuple(report.kept_fp32))
+    if latency:
+        # The costs are per layer; islands also cost onnxruntime layout changes around
+        # them, so the mix itself is measured and the report says when it is slower.
+        from edgec.quantization.executed import profile
+
+        mixed = _copy(trials.base)
+        apply(mixed, trials.calibration, chosen)
+        seconds = profile(export_model(mixed), {k: v[:1] for k, v in samples.items()}, runs=3,
+                          threads=threads, base_dir=mixed.base_dir).seconds()
+        report.latency["mixed_ms"] = seconds * 1e3
+        report.faster_than_fp32 = seconds < report.latency["fp32_ms"] / 1e3
+    return chosen, report
 
 
 def _noise_ratio(sqnr_db: float) -> float:

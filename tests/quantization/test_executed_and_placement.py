@@ -142,3 +142,25 @@ def test_profile_reports_per_node_precision_transitions_and_time():
     assert report.precision["stem_act"] == "fp32"  # HardSwish, run as HardSigmoid and Mul
     assert dict(report.fp32_ops())  # ConvTranspose, HardSigmoid, Resize ... ran in fp32
     assert "per_node" in report.to_json() and "time_share" not in report.to_json()
+
+
+def test_one_calibration_serves_every_policy_on_the_same_model_and_samples(monkeypatch):
+    from edgec.quantization import qdq
+
+    runs = []
+    real_observe = qdq.observe
+    monkeypatch.setattr(qdq, "observe", lambda *a, **k: runs.append(1) or real_observe(*a, **k))
+    monkeypatch.setattr(qdq, "_CALIBRATIONS", [])
+    model = _model()
+    qdq.prepare(model, QuantConfig())
+    first = qdq.calibrate(model, CAL, QuantConfig())
+    again = qdq.calibrate(model, CAL, QuantConfig(placement="contiguous"))
+    assert again is first and len(runs) == 1
+    # The ranges are those a calibration for that policy alone finds.
+    monkeypatch.setattr(qdq, "_CALIBRATIONS", [])
+    alone = qdq._calibrate(model, export_model(model), CAL, QuantConfig(), qdq._needed_names(
+        model, QuantConfig()), 16, None)
+    assert all(first.ranges[k] == v for k, v in alone.ranges.items())
+    # Other samples are calibrated afresh.
+    qdq.calibrate(model, EVAL, QuantConfig())
+    assert len(runs) == 3

@@ -30,7 +30,10 @@ def test_sensitivity_ranks_outlier_layer_first():
     assert ranking[0][1] < 5 and all(score > 25 for _, score in ranking[1:])
 
 
-def test_mixed_precision_keeps_outlier_layer_fp32_and_holds():
+def test_mixed_precision_keeps_outlier_layer_fp32_and_holds(monkeypatch):
+    from edgec.quantization import qdq
+
+    monkeypatch.setattr(qdq, "_CALIBRATIONS", [])  # calibrated afresh: its stage is shown
     stages = []
     proto = outlier_mlp()
     config, report = mixed_precision(import_model(proto), CAL, "sqnr", "30dB", eval_samples=EVAL,
