@@ -21,43 +21,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-# One verification for the compiler (up-to-date, cache) and the device runtime (load).
-from edgec_runtime.artifact import (RUNTIME_BACKENDS, plain_name,  # noqa: F401 (re-exported)
-                                    verify_files)
+# The format's names and the manifest reader, and the atomic writer, re-exported: the
+# compiler and the manifest take them from here with the rest of the artifact's API.
+from edgec.artifact_format import (FORMAT_VERSION, MANIFEST, MANIFEST_LIMIT,  # noqa: F401
+                                   MEASUREMENTS, REPORT, RUNTIME_BACKENDS, plain_name,
+                                   read_manifest, verify_files)
 from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, ModelError,
                                UsageError)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-MEASUREMENTS = "measurements.json"
-REPORT = "report.txt"
+from edgec.publish import write_if_changed  # noqa: F401
 
 
 def dumps_canonical(data: Any) -> str:
     """JSON with sorted keys and a final newline: the same data, the same bytes."""
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def write_if_changed(path: str, text: str) -> bool:
-    """Write ``text`` unless the file already holds exactly it (keeps mtimes stable);
-    atomically, with ordinary permissions (`edgec.publish.write_atomically`)."""
-    from edgec.publish import write_atomically
-
-    data = text.encode()
-    try:
-        with open(path, "rb") as f:
-            if f.read(len(data) + 1) == data:
-                return False
-    except OSError:
-        pass
-    write_atomically(path, data)
-    return True
 
 
 def sha256_file(path: str) -> str:
@@ -66,35 +47,6 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-# The most a manifest.json may hold: far above any real one, far below harm.
-MANIFEST_LIMIT = 64 << 20
-
-
-def read_manifest(folder: str, *, dir_fd: int | None = None) -> dict | None:
-    """``folder``'s manifest.json when it is an edgec manifest (a JSON object with
-    ``format_version``, ``edgec_version``, ``cache_key`` and a ``files`` table), else
-    None. Read without following a link, from a regular file of bounded size."""
-    path = MANIFEST if dir_fd is not None else os.path.join(folder, MANIFEST)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MANIFEST_LIMIT:
-                return None
-            manifest = json.loads(f.read(MANIFEST_LIMIT + 1).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not (isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int)
-            and isinstance(manifest.get("edgec_version"), str)
-            and isinstance(manifest.get("cache_key"), str)
-            and isinstance(manifest.get("files"), dict)):
-        return None
-    return manifest
 
 
 def write_depfile(path: str, target: str, deps: list[str]) -> None:

@@ -377,7 +377,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from edgec.compiler import default_cache_dir
     from edgec_runtime.feeds import synthetic
     from edgec_runtime.npz import read_npz
-    from edgec_runtime.tvm_runner import _value_infos
+    from edgec_runtime.tvm_runner import value_infos
 
     artifact = load(args.artifact)
     backend = get_backend(artifact.backend_name)
@@ -387,7 +387,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                          "(or python3 -m edgec_runtime bench) on the device")
     details = artifact.manifest["backend"]["details"]
     with translated_errors():
-        inputs_info = _value_infos(details.get("inputs"), "inputs", artifact.path)
+        inputs_info = value_infos(details.get("inputs"), "inputs", artifact.path)
         if args.inputs:
             arrays = read_npz(args.inputs, {i.name: i.wanted for i in inputs_info},
                               layouts=("batch",))

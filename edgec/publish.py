@@ -45,7 +45,7 @@ import tempfile
 from contextlib import contextmanager, suppress
 from typing import Callable, Iterator
 
-from edgec import artifact as art
+from edgec import artifact_format as art
 from edgec.diagnostics import Diagnostic, Location, UsageError
 
 # Files every artifact holds besides those its manifest lists with their sha256.
@@ -132,6 +132,20 @@ def write_atomically(path: str, data: bytes, mode: int | None = None) -> None:
         with suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_if_changed(path: str, text: str) -> bool:
+    """Write ``text`` unless the file already holds exactly it (keeps mtimes stable);
+    atomically, with ordinary permissions (`write_atomically`)."""
+    data = text.encode()
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return False
+    except OSError:
+        pass
+    write_atomically(path, data)
+    return True
 
 
 def normal_permissions(folder: str) -> None:

@@ -61,7 +61,9 @@ def set_threads(threads: int | None) -> None:
         os.sched_setaffinity(0, mask)
 
 
-def _value_infos(values: Any, what: str, where: str | None) -> list[InputInfo]:
+def value_infos(values: Any, what: str, where: str | None) -> list[InputInfo]:
+    """The module's inputs or outputs (``what``) as the manifest's TVM details record
+    them, checked: a damaged record is an `ArtifactError` naming ``where``."""
     from edgec_runtime.errors import ArtifactError
 
     def bad(why: str) -> ArtifactError:
@@ -96,8 +98,8 @@ class TVMRunner:
         # A module tuned on a symbolic batch was bound to this one batch (edgec's TVM
         # backend: MetaSchedule tunes static shapes only).
         self.batch = details.get("batch") if type(details.get("batch")) is int else None
-        self.inputs = _value_infos(details.get("inputs"), "inputs", where)
-        self.outputs = _value_infos(details.get("outputs"), "outputs", where)
+        self.inputs = value_infos(details.get("inputs"), "inputs", where)
+        self.outputs = value_infos(details.get("outputs"), "outputs", where)
         self.input_names = [i.name for i in self.inputs]
         self.output_names = [o.name for o in self.outputs]
         accelerator = details.get("accelerator")

@@ -99,12 +99,7 @@ class ConvertFp16(Pass):
                     for n, i in readers:
                         n.set_input(i, back)
                     if out.is_graph_output() and self.keep_io_types:
-                        for k, g_out in enumerate(graph.outputs):
-                            if g_out is out:
-                                name = out.name
-                                out.name = graph.unique_name(f"{name}_fp16")
-                                back.name = name
-                                graph.outputs[k] = back
+                        graph.hand_over_outputs(out, back, "_fp16")
         graph.remove_unused_initializers()
         return PassResult(True, stats)
 

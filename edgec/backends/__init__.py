@@ -8,6 +8,7 @@ import importlib.metadata
 from edgec.backends.base import (Backend, BackendError, BuildOptions, BuildResult, Capabilities,
                                  LatencyStats, RpcConfig)
 from edgec.diagnostics import Diagnostic, UsageError
+from edgec.plugins import plugin_failure
 
 ENTRY_POINT_GROUP = "edgec.backends"
 
@@ -40,8 +41,6 @@ def get_backend(name: str) -> Backend:
     try:
         backend = ep.load()()
     except (Exception, SystemExit) as e:  # a plugin's sys.exit() is a broken plugin
-        from edgec.passmgr.registry import plugin_failure
-
         raise UsageError(Diagnostic.error(
             f"backend '{name}' failed to load: {plugin_failure(e)}")) from None
     declared = getattr(backend, "capabilities", Capabilities())

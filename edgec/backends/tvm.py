@@ -1,9 +1,10 @@
 """The TVM backend: ONNX -> relax -> (MetaSchedule tuning) -> a module ``.so`` for the
 target, cross-compiled for Arm boards and with CUDA kernels for Jetson GPUs.
 
-Tuning records persist per target under ``cache_dir/tvm-tuning/<sha of the target
-JSON>/`` so that compiling the same model for the same target again runs no trials.
-Measurement runs the module on this host, or on a device reached over TVM RPC.
+Tuning is `edgec.backends.tvm_tuning`'s (records persist per target in the cache, so
+compiling the same model for the same target again runs no trials); the target's TVM
+description is `edgec.backends.tvm_target`'s. Measurement runs the module on this host,
+or on a device reached over TVM RPC (`edgec.backends.tvm_rpc` checks the tracker).
 
 TVM is imported lazily: ``import edgec.backends.tvm`` works without apache-tvm, and
 `TVMBackend.unavailable_reason` then says what is missing.
@@ -12,20 +13,10 @@ TVM is imported lazily: ``import edgec.backends.tvm`` works without apache-tvm, 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import importlib
-import importlib.util
 import io
-import json
-import logging
 import os
-import platform
 import shutil
-import sys
-import tempfile
-import time
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +27,17 @@ import onnx
 
 from edgec.backends.base import (BackendError, BuildOptions, BuildResult, Capabilities,
                                  LatencyStats, uses_external_data)
+# Re-exported: the planner, the tests and the benchmarks take these from here.
+from edgec.backends.tvm_rpc import check_rpc_tracker
+from edgec.backends.tvm_target import (host_arch, is_cuda, target_dict, target_json,
+                                       tvm_target_json)
+from edgec.backends.tvm_tuning import tune, tuning_database_dir
 from edgec.diagnostics import Diagnostic, Location, ModelError
 
 if TYPE_CHECKING:
     from edgec.dsl.spec import Target
 
 MODULE_FILE = "model.so"
-TUNING_DIR = "tvm-tuning"
-LEDGER_FILE = "edgec-trials.json"  # trials granted per workload (see TVMBackend._tune)
 
 # Debian cross compilers by target architecture: (executable, package).
 CROSS_COMPILERS = {
@@ -51,56 +45,6 @@ CROSS_COMPILERS = {
     "armv7": ("arm-linux-gnueabihf-gcc", "gcc-arm-linux-gnueabihf"),
     "x86_64": ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"),
 }
-
-# When only a wall-time budget is given, each task is offered this many trials.
-TRIALS_PER_TASK_WITHOUT_BUDGET = 64
-# Candidates measured per search round of a task (MetaSchedule's num_trials_per_iter).
-TRIALS_PER_ROUND = 64
-
-
-def host_arch() -> str:
-    """This machine's architecture in the spec language's names (x86_64, aarch64, armv7)."""
-    machine = platform.machine().lower()
-    if machine in ("amd64", "x86_64"):
-        return "x86_64"
-    if machine in ("arm64", "aarch64"):
-        return "aarch64"
-    if machine.startswith("armv7") or machine.startswith("armv8l"):
-        return "armv7"
-    return machine
-
-
-def target_dict(target: Target) -> dict:
-    """The JSON dict `tvm.target.Target` accepts for ``target`` (TVM 0.27 rejects CLI
-    strings): LLVM for the CPU, wrapped in CUDA for a CUDA accelerator."""
-    llvm: dict = {"kind": "llvm", "mtriple": target.triple, "num-cores": target.cores}
-    if target.cpu and target.cpu != "generic":
-        llvm["mcpu"] = target.cpu
-    if target.features:
-        llvm["mattr"] = list(target.features)
-    if target.float_abi:
-        llvm["mfloat-abi"] = target.float_abi
-    if target.accelerator is not None and target.accelerator.kind == "cuda":
-        cuda: dict = {"kind": "cuda", "host": llvm}
-        if target.accelerator.arch:
-            cuda["arch"] = target.accelerator.arch
-        return cuda
-    return llvm
-
-
-def target_json(target: Target) -> str:
-    """The canonical JSON text of the target's TVM description (the tuning-cache key)."""
-    return json.dumps(target_dict(target), sort_keys=True, separators=(",", ":"))
-
-
-def tuning_database_dir(cache_dir: str | os.PathLike, target: Target) -> Path:
-    digest = hashlib.sha256(target_json(target).encode()).hexdigest()[:16]
-    return Path(cache_dir) / TUNING_DIR / digest
-
-
-def _is_cuda(target: Target) -> bool:
-    return target.accelerator is not None and target.accelerator.kind == "cuda"
-
 
 # What a CUDA module needs where it runs; the manifest and README say it.
 CUDA_RUNTIME_REQUIREMENT = (
@@ -115,215 +59,6 @@ def _machine_description(target: Target) -> str:
     if target.accelerator is not None:
         text += f", {target.accelerator.kind} {target.accelerator.arch or ''}".rstrip()
     return text + ")"
-
-
-# Ampere's limits (all of sm_80..sm_89), which MetaSchedule's GPU rules read from the
-# target; TVM's "cuda" kind does not fill them in from "arch".
-CUDA_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
-               "thread_warp_size": 32}
-
-
-def tvm_target_json(target: Target) -> dict:
-    """The dict edgec hands to `tvm.target.Target`: `target_dict`, plus CUDA limits."""
-    description = target_dict(target)
-    if description.get("kind") == "cuda":
-        description = {**CUDA_LIMITS, **description}
-    return description
-
-
-def _load_tensor_intrinsics(target: Target, everything: bool = False) -> None:
-    """Registers only the tensor intrinsics the target's schedule rules use.
-
-    MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin``, which parses every
-    intrinsic of every architecture (CUDA, ROCm, Hexagon, Arm, x86): 60-100 s on this
-    2-core machine, in each compiling process. Plain x86 needs none of them, Arm
-    targets need ``arm_cpu`` (the rules look up the NEON dot products), CUDA targets
-    ``cuda``; ``everything`` adds the architecture's set whatever its features (x86
-    with VNNI/AVX-512). A later full import in this process finds the package present.
-    """
-    name = "tvm.s_tir.tensor_intrin"
-    if name not in sys.modules:
-        import tvm.s_tir
-
-        spec = importlib.util.find_spec(name)
-        package = types.ModuleType(name, "Tensor intrinsics, loaded per target by edgec.")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__spec__ = spec
-        sys.modules[name] = package
-        tvm.s_tir.tensor_intrin = package
-    wanted = {"aarch64": "arm_cpu", "armv7": "arm_cpu"}.get(target.arch)
-    if everything and target.arch == "x86_64":
-        wanted = "x86"
-    for submodule in filter(None, [wanted, "cuda" if _is_cuda(target) else None]):
-        importlib.import_module(f"{name}.{submodule}")
-
-
-def _open_database(db_dir, target, notes: list[str]):
-    """The target's tuning database. Records that replay schedules with tensor
-    intrinsics (x86 dot products, say) only load once those intrinsics are registered,
-    so a failed load first registers the architecture's whole set; a database that
-    still does not load (damaged by a crash) is moved aside and tuning starts afresh."""
-    from tvm.s_tir import meta_schedule as ms
-
-    def load():
-        return ms.database.JSONDatabase(
-            path_workload=str(db_dir / "database_workload.json"),
-            path_tuning_record=str(db_dir / "database_tuning_record.json"),
-            allow_missing=True)
-
-    try:
-        return load()
-    except Exception:  # TVM raises RuntimeError/TVMError from C++ for unreadable records
-        pass
-    _load_tensor_intrinsics(target, everything=True)
-    try:
-        return load()
-    except Exception as error:
-        aside = _move_aside(db_dir, ("database_workload.json", "database_tuning_record.json",
-                                     LEDGER_FILE))
-        notes.append(f"the tuning database could not be read ({str(error).splitlines()[0]}); "
-                     f"it was moved to {aside.name} and tuning started afresh")
-        return load()
-
-
-def _move_aside(db_dir: Path, names) -> Path:
-    """Moves the damaged files ``names`` of a tuning database into ``damaged-<time>/``."""
-    aside = db_dir / f"damaged-{int(time.time())}"
-    aside.mkdir(exist_ok=True)
-    for name in names:
-        if (db_dir / name).exists():
-            (db_dir / name).replace(aside / name)
-    return aside
-
-
-def _read_ledger(db_dir: Path, notes: list[str]) -> dict[str, int]:
-    """The trials granted per workload so far (``edgec-trials.json``). One that does not
-    read as such (a kill while an older edgec wrote it, an edit) is moved aside with a
-    note: the database's own record counts then stand in for it."""
-    path = db_dir / LEDGER_FILE
-    try:
-        ledger = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
-        problem = str(error).splitlines()[0] if str(error) else type(error).__name__
-    else:
-        if isinstance(ledger, dict) and all(
-                isinstance(key, str) and type(value) is int and value >= 0
-                for key, value in ledger.items()):
-            return ledger
-        problem = "not a map of workload hashes to trial counts"
-    aside = _move_aside(db_dir, (LEDGER_FILE,))
-    notes.append(f"the tuning ledger {LEDGER_FILE} could not be read ({problem}); it was "
-                 f"moved to {aside.name}, and the database's records count the trials so far")
-    return {}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder and a
-    rename: readers see the old or the new content, never a partial one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-META_SCHEDULE_LOGGER = "tvm.s_tir.meta_schedule"
-
-
-@contextlib.contextmanager
-def _meta_schedule_logging():
-    """Lets MetaSchedule configure its loggers, and keeps its console lines to itself.
-
-    Each tuning call runs MetaSchedule's ``create_loggers``, which lists every handler of
-    the ``tvm.s_tir.meta_schedule`` logger by name in a ``logging.config.dictConfig``: a
-    handler it did not create itself breaks it — ``None.format`` (AttributeError) for an
-    unnamed one, "Unable to add handler" for a named one. pytest 9.2 (not 9.0) attaches its
-    unnamed capture handler to every non-propagating logger, which that one is after the
-    first tuning in a process (so the second tuning test failed in a fresh venv). Such
-    handlers are detached while MetaSchedule runs and put back afterwards. MetaSchedule's
-    console handler writes to ``sys.stdout`` as it is when the handler is made: a buffer
-    here, so that "[INFO] Logging directory: ..." does not leak into edgec's output.
-    """
-    logger = logging.getLogger(META_SCHEDULE_LOGGER)
-    foreign = [handler for handler in logger.handlers
-               if not (handler.get_name() or "").startswith(META_SCHEDULE_LOGGER)]
-    for handler in foreign:
-        logger.removeHandler(handler)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        for handler in foreign:
-            if handler not in logger.handlers:
-                logger.addHandler(handler)
-
-
-def _search_strategy(trials_in_database: int, trials: int) -> str:
-    """MetaSchedule's search strategy for a task.
-
-    Evolutionary search ranks its population with the cost model, which answers with
-    random scores until it has seen 100 measurements (XGBModel's warm-up), and seeds
-    the population from the database's records of the task. A task with no record,
-    tuned in one round, gains nothing from it over sampling random schedules
-    ("replay-trace"), which costs a fraction: 27-33 s against 117-168 s for a 2-trial
-    conv task on this loaded 2-core machine.
-    """
-    return "replay-trace" if trials_in_database == 0 and trials <= TRIALS_PER_ROUND \
-        else "evolutionary"
-
-
-def _tune_contexts(task, target, work_dir: str, seed: int, strategy: str = "evolutionary"):
-    """MetaSchedule's tune context for one task, loading intrinsics its rules ask for."""
-    from tvm.s_tir import meta_schedule as ms
-
-    try:
-        contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], work_dir=work_dir, seed=seed, strategy=strategy)
-    except ValueError as error:
-        if "TensorIntrin" not in str(error):
-            raise
-        _load_tensor_intrinsics(target, everything=True)
-        contexts = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            [task], work_dir=work_dir, seed=seed, strategy=strategy)
-    # MetaSchedule logs every round to the console; edgec reports through progress
-    # instead (MetaSchedule's log files go to the temporary work dir).
-    for name in list(logging.root.manager.loggerDict):
-        if not name.startswith("tvm.s_tir.meta_schedule"):
-            continue
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if type(handler) is logging.StreamHandler:
-                logger.removeHandler(handler)
-    return contexts
-
-
-def _build_candidate(mod, target, _params):
-    """MetaSchedule's builder function without ``import tvm.s_tir.tensor_intrin``.
-
-    The default build imports the tensor intrinsics in every fresh worker (about 30 s
-    here), past any sensible build timeout; fp32 schedules do not use them.
-    """
-    from tvm.driver import build as tvm_build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
-
 
 def _value_info(value: onnx.ValueInfoProto) -> dict:
     tensor = value.type.tensor_type
@@ -369,21 +104,6 @@ def _bind_value_info(info: dict, bound: Mapping[str, int], leading: bool = False
     return {**info, "shape": shape}
 
 
-def _is_dynamic(task_mod) -> bool:
-    """Whether a tuning task's kernel has a symbolic (non-constant) buffer dimension."""
-    import tvm
-
-    for func in task_mod.functions.values():
-        for param in getattr(func, "params", []):
-            try:
-                shape = param.shape
-            except AttributeError:
-                return True  # a scalar parameter: a shape variable passed in
-            if any(not isinstance(dim, tvm.tirx.IntImm) for dim in shape):
-                return True
-    return False
-
-
 def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
@@ -424,7 +144,7 @@ def _with_external_data(model: onnx.ModelProto, model_path: str | None) -> onnx.
     return loaded
 
 
-def _failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProto | None:
+def failing_node(error: BaseException, model: onnx.ModelProto) -> onnx.NodeProto | None:
     """The ONNX node TVM's importer was converting when it raised ``error``.
 
     The importer's ``_construct_nodes`` loop holds the node in a local; failing that,
@@ -511,50 +231,6 @@ class RemoteTVMRunner:
         return {name: value.numpy() for name, value in zip(self.output_names, values)}
 
 
-def check_rpc_tracker(config, timeout: float = 10.0) -> None:
-    """Raises a one-line `BackendError` (exit 2) unless ``config`` names a reachable TVM
-    RPC tracker with a device server registered under its key.
-
-    TVM's own client retries a refused connection for 60 s, logging a warning every 5 s,
-    and then fails deep inside tuning or measurement; this answers in ``timeout`` s.
-    """
-    import socket
-
-    where = f"{config.host}:{config.port}"
-    try:
-        with socket.create_connection((config.host, config.port), timeout=timeout):
-            pass
-    except OSError as error:
-        reason = error.strerror or str(error) or type(error).__name__
-        raise BackendError(f"cannot reach the RPC tracker {where}: {reason}",
-                           exit_code=2) from None
-    try:
-        from tvm import rpc
-    except ImportError as error:
-        raise BackendError(f"TVM RPC needs apache-tvm (pip install apache-tvm): {error}",
-                           exit_code=2) from None
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # TVM's tracker client blocks on a silent peer
-    try:
-        tracker = rpc.connect_tracker(config.host, config.port)
-        try:
-            summary = tracker.summary()
-        finally:
-            tracker.close()
-    except Exception as error:  # RuntimeError "not RPC Tracker", timeouts, bad JSON
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise BackendError(f"{where} does not answer as a TVM RPC tracker: {reason}",
-                           exit_code=2) from None
-    finally:
-        socket.setdefaulttimeout(previous)
-    keys = sorted({str(entry.get("key", "")).split(":")[-1]
-                   for entry in summary.get("server_info", [])} - {""})
-    if config.key not in keys:
-        raise BackendError(f"no device server is registered under key '{config.key}' at the "
-                           f"RPC tracker {where} (keys there: {', '.join(keys) or 'none'})",
-                           exit_code=2)
-
-
 class TVMBackend:
     """Builds, loads and measures TVM modules (see the module docstring)."""
 
@@ -587,10 +263,10 @@ class TVMBackend:
             import tvm  # noqa: F401
         except ImportError as error:
             return f"the TVM backend needs apache-tvm (pip install apache-tvm): {error}"
-        if target.accelerator is not None and not _is_cuda(target):
+        if target.accelerator is not None and not is_cuda(target):
             return (f"the TVM backend cannot build for a '{target.accelerator.kind}' "
                     "accelerator (only CUDA)")
-        if _is_cuda(target):
+        if is_cuda(target):
             import tvm_ffi
 
             if tvm_ffi.get_global_func("target.build.cuda", allow_missing=True) is None:
@@ -661,7 +337,7 @@ class TVMBackend:
         from edgec.backends.tvm_legality import needed_rewrite
 
         reason = " ".join(str(error).split()) or type(error).__name__
-        node = _failing_node(error, model)
+        node = failing_node(error, model)
         if node is None:
             message = f"TVM cannot import the model: {reason}"
             location = None
@@ -680,7 +356,6 @@ class TVMBackend:
     def build(self, model: onnx.ModelProto, target: Target, out_dir: str,
               options: BuildOptions, *, model_path: str | None = None) -> BuildResult:
         import tvm
-        from tvm import relax
 
         reason = self.unavailable_reason(target)
         if reason is not None:
@@ -688,13 +363,48 @@ class TVMBackend:
         progress = options.progress
         notes: list[str] = []
         tvm_target = tvm.target.Target(tvm_target_json(target))
+        tuning_asked = bool(options.tuning_trials or options.tuning_seconds)
+        can_tune = tuning_asked and (self._runnable_here(target) or options.rpc is not None)
 
+        mod, bound = self._import_for_build(model, model_path, options, can_tune, notes)
+        tuning = None
+        if tuning_asked:
+            not_tuned = self._why_not_tuned(target, options, can_tune)
+            if not_tuned is not None:
+                notes.append(not_tuned)
+            else:
+                mod, tuning, tuning_notes = tune(mod, target, tvm_target, options)
+                notes += tuning_notes
+
+        progress("build", 0, 1, f"compiling for {target.name}")
+        executable = tvm.compile(mod, target=tvm_target)
+        progress("build", 1, 1, "compiled")
+        out = Path(out_dir)
+        self._export(executable, target, out, progress)
+        files = [MODULE_FILE]
+
+        details = self._details(model, target, options, bound, tuning)
+        if is_cuda(target):
+            details.update(self._cuda_details(executable, target, out, progress, notes))
+            if details["cuda"]["cubin"]:
+                files.append(details["cuda"]["cubin"])
+        return BuildResult(backend=self.name, files=files,
+                           runnable_here=self._runnable_here(target),
+                           details=details, tuned=details["tuned"], notes=notes,
+                           batch=details["batch"])
+
+    def _import_for_build(self, model: onnx.ModelProto, model_path: str | None,
+                          options: BuildOptions, bind_batch: bool, notes: list[str]):
+        """The model in relax, decomposed for inference and fused; with its symbolic
+        batch bound to the spec's when it is to be tuned. Returns the module and the
+        dimensions bound (name -> batch)."""
+        from tvm import relax
+
+        progress = options.progress
         progress("import", 0, 1, "importing the model into relax")
         mod = self._import(model, model_path)
-        will_tune = bool(options.tuning_trials or options.tuning_seconds) and (
-            self._runnable_here(target) or options.rpc is not None)
         bound: dict[str, int] = {}
-        if will_tune:
+        if bind_batch:
             # MetaSchedule tunes static shapes only (a symbolic batch crashes it in
             # parallel_for_dynamic): bind the batch to the one the spec is judged at.
             mod, bound = _bind_symbolic_batch(mod, options.batch)
@@ -707,26 +417,25 @@ class TVMBackend:
         mod = relax.transform.DecomposeOpsForInference()(mod)
         mod = relax.get_pipeline("zero")(mod)
         progress("import", 1, 1, "imported and fused")
+        return mod, bound
 
-        tuning = None
-        if options.tuning_trials or options.tuning_seconds:
-            if not will_tune:
-                notes.append(f"not tuned: tuning for {_machine_description(target)} needs the "
-                             "device, reached over TVM RPC (an RPC tracker and key); "
-                             "the module uses TVM's default schedules")
-            elif options.rpc is not None and options.rpc.emulated:
-                notes.append(f"not tuned: the RPC device {options.rpc.where} is an emulator, "
-                             "whose timings say nothing of the board's; the module uses "
-                             "TVM's default schedules")
-            else:
-                mod, tuning, tuning_notes = self._tune(mod, target, tvm_target, options)
-                notes += tuning_notes
+    @staticmethod
+    def _why_not_tuned(target: Target, options: BuildOptions, can_tune: bool) -> str | None:
+        """Why asked-for tuning does not run (the build's note), or None when it runs."""
+        if not can_tune:
+            return (f"not tuned: tuning for {_machine_description(target)} needs the "
+                    "device, reached over TVM RPC (an RPC tracker and key); "
+                    "the module uses TVM's default schedules")
+        if options.rpc is not None and options.rpc.emulated:
+            return (f"not tuned: the RPC device {options.rpc.where} is an emulator, "
+                    "whose timings say nothing of the board's; the module uses "
+                    "TVM's default schedules")
+        return None
 
-        progress("build", 0, 1, f"compiling for {target.name}")
-        executable = tvm.compile(mod, target=tvm_target)
-        progress("build", 1, 1, "compiled")
+    def _export(self, executable, target: Target, out: Path, progress) -> None:
+        """Writes the module library into ``out``, linked by the target's cross compiler."""
+        import tvm
 
-        out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         progress("export", 0, 1, f"writing {MODULE_FILE}")
         compiler = self._cross_compiler(target)
@@ -736,9 +445,15 @@ class TVMBackend:
             executable.export_library(str(out / MODULE_FILE),
                                       fcompile=tvm.support.cc.cross_compiler(compiler))
         progress("export", 1, 1, f"wrote {MODULE_FILE}")
-        files = [MODULE_FILE]
 
-        details: dict[str, Any] = {
+    @staticmethod
+    def _details(model: onnx.ModelProto, target: Target, options: BuildOptions,
+                 bound: Mapping[str, int], tuning: dict | None) -> dict[str, Any]:
+        """The manifest's backend details: the module, its target, its inputs and outputs
+        (with the dimensions tuning bound), the one batch it takes, and the tuning."""
+        import tvm
+
+        return {
             "module": MODULE_FILE,
             "target": target_dict(target),
             "target_name": target.name,
@@ -756,212 +471,6 @@ class TVMBackend:
             "tuning": tuning,
             "tvm_version": tvm.__version__,
         }
-        if _is_cuda(target):
-            details["requires"] = CUDA_RUNTIME_REQUIREMENT
-            details["cuda"] = self._precompile_cuda(executable, target, out, progress)
-            if details["cuda"]["cubin"]:
-                files.append(details["cuda"]["cubin"])
-            else:
-                notes.append("the CUDA kernels ship as CUDA C source, compiled when the "
-                             "module loads on the device (NVRTC or nvcc there): "
-                             + details["cuda"]["cubin_error"])
-        return BuildResult(backend=self.name, files=files,
-                           runnable_here=self._runnable_here(target),
-                           details=details, tuned=details["tuned"], notes=notes,
-                           batch=details["batch"])
-
-    # -- tuning -----------------------------------------------------------------------
-
-    def _tune(self, mod, target, tvm_target, options: BuildOptions):
-        """Tune every task of the fused module that the database lacks; return the module
-        with the database's schedules applied, the tuning details and notes."""
-        from tvm.s_tir import meta_schedule as ms
-
-        notes: list[str] = []
-        db_dir = self._prepare_database_dir(target, options)
-        tasks, dynamic = self._tunable_tasks(mod, tvm_target, notes)
-        cost_model = "xgb" if _has_xgboost() else "random"
-
-        # One process tunes a target's database at a time; others wait for it.
-        with open(db_dir / "lock", "w") as lock, tempfile.TemporaryDirectory() as work_dir, \
-                _meta_schedule_logging():
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            database = _open_database(db_dir, target, notes)
-            ledger = _read_ledger(db_dir, notes)
-            per_task, todo, keys = self._trials_wanted(tasks, database, ledger, options)
-            stopped_early = False
-            if todo:
-                stopped_early = self._run_tuning(
-                    todo, per_task, keys, ledger, db_dir / LEDGER_FILE, database, target,
-                    work_dir, cost_model, options,
-                    builder=ms.builder.LocalBuilder(f_build=_build_candidate, timeout_sec=120),
-                    runner=self._tuning_runner(options))
-            mod, tuned_names = self._apply_database(mod, tvm_target, database, tasks)
-
-        details = self._tuning_details(db_dir, cost_model, options, tasks, dynamic, per_task,
-                                       tuned_names, stopped_early, notes)
-        return mod, details, notes
-
-    @staticmethod
-    def _prepare_database_dir(target, options: BuildOptions) -> Path:
-        """The target's tuning database folder under the cache, with the target it is for."""
-        db_dir = tuning_database_dir(options.cache_dir, target)
-        db_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(db_dir / "target.json",
-                          json.dumps(target_dict(target), indent=2, sort_keys=True) + "\n")
-        _load_tensor_intrinsics(target)
-        return db_dir
-
-    @staticmethod
-    def _tunable_tasks(mod, tvm_target, notes: list[str]) -> tuple[list, list[str]]:
-        """The fused module's tuning tasks MetaSchedule can tune, and the names of those it
-        cannot (a kernel with a symbolic dimension)."""
-        from tvm.s_tir import meta_schedule as ms
-
-        tasks = ms.relax_integration.extract_tasks(mod, tvm_target)
-        # MetaSchedule cannot tune a kernel with a symbolic dimension (one the batch
-        # binding left, a sequence length say): those keep TVM's default schedule.
-        dynamic = [task.task_name for task in tasks if _is_dynamic(task.dispatched[0])]
-        tasks = [task for task in tasks if task.task_name not in dynamic]
-        if dynamic:
-            notes.append(f"{len(dynamic)} kernels have symbolic shapes, which MetaSchedule "
-                         f"cannot tune, and keep TVM's default schedule: {', '.join(dynamic)}")
-        return tasks, dynamic
-
-    def _trials_wanted(self, tasks, database, ledger: dict[str, int], options: BuildOptions):
-        """Per task: its record (trials so far), and the tasks still owed trials with how
-        many, and each task's workload key in the ledger."""
-        import tvm_ffi
-
-        # Each task's share of the budget is fixed by the model and the budget, so a
-        # rebuild with the same budget finds every share spent and runs no trial,
-        # and a larger budget tunes on from where the database stands.
-        shares = self._split_trials(options.tuning_trials, len(tasks))
-        recorded = _records_per_workload(database)
-        # Trials granted per workload so far (the ledger): a task whose search space ran
-        # dry records fewer trials than it was granted, and must not be retried.
-        per_task: dict[str, dict] = {}
-        todo = []
-        keys = {}
-        for task, share in zip(tasks, shares):
-            key = str(tvm_ffi.structural_hash(task.dispatched[0]))
-            keys[task.task_name] = key
-            in_database = max(recorded.get(int(key), 0), ledger.get(key, 0))
-            wanted = max(0, share - in_database) if options.tuning_trials else \
-                (0 if in_database else share)
-            per_task[task.task_name] = {"task": task.task_name, "trials": 0,
-                                        "trials_in_database": in_database}
-            if wanted:
-                todo.append((task, wanted))
-        return per_task, todo, keys
-
-    @staticmethod
-    def _run_tuning(todo, per_task: dict[str, dict], keys: dict[str, str],
-                    ledger: dict[str, int], ledger_path: Path, database, target,
-                    work_dir: str, cost_model: str, options: BuildOptions, *,
-                    builder, runner) -> bool:
-        """MetaSchedule run on each task owed trials, in turn, recording the trials in
-        ``per_task`` and the ledger; returns whether the wall-time budget stopped it."""
-        from tvm.s_tir import meta_schedule as ms
-
-        progress = options.progress
-        start = time.monotonic()
-        stopped_early = False
-        index = 0
-        for index, (task, trials) in enumerate(todo):
-            elapsed = time.monotonic() - start
-            if options.tuning_seconds is not None and index > 0:
-                # Stop between tasks when the next one would likely overrun.
-                expected = elapsed / index
-                if elapsed + expected > options.tuning_seconds:
-                    stopped_early = True
-                    break
-            progress("tune", index, len(todo), f"{task.task_name}: {trials} trials")
-            strategy = _search_strategy(per_task[task.task_name]["trials_in_database"],
-                                        trials)
-            per_task[task.task_name]["strategy"] = strategy
-            contexts, weights = _tune_contexts(task, target, work_dir, options.seed,
-                                               strategy)
-            before = len(database)
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir,
-                          max_trials_global=trials, max_trials_per_task=trials,
-                          num_trials_per_iter=min(TRIALS_PER_ROUND, trials),
-                          builder=builder, runner=runner, database=database,
-                          cost_model=cost_model)
-            per_task[task.task_name]["trials"] = len(database) - before
-            key = keys[task.task_name]
-            ledger[key] = per_task[task.task_name]["trials_in_database"] + trials
-            # Atomically: a kill mid-write must not leave a ledger that fails every
-            # later tuned compile for this target.
-            _write_atomically(ledger_path, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
-        progress("tune", len(todo) if not stopped_early else index, len(todo),
-                 "tuning done" if not stopped_early else "wall time spent")
-        return stopped_early
-
-    @staticmethod
-    def _apply_database(mod, tvm_target, database, tasks):
-        """``mod`` with the database's schedules applied, and the tasks it has one for."""
-        from tvm import relax
-
-        with tvm_target, database:
-            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-        tuned_names = {task.task_name for task in tasks
-                       if database.query_tuning_record(task.dispatched[0], tvm_target,
-                                                       task.task_name)}
-        return mod, tuned_names
-
-    @staticmethod
-    def _tuning_details(db_dir: Path, cost_model: str, options: BuildOptions, tasks,
-                        dynamic: list[str], per_task: dict[str, dict], tuned_names: set[str],
-                        stopped_early: bool, notes: list[str]) -> dict:
-        """The manifest's account of the tuning; notes on kernels left untuned."""
-        for entry in per_task.values():
-            entry["tuned"] = entry["task"] in tuned_names
-        untuned = [name for name, entry in per_task.items() if not entry["tuned"]]
-        if untuned:
-            why = "the wall-time budget ran out" if stopped_early else \
-                "no candidate built and ran"
-            notes.append(f"{len(untuned)} of {len(tasks)} kernels keep TVM's naive default "
-                         f"schedule ({why}): {', '.join(untuned)}")
-        if options.rpc is not None:
-            notes.append(f"tuned on {options.rpc.where}")
-        return {
-            "database": f"{TUNING_DIR}/{db_dir.name}",
-            "cost_model": cost_model,
-            "trials_requested": options.tuning_trials,
-            "seconds_requested": options.tuning_seconds,
-            "trials_run": sum(entry["trials"] for entry in per_task.values()),
-            "tasks_total": len(tasks),
-            "tasks_dynamic": len(dynamic),
-            "tasks_tuned": len(tuned_names),
-            "tasks_untuned": len(untuned),
-            "tasks_from_database": sum(1 for entry in per_task.values()
-                                       if entry["trials"] == 0 and entry["tuned"]),
-            "stopped_by_wall_time": stopped_early,
-            "per_task": [per_task[task.task_name] for task in tasks],
-        }
-
-    @staticmethod
-    def _split_trials(trials: int | None, tasks: int) -> list[int]:
-        """Trials per task: the global budget split evenly, at least one each."""
-        if tasks == 0:
-            return []
-        if not trials:
-            return [TRIALS_PER_TASK_WITHOUT_BUDGET] * tasks
-        base, extra = divmod(trials, tasks)
-        return [max(1, base + (1 if index < extra else 0)) for index in range(tasks)]
-
-    @staticmethod
-    def _tuning_runner(options: BuildOptions):
-        from tvm.s_tir import meta_schedule as ms
-
-        if options.rpc is None:
-            return ms.runner.LocalRunner(timeout_sec=60)
-        check_rpc_tracker(options.rpc)
-        config = ms.runner.RPCConfig(tracker_host=options.rpc.host,
-                                     tracker_port=options.rpc.port,
-                                     tracker_key=options.rpc.key, session_timeout_sec=60)
-        return ms.runner.RPCRunner(config)
 
     # -- CUDA -------------------------------------------------------------------------
 
@@ -996,6 +505,17 @@ class TVMBackend:
         result["cubin"] = name
         progress("cubin", 1, 1, f"wrote {name}")
         return result
+
+    def _cuda_details(self, executable, target: Target, out: Path, progress,
+                      notes: list[str]) -> dict[str, Any]:
+        """The details a CUDA module adds: what it needs where it runs, and its kernels
+        (a cubin in ``out`` when nvcc is here, else a note that they ship as source)."""
+        cuda = self._precompile_cuda(executable, target, out, progress)
+        if not cuda["cubin"]:
+            notes.append("the CUDA kernels ship as CUDA C source, compiled when the "
+                         "module loads on the device (NVRTC or nvcc there): "
+                         + cuda["cubin_error"])
+        return {"requires": CUDA_RUNTIME_REQUIREMENT, "cuda": cuda}
 
     # -- load and measure -------------------------------------------------------------
 
@@ -1128,17 +648,6 @@ def set_threads(threads: int | None) -> None:
         os.sched_setaffinity(0, mask)
 
 
-def _records_per_workload(database) -> dict[int, int]:
-    """How many tuning records (trials) the database holds per workload's structural hash."""
-    import tvm_ffi
-
-    counts: dict[int, int] = {}
-    for record in database.get_all_tuning_records():
-        key = tvm_ffi.structural_hash(record.workload.mod)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 def _find_module(module, kind: str):
     if module.kind == kind:
         return module
@@ -1149,14 +658,6 @@ def _find_module(module, kind: str):
     return None
 
 
-def _has_xgboost() -> bool:
-    try:
-        import xgboost  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "check_rpc_tracker", "host_arch",
-           "target_json", "tuning_database_dir",
+__all__ = ["TVMBackend", "TVMRunner", "RemoteTVMRunner", "check_rpc_tracker", "failing_node",
+           "host_arch", "target_dict", "target_json", "tvm_target_json", "tuning_database_dir",
            "set_threads", "MODULE_FILE"]

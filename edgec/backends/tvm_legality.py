@@ -74,12 +74,51 @@ def miscompiled(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
             why = "TVM 0.27 returns Dropout's mask as float, not bool"
         elif op == "SpaceToDepth" and _attr(node, "mode", b"DCR") in (b"CRD", "CRD"):
             why = "TVM 0.27 ignores SpaceToDepth's mode (CRD is computed as DCR)"
+        elif op == "Resize":
+            why = _resize_problem(node, model)
         elif op == "Expand" and len(node.input) > 1 and node.input[1] not in constants:
             why = ("TVM 0.27 takes a run-time Expand shape as the output shape, without "
                    "broadcasting it against the input's")
         if why is not None:
             found.append((node, why))
     return found
+
+
+def _resize_problem(node: onnx.NodeProto, model: onnx.ModelProto) -> str | None:
+    """Why TVM 0.27 would compute this Resize wrongly, or None (measured on the node cases)."""
+    mode = _attr(node, "mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "nearest":
+        return None
+    if _attr(node, "antialias", 0):
+        return "TVM 0.27 ignores Resize's antialias"
+    scales_name = node.input[2] if len(node.input) > 2 else ""
+    scales = next((onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name == scales_name), None)
+    if scales is None:
+        scales = next((onnx.numpy_helper.to_array(_attr(n, "value")) for n in model.graph.node
+                       if n.op_type == "Constant" and n.output[0] == scales_name and _attr(n, "value") is not None),
+                      None)
+    if scales is None or scales.size == 0:
+        return None
+    dims = _static_shape(model, node.input[0])
+    if dims is None or len(dims) != scales.size:
+        return None
+    if any(abs(d * s - round(d * s)) > 1e-6 for d, s in zip(dims, scales.tolist())):
+        return ("TVM 0.27 interpolates Resize with the ratio of the output to the input size, "
+                "not with the given scales, which differ where input size × scale is not whole")
+    return None
+
+
+def _static_shape(model: onnx.ModelProto, name: str) -> list[int] | None:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # inference is best effort here
+        return None
+    for vi in [*inferred.graph.input, *inferred.graph.value_info]:
+        if vi.name == name and vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            return None if None in dims else dims
+    return None
 
 
 def _output_shape_is_default(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
@@ -128,6 +167,16 @@ KNOWN_CAUSES: tuple[tuple[str | None, str, str], ...] = (
     (None, "is not populated", "infer-shapes (the importer needs every value's type)"),
     (None, "ty.IsMissing", "infer-shapes (the importer needs every value's type)"),
     ("CastLike", "", "lower-castlike"),
+    ("Resize", "Only one of scales and sizes", "omit-empty-resize-inputs (an empty scales/roi beside "
+                                               "sizes must be absent)"),
+    *((op, "not supported for frontend ONNX", f"unroll-rnn (an {op} with ONNX's default cell: default "
+                                               "activations, no clip, no peepholes, layout 0, float32, "
+                                               "over a sequence whose length is known)")
+      for op in ("LSTM", "GRU", "RNN")),
+    (None, "only supports Tensor that has ShapeExpr shape",
+     "a shape known when compiling: the input's shape depends on a value computed at run time "
+     "(an If whose branches differ in shape, or a symbolic dimension no spec binds); no edgec "
+     "rewrite folds it unless that value is a constant"),
 )
 
 

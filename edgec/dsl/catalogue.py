@@ -90,7 +90,7 @@ def _plugin_entries() -> list[TargetEntry]:
                 if callable(provided) and not isinstance(provided, (str, os.PathLike)):
                     provided = provided()
             except (Exception, SystemExit) as error:  # noqa: BLE001 - any plugin failure
-                from edgec.passmgr.registry import plugin_failure  # is reported
+                from edgec.plugins import plugin_failure  # is reported
 
                 raise TargetLoadError(f"{origin} failed to load: "
                                       f"{plugin_failure(error)}") from error

@@ -757,6 +757,20 @@ class Graph:
                 self.append(identity)
                 self.outputs[i] = identity.output
 
+    def hand_over_outputs(self, old: Value, new: Value, suffix: str) -> None:
+        """This graph's output slots that hold ``old`` take ``new`` under ``old``'s name,
+        so the graph's interface keeps its names; ``old`` is renamed to a unique
+        ``<name><suffix>``. Nodes that read ``old`` still read it (``new`` is typically
+        computed from it: a Cast or a QuantizeLinear/DequantizeLinear pair)."""
+        slots = [i for graph, i in old.returned_by() if graph is self]
+        if not slots:
+            return
+        name = old.name
+        old.name = self.unique_name(f"{name}{suffix}")
+        new.name = name
+        for i in slots:
+            self.outputs[i] = new
+
     # -- names
     def root(self) -> "Graph":
         g = self

@@ -85,7 +85,7 @@ class DumpEach(Instrument):
                                           Location(path=self.directory))) from None
 
     def run_after_pass(self, invocation, model, record):
-        from edgec.artifact import write_if_changed
+        from edgec.publish import write_if_changed
         from edgec.ir.printer import print_model
         self.count += 1
         path = os.path.join(self.directory, f"{self.count:03d}_{invocation.name}.txt")

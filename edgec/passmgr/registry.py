@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from edgec.diagnostics import Diagnostic, Location, UsageError
 from edgec.passmgr.base import OptionError, Pass
 from edgec.passmgr.pipeline import GROUPS, Option, PassInvocation, Pipeline
+from edgec.plugins import distribution_name, plugin_failure
 
 ENTRY_POINT_GROUP = "edgec.passes"
 BUILTIN_DISTRIBUTION = "edgec"
@@ -52,13 +53,13 @@ class PassRegistry:
     def from_entry_points(cls, group: str = ENTRY_POINT_GROUP) -> "PassRegistry":
         registry = cls()
         eps = sorted(importlib.metadata.entry_points(group=group),
-                     key=lambda ep: (_dist_name(ep) != BUILTIN_DISTRIBUTION, _dist_name(ep), ep.name))
+                     key=lambda ep: (distribution_name(ep) != BUILTIN_DISTRIBUTION, distribution_name(ep), ep.name))
         for ep in eps:
             registry._load(ep)
         return registry
 
     def _load(self, ep: importlib.metadata.EntryPoint) -> None:
-        dist = _dist_name(ep)
+        dist = distribution_name(ep)
         source = "built-in" if dist == BUILTIN_DISTRIBUTION else dist
         described = f"{ep.name} = {ep.value}"
         who = "built-in pass" if source == "built-in" else f"plugin '{dist}'"
@@ -247,19 +248,6 @@ def contract_problem(name: str, obj: object) -> str | None:
     if obj.run is Pass.run:
         return "it does not implement run(model, ctx)"
     return None
-
-
-def plugin_failure(error: BaseException) -> str:
-    """One line saying why loading a plugin failed."""
-    if isinstance(error, SystemExit):
-        return f"it called sys.exit({error.code!r}) while loading"
-    return f"{type(error).__name__}: {error}".splitlines()[0] if str(error) \
-        else type(error).__name__
-
-
-def _dist_name(ep: importlib.metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.metadata["Name"] if dist is not None else "<unknown distribution>"
 
 
 def _and(items: list[str]) -> str:

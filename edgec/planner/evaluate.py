@@ -209,9 +209,32 @@ def _build_module(backend, config: Configuration, optimized: onnx.ModelProto, ct
             raise
         attempt.evaluation.error = f"{config.backend} cannot take this model: {e.diagnostics[0].message}"
         raise _Rejected from None
+    except EdgecError:
+        raise
+    except (MemoryError, RecursionError):
+        raise
+    except Exception as e:  # the backend's own compiler failed (TVM's schedule rules assert)
+        message = _backend_failure(config.backend, ctx.spec.target, e, ctx.cache_dir)
+        if explicit:
+            raise ModelError(Diagnostic.error(message)) from None
+        attempt.evaluation.error = message
+        raise _Rejected from None
     attempt.result = result
     attempt.evaluation.tuned = result.tuned
     return result
+
+
+def _backend_failure(name: str, target, error: Exception, cache_dir: str) -> str:
+    """One line for a backend whose own compiler raised on a valid model: which backend,
+    for which target, its error's type and first line, and where its log is."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # TVM's errors put the traceback first and the message last.
+    first = lines[-1] if lines else ""
+    first = first if len(first) <= 300 else first[:297] + "..."
+    log = os.path.join(cache_dir, "logs", f"{name}.log")
+    return (f"{name} failed to build this model for {getattr(target, 'name', target)}: "
+            f"{type(error).__name__}{': ' + first if first else ''} (inside {name}'s own "
+            f"compiler, not this model's fault; its log: {log})")
 
 
 def _latency(backend, config: Configuration, model, result: BuildResult, ctx: Context,

@@ -573,12 +573,7 @@ def _insert_qdq(constants: _Parameters, v: Value, scale, zp: np.ndarray, everyon
     for n, i in uses:
         n.set_input(i, dq_out)
     if everyone:
-        for i, out in enumerate(graph.outputs):
-            if out is v:
-                name = v.name
-                v.name = graph.unique_name(f"{name}_float")
-                dq_out.name = name
-                graph.outputs[i] = dq_out
+        graph.hand_over_outputs(v, dq_out, "_float")
 
 
 # --------------------------------------------------------------------------- the whole flow

@@ -19,7 +19,10 @@ With ``--backend tvm`` the model edgec hands over (after ``legalize-tvm``, or as
 wrote it) is imported by TVM's relax ONNX frontend, built for llvm and run on this host
 in a worker process (``edgec.testing.tvm_runner``); a case TVM cannot import, build or
 run, or that edgec refuses because TVM is known to compute it wrongly, is "backend fails
-on edgec output", and the report groups every failure by cause.
+on edgec output", and the report groups every failure by cause. Before legalize-tvm the
+sweep binds each case's shape-like inputs (axes, shapes, sizes, scales, pads) to the values
+the case feeds them, as ``edgec compile`` binds the batch (``bind_shape_inputs``;
+``--no-bind-shape-inputs`` feeds them as the case does).
 
 A lossy pass (quantization, fp16) is run with the case's own inputs as calibration data
 (``PassContext.calibration_data``, one sample) and judged with a ``LossyTolerance``: a
@@ -64,6 +67,8 @@ __all__ = [
     "compare_outputs",
     "default_pipeline",
     "light_cases",
+    "bind_shape_inputs",
+    "SHAPE_INPUTS",
     "no_passes",
     "node_cases",
     "pipeline",
@@ -118,7 +123,8 @@ class Case:
     atol: float
     source: str  # "node" or "light"
     base_dir: str | None = None
-    variant: str = ""  # "" as onnx wrote it; "constant-inputs": see with_constant_inputs
+    variant: str = ""  # "" as onnx wrote it; "constant-inputs", "shape-inputs-bound": see
+    # with_constant_inputs, bind_shape_inputs
 
     @property
     def training_only(self) -> bool:
@@ -205,6 +211,10 @@ class Transformation:
     # ``executor(proto, case) -> outputs per data set``, raising on failure (an
     # executor failure is "backend fails on edgec output").
     executor: Callable[[onnx.ModelProto, "Case"], list[list[Any]]] | None = None
+    # The harness's own step on a case that onnxruntime passes, before edgec sees it
+    # (``bind_shape_inputs`` for the tvm sweep): the case it returns is the one
+    # transformed, run and compared.
+    prepare: Callable[["Case"], "Case"] | None = None
 
 
 # --------------------------------------------------------------------------- cases
@@ -321,6 +331,86 @@ def with_constant_inputs(case: Case) -> Case | None:
                 "constant-inputs")
 
 
+# The inputs that give an output's shape, an axis or a size rather than data, by op
+# type and input position: in a real model they are constants or Shape arithmetic
+# that folds once the batch is bound (bind-dims); a node case feeds them as graph inputs.
+SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+                           "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                           "ReduceSumSquare")},  # axes
+    "Squeeze": (1,), "Unsqueeze": (1,),  # axes
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,),  # shape, shape, repeats
+    "Slice": (1, 2, 3, 4),  # starts, ends, axes, steps
+    "Pad": (1, 3),  # pads, axes
+    "Resize": (1, 2, 3), "Upsample": (1,),  # roi, scales, sizes
+    "TopK": (1,), "CumSum": (1,), "CumProd": (1,), "Split": (1,), "SplitToSequence": (1,),  # k, axis, split
+    "OneHot": (1,), "Trilu": (1,),  # depth, k
+    "ConstantOfShape": (0,), "Range": (0, 1, 2), "AffineGrid": (1,), "CenterCropPad": (1,),
+    "Col2Im": (1, 2), "DFT": (1, 2), "STFT": (1, 3), "MaxUnpool": (2,),
+    "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),
+    "MelWeightMatrix": (0, 1, 2, 3, 4),
+}
+
+
+def bind_shape_inputs(case: Case) -> Case:
+    """The case with its shape-like inputs (``SHAPE_INPUTS``) written into the model as
+    initializers, holding the values the case feeds them.
+
+    This is the tvm sweep's choice, as ``bind-dims`` is ``edgec compile``'s: TVM's
+    importer needs axes, shapes, sizes, scales and pads as constants, which real models
+    give (or compute from shapes that fold); a node case feeds them. An input is bound
+    only when every use of it is such a slot of a main-graph node and every data set
+    feeds it the same tensor; never all of a case's inputs (the case would then be
+    computed by edgec's constant folding, not by the backend).
+    """
+    graph = case.model.graph
+    initialized = {t.name for t in graph.initializer}
+    fed = [vi for vi in graph.input if vi.name not in initialized]
+    if not fed or not case.data_sets:
+        return case
+    slots: dict[str, bool] = {}
+
+    def visit(g: onnx.GraphProto, top: bool) -> None:
+        for node in g.node:
+            shape_slots = SHAPE_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+            for position, name in enumerate(node.input):
+                if name:
+                    slots[name] = slots.get(name, True) and top and position in shape_slots
+            for attribute in node.attribute:
+                # A value a subgraph reads counts as data.
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    visit(sub, False)
+    visit(graph, True)
+    outputs = {o.name for o in graph.output}
+    bound = []
+    for position, vi in enumerate(fed):
+        if not slots.get(vi.name) or vi.name in outputs:
+            continue
+        values = [inputs[position] if position < len(inputs) else None for inputs, _ in case.data_sets]
+        first = values[0]
+        if not isinstance(first, np.ndarray) or _is_exotic(first) or first.dtype.kind not in "iuf" \
+                or any(not isinstance(v, np.ndarray) or v.dtype != first.dtype or not np.array_equal(v, first)
+                       for v in values[1:]):
+            continue
+        bound.append((position, vi.name, first))
+    if not bound or len(bound) == len(fed):
+        return case
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    names = {name for _, name, _ in bound}
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for _, name, value in bound)
+    kept = [vi for vi in model.graph.input if vi.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    if model.ir_version < 4:  # initializers that are not inputs need IR 4
+        model.ir_version = 4
+    positions = {position for position, _, _ in bound}
+    data_sets = tuple((tuple(x for i, x in enumerate(inputs) if i not in positions), outputs)
+                      for inputs, outputs in case.data_sets)
+    return Case(case.name, model, data_sets, case.rtol, case.atol, case.source, case.base_dir,
+                "shape-inputs-bound")
+
+
 def sample(cases: Sequence[Case], size: int = CI_SAMPLE_SIZE) -> list[Case]:
     """A deterministic sample of ``size`` cases, in name order.
 
@@ -384,11 +474,16 @@ def calibration_samples(case: Case) -> dict[str, np.ndarray]:
             if isinstance(x, np.ndarray) and not _is_exotic(x)}
 
 
-def tvm_backend(legalize: bool = True, *, timeout: float | None = None) -> Transformation:
+def tvm_backend(legalize: bool = True, *, timeout: float | None = None,
+                bind_shapes: bool | None = None) -> Transformation:
     """The case through TVM: (import -> ``legalize-tvm`` -> export, unless ``legalize`` is
     False: the case as onnx wrote it) -> relax ONNX import -> build for llvm -> run on
     this host, in a worker process (see ``edgec.testing.tvm_runner``). With ``legalize``
-    the tvm backend's refusals apply too (``edgec.backends.tvm_legality.miscompiled``)."""
+    the tvm backend's refusals apply too (``edgec.backends.tvm_legality.miscompiled``),
+    and (unless ``bind_shapes`` is False) the case's shape-like inputs are bound to the
+    values it feeds them first (``bind_shape_inputs``)."""
+    if bind_shapes is None:
+        bind_shapes = legalize
     from edgec.testing.tvm_runner import DEFAULT_TIMEOUT, TVMWorker
 
     worker = _tvm_workers.setdefault(timeout or DEFAULT_TIMEOUT, TVMWorker(timeout or DEFAULT_TIMEOUT))
@@ -410,6 +505,9 @@ def tvm_backend(legalize: bool = True, *, timeout: float | None = None) -> Trans
         model = import_model(proto, base_dir=base_dir, check=True)
         result = LegalizeTVM().run(model, PassContext())
         return export_model(result.model if result.model is not None else model)
+    if bind_shapes:
+        return Transformation("tvm after legalize-tvm (shape-like inputs bound)", legalize_tvm,
+                              executor=execute, prepare=bind_shape_inputs)
     return Transformation("tvm after legalize-tvm", legalize_tvm, executor=execute)
 
 
@@ -665,6 +763,8 @@ def run_case(case: Case, transformation: Transformation) -> CaseResult:
     original = run_original(case)
     if original is not None:
         return original
+    if transformation.prepare is not None:
+        case = transformation.prepare(case)
     model = onnx.ModelProto()
     model.CopyFrom(case.model)  # edgec must not depend on, or alter, the case's own proto
     try:
@@ -831,6 +931,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-legalize", action="store_true",
                         help="with --backend tvm: hand TVM the case as onnx wrote it (the "
                              "before figure)")
+    parser.add_argument("--no-bind-shape-inputs", action="store_true",
+                        help="with --backend tvm: feed shape-like inputs (axes, shapes, sizes, "
+                             "scales, pads, ...) as the case does instead of binding them to the "
+                             "case's values (see bind_shape_inputs)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="with --backend tvm: seconds one case may take (default 300)")
     parser.add_argument("--shard", metavar="I/N",
@@ -847,7 +951,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.pipeline or args.no_passes or args.lossy:
             parser.error("--backend tvm runs legalize-tvm only: --pipeline, --no-passes and "
                          "--lossy do not apply")
-        transformation = tvm_backend(not args.no_legalize, timeout=args.timeout)
+        transformation = tvm_backend(not args.no_legalize, timeout=args.timeout,
+                                     bind_shapes=False if args.no_bind_shape_inputs else None)
     elif args.no_legalize:
         parser.error("--no-legalize needs --backend tvm")
     else:

@@ -89,9 +89,9 @@ def compile_and_run(model_bytes: bytes, feeds: Sequence[Sequence[Any]], refuse: 
         try:
             mod = relax_onnx.from_onnx(model, keep_params_in_input=False)
         except Exception as e:  # the importer raises every kind of exception
-            from edgec.backends.tvm import _failing_node
+            from edgec.backends.tvm import failing_node
 
-            node = _failing_node(e, model)
+            node = failing_node(e, model)
             where = f"{node.op_type}: " if node is not None else ""
             raise TVMCaseError("import", where + _first_line(e)) from None
     try:
@@ -156,7 +156,8 @@ class TVMWorker:
         self._connection = parent
 
     def stop(self) -> None:
-        if self._process is None:
+        if self._process is None or self._connection is None:
+            self._kill()
             return
         try:
             self._connection.send(None)

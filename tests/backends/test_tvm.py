@@ -200,8 +200,10 @@ def test_tuning_fills_database_and_rebuild_runs_no_trials(tmp_path, host, tuned_
 
 
 def test_split_trials_gives_every_task_one():
-    assert TVMBackend._split_trials(64, 19) == [4] * 7 + [3] * 12
-    assert TVMBackend._split_trials(2, 5) == [1] * 5
+    from edgec.backends.tvm_tuning import split_trials
+
+    assert split_trials(64, 19) == [4] * 7 + [3] * 12
+    assert split_trials(2, 5) == [1] * 5
 
 
 def test_measure_on_host_and_over_rpc_agree(tmp_path, host, rpc_tracker):
@@ -281,7 +283,7 @@ def test_check_model_then_build_imports_once(tmp_path, host, monkeypatch):
 
 
 def test_a_damaged_tuning_database_is_moved_aside(tmp_path, host):
-    from edgec.backends.tvm import _open_database
+    from edgec.backends.tvm_tuning import _open_database
 
     db_dir = tmp_path / "db"
     db_dir.mkdir()
@@ -326,7 +328,7 @@ def test_a_corrupt_tuning_ledger_is_moved_aside(tmp_path, host, tuned_matmul):
 @pytest.mark.parametrize("content", [b"[1, 2]", b'{"1": "two"}', b'{"1": -3}', b"\xff\xfe{",
                                      b"", b"null"])
 def test_a_tuning_ledger_of_the_wrong_shape_is_moved_aside(tmp_path, content):
-    from edgec.backends.tvm import _read_ledger
+    from edgec.backends.tvm_tuning import _read_ledger
 
     (tmp_path / "edgec-trials.json").write_bytes(content)
     notes: list[str] = []
@@ -336,19 +338,19 @@ def test_a_tuning_ledger_of_the_wrong_shape_is_moved_aside(tmp_path, content):
 
 
 def test_tuning_ledger_is_written_atomically(tmp_path, monkeypatch):
-    from edgec.backends import tvm as tvm_backend
+    from edgec.backends import tvm_tuning
 
     path = tmp_path / "edgec-trials.json"
-    tvm_backend._write_atomically(path, '{"1": 2}\n')
+    tvm_tuning._write_atomically(path, '{"1": 2}\n')
     assert json.loads(path.read_text()) == {"1": 2}
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
 
     def killed(fd):  # the process dies before the new content is complete
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tvm_backend.os, "fsync", killed)
+    monkeypatch.setattr(tvm_tuning.os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
-        tvm_backend._write_atomically(path, '{"1": 2, "3": 4}\n')
+        tvm_tuning._write_atomically(path, '{"1": 2, "3": 4}\n')
     assert json.loads(path.read_text()) == {"1": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["edgec-trials.json"]
 
@@ -368,7 +370,7 @@ def test_meta_schedule_logging_survives_foreign_handlers(tmp_path):
 
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
 
-    from edgec.backends.tvm import META_SCHEDULE_LOGGER, _meta_schedule_logging
+    from edgec.backends.tvm_tuning import META_SCHEDULE_LOGGER, _meta_schedule_logging
 
     logger = logging.getLogger(META_SCHEDULE_LOGGER)
     unnamed, named = logging.Handler(), logging.Handler()

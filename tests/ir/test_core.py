@@ -60,6 +60,19 @@ def test_replace_value_keeps_graph_output_names():
     assert out.producer().inputs[0] is x2 and x2.name == "x"
 
 
+def test_hand_over_outputs_gives_every_slot_and_the_name_to_the_new_value():
+    g, x, a, b, c = chain()
+    g.outputs.append(c.output)  # returned twice
+    cast = g.append(Node("Cast", [c.output], attributes={"to": 1}, outputs=[Value("t")]))
+    g.hand_over_outputs(c.output, cast.output, "_fp16")
+    assert g.outputs == [cast.output, cast.output] and cast.output.name == "c"
+    assert c.output.name == "c_fp16" and not c.output.is_returned()
+    assert c.output.uses() == [(cast, 0)]  # its readers still read it
+    assert set(cast.output.returned_by()) == {(g, 0), (g, 1)}
+    g.hand_over_outputs(a.output, x, "_unused")  # not returned: nothing changes
+    assert a.output.name == "a" and x.name == "x"
+
+
 def test_insert_before_and_after_keep_order_and_links():
     g, x, a, b, c = chain()
     before = Node("Abs", [x], outputs=[Value("p")])

@@ -1,0 +1,148 @@
+"""Issue 10's exporter-style corpus models through the tvm backend (untuned builds): each
+compiles with ``backend tvm`` for this host and matches onnxruntime within 1e-4 relative,
+and cross-compiles for the Raspberry Pi 4 (aarch64) and the Jetson (CUDA, aarch64 host),
+which is not run here. What legalize-tvm does for each: the CRNN recognizer's BiLSTM is
+unrolled (unroll-rnn), the DBNet detector's Paddle2ONNX Resize inputs (empty roi and
+scales beside run-time sizes) are dropped and folded, the jax2tf CNN's run-time Reshape
+shape folds once the batch is bound. A model TVM still cannot take names the node, the
+op and the rewrite it would need: the Silero-style VAD, whose input shape depends on an If
+on its run-time sample rate."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import edgec
+
+pytest.importorskip("tvm")
+corpus = pytest.importorskip("edgec.testing.corpus")
+
+# Small inputs keep the untuned builds fast: the detector at 64x64.
+HOST_MODELS = {"dbnet": {"size": 64}, "crnn": {}, "jax2tf-cnn": {}, "mobilenet-v3-small": {"size": 96}}
+RELATIVE = 1e-4
+
+
+@pytest.fixture
+def legalize_tvm_registered():
+    """legalize-tvm in the process's registry even where the installed metadata predates
+    it (an editable install not reinstalled since)."""
+    from edgec.passes import legalize_tvm
+    from edgec.passmgr import default_registry
+
+    registry = default_registry()
+    cls = legalize_tvm.LegalizeTVM
+    added = cls.name not in registry.names()
+    if added:
+        registry.register(cls)
+    yield
+    if added:
+        registry._entries.pop(cls.name, None)
+
+
+def _corpus_model(name: str):
+    if name not in corpus.MODELS:
+        pytest.skip(f"corpus model {name} is not in this checkout")
+    return corpus.MODELS[name](**HOST_MODELS.get(name, {}))  # built once, then cached on disk
+
+
+def _compile(tmp_path, proto: onnx.ModelProto, target: str):
+    onnx.save(proto, tmp_path / "model.onnx")
+    spec = tmp_path / "tvm.edge"
+    spec.write_text(f"target {target}\nbudget {{\n  latency < 100 s p50 at batch 1\n}}\n"
+                    "optimize {\n  backend tvm\n}\n")
+    return edgec.compile(tmp_path / "model.onnx", spec, out=tmp_path / "out",
+                         cache_dir=str(tmp_path / "cache"), allow_over_budget=True)
+
+
+def _one_feed(model) -> dict[str, np.ndarray]:
+    inputs, _ = model.data(1, 1)
+    if model.layout == "per-sample":
+        return {k: v[0] for k, v in inputs.items()}
+    return {k: v[:1] for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_MODELS))
+def test_corpus_model_compiles_for_tvm_on_host_and_matches_onnxruntime(tmp_path, legalize_tvm_registered, name):
+    model = _corpus_model(name)
+    art = _compile(tmp_path, model.model, "host")
+    assert art.manifest["backend"]["name"] == "tvm"
+    assert "legalize-tvm" in art.manifest["configuration"]["pipeline"]
+    feed = _one_feed(model)
+    session = ort.InferenceSession(model.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = art.run(feed)
+    for output, want in zip(session.get_outputs(), session.run(None, feed)):
+        np.testing.assert_allclose(got[output.name], want, rtol=RELATIVE, atol=1e-6)
+
+
+def _cross_cases():
+    for name in sorted(HOST_MODELS):
+        for target in ("raspberry-pi-4", "jetson-orin-nano"):
+            fast = (name, target) == ("crnn", "raspberry-pi-4")  # one in the default run
+            marks = [] if fast else [pytest.mark.slow]
+            if (name, target) == ("mobilenet-v3-small", "jetson-orin-nano"):
+                continue  # TVM 0.27 fails on it: test_a_tvm_build_failure_is_one_named_line
+            yield pytest.param(name, target, marks=marks, id=f"{name}-{target}")
+
+
+@pytest.mark.parametrize("name,target", list(_cross_cases()))
+def test_corpus_model_cross_compiles_for_tvm(tmp_path, legalize_tvm_registered, name, target):
+    """Built for the Raspberry Pi 4's aarch64 CPU, and for the Jetson's CUDA (its host code
+    is aarch64); not run here."""
+    art = _compile(tmp_path, _corpus_model(name).model, target)
+    assert art.manifest["backend"]["name"] == "tvm"
+    described = subprocess.run(["file", str(tmp_path / "out" / "model.so")], capture_output=True,
+                               text=True).stdout
+    assert "ARM aarch64" in described
+
+
+@pytest.mark.parametrize("name", ["crnn", "dbnet"])
+def test_a_corpus_model_is_refused_raw_naming_node_op_and_rewrite(name):
+    """As exported, TVM's importer refuses them; the reason says where and what would help."""
+    from edgec.backends.tvm import TVMBackend
+    from edgec.diagnostics import ModelError
+
+    with pytest.raises(ModelError) as raised:
+        TVMBackend().check_model(_corpus_model(name).model)
+    message = raised.value.diagnostics[0].message
+    assert "TVM cannot import node '" in message and "[needs " in message, message
+
+
+def test_the_vad_is_refused_naming_the_pad_behind_its_sample_rate_if(legalize_tvm_registered):
+    """The Silero-style VAD picks its input by an If on the run-time sample rate (every
+    second sample, or all): the shape after it is unknown when compiling, and no rewrite
+    folds it while the rate is an input. The tvm candidate's reason says so."""
+    from edgec.backends.tvm import TVMBackend
+    from edgec.diagnostics import ModelError
+    from edgec.frontend import export_model, import_model
+    from edgec.passes.legalize_tvm import LegalizeTVM
+    from edgec.passmgr.base import PassContext
+
+    model = import_model(_corpus_model("silero-vad").model, check=False)
+    result = LegalizeTVM().run(model, PassContext())
+    legalized = export_model(result.model if result.model is not None else model)
+    assert "LSTM" not in {n.op_type for n in legalized.graph.node}  # unroll-rnn took the LSTM
+    with pytest.raises(ModelError) as raised:
+        TVMBackend().check_model(legalized)
+    message = raised.value.diagnostics[0].message
+    assert "(Pad)" in message and "an If whose branches differ in shape" in message, message
+
+
+def test_a_tvm_build_failure_is_one_named_line(tmp_path, legalize_tvm_registered):
+    """TVM 0.27's CUDA pipeline fails on MobileNetV3-small for the Jetson, in dlight's GPU
+    Matmul rule ('There are some consumers of the cache-write stage that are not properly
+    inlined', an AssertionError inside TVM). With ``backend tvm`` asked for, that is one
+    named line and exit 3, not a traceback; with ``auto`` the tvm candidate is rejected with
+    that reason and onnxruntime ships."""
+    from edgec.diagnostics import ModelError
+
+    model = _corpus_model("mobilenet-v3-small").model
+    with pytest.raises(ModelError) as raised:
+        _compile(tmp_path, model, "jetson-orin-nano")
+    message = raised.value.diagnostics[0].message
+    assert message.startswith("tvm failed to build this model for jetson-orin-nano: "), message
+    assert "AssertionError" in message and "\n" not in message, message
