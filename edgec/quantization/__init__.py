@@ -1,5 +1,7 @@
 """Quantization: calibration ranges (MinMax, percentile, KL entropy), QDQ insertion for
-static int8, and per-layer sensitivity analysis with mixed-precision fallback.
+static int8, what onnxruntime really runs in int8 (`executed`: one-node probes and
+per-node profiles), where Q/DQ go so int8 regions are contiguous (`placement`), and
+per-layer sensitivity analysis with latency-aware mixed-precision fallback.
 
 The passes in ``passes/quantize_*.py`` and ``passes/convert_fp16.py`` are thin option
 wrappers around this package; the planner calls `quantize_static`, `layer_sensitivity`
