@@ -242,7 +242,7 @@ _INTEGER_KERNEL = re.compile(r"^(QLinear|QGemm|DynamicQuantize)|Integer")
 _SUFFIX = re.compile(r"(_token_\d+|/duplicated|_nchwc|_kernel_time)+$")
 
 
-def _source_name(kernel_name: str) -> str:
+def source_name(kernel_name: str) -> str:
     return _SUFFIX.sub("", kernel_name)
 
 
@@ -328,7 +328,7 @@ def _map_to_source(proto: onnx.ModelProto, optimized: onnx.ModelProto,
     by_kernel = {k.name: k for k in kernels}
 
     def source(kernel_name: str) -> str | None:
-        base = _source_name(kernel_name)
+        base = source_name(kernel_name)
         if base in names and base:
             return names[base]
         return writer_in_source.get(base)

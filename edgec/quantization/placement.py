@@ -21,7 +21,7 @@ ANCHORS = frozenset({"Conv", "MatMul", "Gemm"})
 
 def contiguous_nodes(model: Model, kernels: Int8Kernels | None = None) -> list[Node]:
     """The nodes the contiguous placement quantizes, in graph order."""
-    from edgec.quantization.qdq import ALL_OPS, MOVEMENT_OPS, _is_relu, typed_candidates
+    from edgec.quantization.qdq import ALL_OPS, MOVEMENT_OPS, is_relu, typed_candidates
 
     kernels = kernels or Int8Kernels()
     opset = model.opset() or 17
@@ -44,7 +44,7 @@ def contiguous_nodes(model: Model, kernels: Int8Kernels | None = None) -> list[N
             readers = out.consumers()
             # A Relu that is the output's only reader folds into its quantization:
             # what reads the Relu reads this node's int8 output.
-            if len(readers) == 1 and _is_relu(readers[0]) and id(readers[0]) not in chosen:
+            if len(readers) == 1 and is_relu(readers[0]) and id(readers[0]) not in chosen:
                 readers = readers[0].outputs[0].consumers()
             for reader in readers:
                 if id(reader) in chosen:

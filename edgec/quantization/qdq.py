@@ -250,7 +250,7 @@ def _plan(model: Model, config: QuantConfig) -> _Plan:
         if (config.fold_relu and not config.symmetric_activations and op not in SHARED_PARAMS
                 and len(out.uses()) == 1 and not out.is_graph_output()):
             relu = readers[0]
-            if relu.graph is node.graph and _is_relu(relu):
+            if relu.graph is node.graph and is_relu(relu):
                 plan.relu_folds.append((node, relu))
                 plan.range_of[id(out)] = relu.outputs[0].name
     return plan
@@ -275,7 +275,7 @@ def _matmul_bias(matmul: Node, chosen: set[int], plan: _Plan) -> None:
     plan.biases.append((add, 1 - index, matmul, 0, 1))
 
 
-def _is_relu(node: Node) -> bool:
+def is_relu(node: Node) -> bool:
     if node.op_type == "Relu" and node.domain in ("", "ai.onnx"):
         return True
     if node.op_type == "Clip" and node.domain in ("", "ai.onnx") and len(node.inputs) > 1:

@@ -364,8 +364,8 @@ def _float_op(op: str) -> str:
 
 
 def _kernel_node(kernel_name: str) -> str:
-    from edgec.quantization.executed import _source_name
-    return _source_name(kernel_name)
+    from edgec.quantization.executed import source_name
+    return source_name(kernel_name)
 
 
 def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, tolerance, *,
@@ -514,12 +514,12 @@ def _noise_ratio(sqnr_db: float) -> float:
 def _input_noise(value, noise: dict[str, float]) -> float:
     """The quantization noise of what a layer reads: the value's own, or, behind a
     Relu folded into its producer's quantization, the Relu's input's."""
-    from edgec.quantization.qdq import _is_relu
+    from edgec.quantization.qdq import is_relu
 
     if VALUE + (value.name or "") in noise:
         return noise[VALUE + value.name]
     writer = value.producer()
-    if writer is not None and _is_relu(writer) and writer.inputs[0] is not None:
+    if writer is not None and is_relu(writer) and writer.inputs[0] is not None:
         return noise.get(VALUE + (writer.inputs[0].name or ""), 0.0)
     return 0.0
 
@@ -533,7 +533,7 @@ def _unit_gains(base: Model, layers: list[str], noise: dict[str, float],
     only when its writer and every reader are fp32 (a Q/DQ pair serves them all), so
     its unit is those layers, and it removes that activation's own noise. ``units`` is
     filled in with each activation unit's layers."""
-    from edgec.quantization.qdq import _is_relu
+    from edgec.quantization.qdq import is_relu
 
     quantized = set(layers)
     values: dict[str, object] = {}
@@ -554,7 +554,7 @@ def _unit_gains(base: Model, layers: list[str], noise: dict[str, float],
         if writer is not None and writer.name in quantized:
             members.append(writer.name)
         readers = list(value.consumers())
-        if len(readers) == 1 and _is_relu(readers[0]) and readers[0].name not in quantized:
+        if len(readers) == 1 and is_relu(readers[0]) and readers[0].name not in quantized:
             readers = list(readers[0].outputs[0].consumers())  # a Relu folded into it
         members += [r.name for r in readers if r.name in quantized]
         if members:
