@@ -38,7 +38,7 @@ from edgec.passmgr.base import OptionError, Pass, PassContext, PassError, PassRe
 from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
 from edgec.quantization.samples import calibration_samples
-from edgec.quantization.sensitivity import mixed_precision
+from edgec.quantization.fallback import mixed_precision
 
 
 @dataclass(frozen=True)

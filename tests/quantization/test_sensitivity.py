@@ -65,7 +65,7 @@ def test_sensitivity_is_one_batched_run_not_one_run_per_layer(monkeypatch):
     sessions = []
     real_session = sensitivity.session
     monkeypatch.setattr(sensitivity, "session", lambda *a, **k: sessions.append(1) or real_session(*a, **k))
-    monkeypatch.setattr(sensitivity._Trials, "score", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(sensitivity.Trials, "score", lambda *a, **k: (_ for _ in ()).throw(
         AssertionError("a whole-model trial per layer")))
     ranking = layer_sensitivity(import_model(outlier_mlp()), CAL, "sqnr", eval_samples=EVAL)
     assert len(sessions) == 1
@@ -77,7 +77,8 @@ def test_fallback_units_free_an_activation_with_its_writer_and_readers():
     reading it are fp32: that is one unit of the fallback."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgec.quantization.sensitivity import VALUE, _unit_gains
+    from edgec.quantization.fallback import _unit_gains
+    from edgec.quantization.sensitivity import VALUE
 
     w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv_a"),
