@@ -109,3 +109,36 @@ def test_latency_aware_fallback_measures_costs_and_still_holds():
     assert all("cost_ms" in step for step in report.steps)
     if report.faster_than_fp32:
         assert report.held and "/fc1/MatMul" in report.kept_fp32
+
+
+def test_fallback_orders_by_gain_per_cost_and_stops_at_the_latency_budget():
+    """Injected costs (seconds): a layer faster in fp32 goes first whatever its gain;
+    then noise removed per second added; no prefix that would cost the whole budget."""
+    from edgec.quantization.fallback import _Plan
+
+    plan = _Plan({"a": ("a",), "b": ("b",), "c": ("c",)}, latency=True,
+                 costs={"a": -1e-4, "b": 3e-4, "c": 5e-4}, budget=6e-4)
+    plan.order_units(["a", "b", "c"], [("b", 1.0), ("a", 2.0), ("c", 3.0)],
+                     {"a": 1.0, "b": 1.0, "c": 10.0})
+    assert plan.order == ["a", "c", "b"] and plan.start == 1
+    # a saves 1e-4, so 7e-4 may be spent: c (5e-4) fits, c and b (8e-4) do not.
+    assert plan.affordable() == (2, True)
+    assert plan.fp32_nodes(2) == ["a", "c"]
+    plan.budget = -2e-4  # int8 already slower than fp32, even with a back in fp32
+    assert plan.affordable() == (3, False)
+    unmeasured = _Plan({"a": ("a",), "b": ("b",)}, latency=False)
+    unmeasured.order_units(["a", "b"], [("b", 1.0), ("a", 2.0)], {})
+    assert unmeasured.order == ["b", "a"] and unmeasured.affordable() == (2, True)
+
+
+def test_fallback_search_finds_the_shortest_holding_prefix_in_few_trials():
+    from edgec.quantization.fallback import _shortest_holding_prefix
+
+    for first in range(12):
+        tried = []
+        found = _shortest_holding_prefix(lambda k: tried.append(k) or k >= first, 0, 10)
+        assert found == (first if first <= 10 else None)
+        assert len(tried) <= 8 and len(set(tried)) == len(tried)
+    tried = []
+    assert _shortest_holding_prefix(lambda k: tried.append(k) or k >= 5, 2, 10) == 5
+    assert tried[:3] == [2, 3, 4]
