@@ -100,9 +100,19 @@ def candidate_records(plan: Plan) -> list[dict]:
                            "size_bytes": e.size_bytes, "latency_where": e.latency_where,
                            **({"latency_note": t.latency_note} if t.latency_note else {}),
                            "tuned": t.result.tuned if t.result else None,
+                           **_executed_summary(t),
                            "budgets": [{k: b[k] for k in ("name", "status")} for b in e.budgets]})
     return candidates + [{"label": s.label, "status": "skipped", "reason": s.reason}
                          for s in plan.skipped]
+
+
+def _executed_summary(attempt: Attempt) -> dict:
+    """An int8 candidate's Q/DQ transitions and node precisions as onnxruntime ran them
+    (the chosen one's per node are in the manifest's int8 record)."""
+    executed = (attempt.int8 or {}).get("executed")
+    if not executed:
+        return {}
+    return {"int8_executed": {"transitions": executed["transitions"], "nodes": executed["nodes"]}}
 
 
 def latency_record(chosen: Attempt) -> dict:
@@ -125,9 +135,11 @@ def build_measurements(plan: Plan) -> dict:
         "candidates": [{"label": t.evaluation.config.label,
                         "latency": t.latency.to_json() if t.latency else None,
                         "estimate": t.estimate,
+                        **({"int8_time": t.int8_time} if t.int8_time else {}),
                         "seconds": round(t.seconds, 3)} for t in plan.tried],
         "latency": chosen.latency.to_json() if chosen.latency else chosen.estimate,
         "passes": [r.to_json() for r in chosen.records],
+        "phases": plan.phases,
     }
 
 

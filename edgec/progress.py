@@ -58,3 +58,30 @@ class ProgressPrinter:
         count = f" {done}/{total}" if total else ""
         self.stream.write(f"edgec: {stage}{count}: {message}\n")
         self.stream.flush()
+
+
+class PhaseClock:
+    """A progress callback that passes every event on and adds the wall time between
+    events to the stage of the earlier one: compile time per phase (calibrate,
+    sensitivity, build, measure, ...), stages renamed by ``names``. Time before the
+    first event is ``first``'s."""
+
+    def __init__(self, progress, first: str = "load", names: dict[str, str] | None = None):
+        self._progress = progress
+        self._names = dict(names or {})
+        self._stage = first
+        self._since = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int | None, message: str) -> None:
+        self._tick(stage)
+        self._progress(stage, done, total, message)
+
+    def _tick(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[self._stage] = self.seconds.get(self._stage, 0.0) + now - self._since
+        self._stage, self._since = self._names.get(stage, stage), now
+
+    def finish(self) -> dict[str, float]:
+        self._tick(self._stage)
+        return {k: round(v, 3) for k, v in self.seconds.items()}

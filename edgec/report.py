@@ -49,6 +49,20 @@ def text_report(manifest: dict, measurements: dict) -> str:
         lines.append(f"int8: {int8['weight_bits']}-bit weights ({int8['weight_range']}); "
                      f"accuracy scored with {int8['scored_with']}"
                      + (f": {int8['scoring']}" if int8["scoring"] else ""))
+        executed = int8.get("executed")
+        if executed:
+            counts = ", ".join(f"{n} {p}" for p, n in executed["nodes"].items())
+            lines.append(f"  as onnxruntime executed it: {executed['transitions']} Q/DQ "
+                         f"transitions on activations; nodes: {counts}")
+            timing = next((c.get("int8_time") for c in measurements.get("candidates", [])
+                           if c.get("label") == m["configuration"]["label"]), None)
+            if timing:
+                share = timing["time_share"]
+                lines.append(f"  time: int8 kernels {share['int8']:.0%}, fp32 kernels "
+                             f"{share['fp32']:.0%}, Q/DQ {share['transition']:.0%}"
+                             + ("; fp32 ops: " + ", ".join(f"{op} {s:.0%}" for op, s in
+                                                          timing["fp32_ops"][:4])
+                                if timing["fp32_ops"] else ""))
     acc = m["accuracy"]
     lines.append(f"accuracy: {acc['detail']}")
     if acc.get("scored_on"):
@@ -68,6 +82,10 @@ def text_report(manifest: dict, measurements: dict) -> str:
             where += (f": {lat['kernels']} GPU kernels, {lat['launch_us']:g} us launch each, "
                       "pointwise ops fused")
         lines.append(f"latency: p50 {lat.get('p50_ms', lat.get('ms', 0)):.3f} ms ({where})")
+    phases = measurements.get("phases")
+    if phases:
+        lines.append("compile time per phase: " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])))
     lines += ["", "budgets:"]
     for b in m["budgets"]:
         lines.append(f"  {b['name']:<9} {b['status'].upper():<10} {b['detail']}")

@@ -5,11 +5,15 @@ QLinearConv (likewise QLinearMatMul / MatMulIntegerToFloat, QGemm, QLinearAdd, .
 Ranges come from calibration on the spec's data (MinMax, percentile or KL entropy);
 weights are int8 symmetric per output channel, activations u8 asymmetric per tensor.
 The op-type policy picks what is quantized: ``ops=Conv,MatMul,Gemm`` (default) or
-``ops=all``. BatchNormalization after a quantized Conv is folded into it first, and
+``ops=all``; ``placement=contiguous`` instead quantizes every node onnxruntime runs in
+int8 (asked of onnxruntime), in regions joined to a Conv/MatMul/Gemm.
+BatchNormalization after a quantized Conv is folded into it first, and
 Relu/Clip(0, ·) after a quantized op is folded into its output quantization. If
 branches are quantized too; Loop and Scan bodies are left fp32. With
-``fallback=per-layer`` the pass ranks layers by sensitivity and keeps the most
-sensitive ones fp32 until ``metric`` holds ``tolerance`` on the calibration data
+``fallback=per-layer`` the pass ranks layers by accuracy gained per latency lost (each
+layer's own SQNR from one batched run, over its cost measured by profiling) and
+returns the shortest prefix of them to fp32 that makes ``metric`` hold ``tolerance``
+on the calibration data
 (samples beyond ``samples`` are the evaluation set when there are any).
 Weights take 7 bits where the target's u8 x s8 kernels saturate full-range pairs (x86
 without VNNI), 8 where they accumulate in int32, unless ``reduce-range`` says (stat
@@ -35,7 +39,7 @@ from edgec.passmgr.base import OptionError, Pass, PassContext, PassError, PassRe
 from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
 from edgec.quantization.samples import calibration_samples
-from edgec.quantization.sensitivity import mixed_precision
+from edgec.quantization.fallback import mixed_precision
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,8 @@ class QuantizeInt8(Pass):
     reduce_range: bool | None = field(default=None, metadata={"help": "true: 7-bit weights, false: 8-bit; unset: what the target's int8 kernels need (7-bit where u8 x s8 pairs saturate, x86 without VNNI; 7-bit without a target)"})
     samples: int = field(default=128, metadata={"help": "most calibration samples used"})
     calibration_data: str = field(default="", metadata={"help": ".npz file/folder/glob when not under `edgec compile`"})
-    fallback: Literal["none", "per-layer"] = field(default="none", metadata={"help": "none, or per-layer: keep sensitive layers fp32 until the tolerance holds"})
+    placement: Literal["ops", "contiguous"] = field(default="ops", metadata={"help": "ops: the op types in `ops`; contiguous: every node onnxruntime runs in int8 (probed), in regions joined to a Conv/MatMul/Gemm, so no fp32 island sits between int8 kernels where an int8 kernel exists"})
+    fallback: Literal["none", "per-layer"] = field(default="none", metadata={"help": "none, or per-layer: return to fp32 the layers that gain the most accuracy per latency lost until the tolerance holds"})
     metric: str = field(default="top1-agreement", metadata={"help": "metric for fallback=per-layer"})
     tolerance: str = field(default="1%", metadata={"help": "tolerance for fallback=per-layer (1%, 0.05, 30dB)"})
 
@@ -87,7 +92,7 @@ class QuantizeInt8(Pass):
                              percentile=self.percentile, per_channel=self.per_channel,
                              symmetric_activations=self.symmetric_activations,
                              exclude=self.exclude, samples=self.samples,
-                             reduce_range=weights.reduce_range)
+                             reduce_range=weights.reduce_range, placement=self.placement)
         if candidate_nodes(model, config):
             # Which values are fp32 must be known: an untyped value may be fp16 or double.
             infer_types(model, ctx.diagnostics)
@@ -105,19 +110,26 @@ class QuantizeInt8(Pass):
                         if count > self.samples else None)
             config, report = mixed_precision(model, samples, self.metric, self.tolerance,
                                              config=config, eval_samples=held_out,
-                                             progress=ctx.progress,
+                                             progress=ctx.progress, latency=True,
                                              exact=needs_exact_path(ctx.target, weights.reduce_range))
             stats["fallback-fp32-layers"] = len(report.kept_fp32)
             stats["fallback-held"] = int(report.held)
+            stats["fallback-trials"] = len(report.steps)
+            stats["fallback-faster-than-fp32"] = int(report.faster_than_fp32)
             for name in report.kept_fp32:
                 stats[f"fp32.{name}"] = 1
             # The per-layer ranking, for the report's sensitivity chart.
             for name, score in report.sensitivity:
                 stats[f"sensitivity.{name}"] = float(score) if np.isfinite(score) else 1e9
+            if not report.faster_than_fp32 and report.latency:
+                ctx.diagnostics.warning(
+                    f"quantize-int8: int8 measured no faster than fp32 here "
+                    f"({report.latency['int8_ms']:.3g} ms against {report.latency['fp32_ms']:.3g} ms"
+                    f" fully quantized): no per-layer fallback makes it faster")
             if not report.held:
                 ctx.diagnostics.warning(
-                    f"quantize-int8: {self.metric} misses {self.tolerance} even with every "
-                    f"layer fp32 ({report.steps[-1]['detail']})")
+                    f"quantize-int8: {self.metric} misses {self.tolerance} with every layer fp32 "
+                    f"that keeps int8 faster than fp32 ({report.steps[-1]['detail'] if report.steps else 'nothing tried'})")
         stats.update(quantize_static(model, samples, config, progress=ctx.progress))
         if model.opset() != converted_from:
             stats["opset-converted-from"] = converted_from

@@ -255,7 +255,7 @@ class TVMBackend:
         # ops, so the attention fusion (into com.microsoft::Attention) is not for TVM.
         pass_options={"fuse": {"exclude": "attention"}},
         # The importer needs shapes folded to constants, ops it lacks expanded, and
-        # types populated (passes/legalize_tvm.py).
+        # types populated (passes/legalize_tvm/).
         final_passes=("legalize-tvm",),
         measures_over_rpc=True,  # latency and tuning reach devices through TVM RPC
         costly_build=True,       # compiling takes tens of seconds, tuning minutes

@@ -10,6 +10,7 @@ planner can try the next one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgec import artifact as art
 from edgec.backends import capabilities, get_backend
 from edgec.backends.base import BuildOptions, BuildResult, LatencyStats
 from edgec.backends.logs import backend_output_to
@@ -78,6 +80,8 @@ class Attempt:
     latency_note: str | None = None  # how the latency was judged when RPC could not be used
     skipped: str | None = None       # why it was not built: it could not have been chosen
     int8: dict | None = None         # weight range and scoring path, when int8 was used
+    int8_time: dict | None = None    # where an int8 candidate's time went (profiled)
+    model_digest: str | None = None  # sha256 of the candidate's model files
 
 
 class _Rejected(Exception):
@@ -99,6 +103,10 @@ def evaluate(config: Configuration, index: int, ctx: Context, *, explicit_backen
             shutil.rmtree(folder, ignore_errors=True)
             return attempt
         optimized = _export(model, folder)
+        attempt.skipped = _same_as(config, attempt, rivals)
+        if attempt.skipped is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return attempt
         backend = _backend(config, ctx, attempt, explicit_backend)
         result = _build_module(backend, config, optimized, ctx, attempt, explicit_backend)
         _latency(backend, config, model, result, ctx, attempt)
@@ -149,6 +157,22 @@ def _export(model, folder: str) -> onnx.ModelProto:
     return onnx.load(os.path.join(folder, "model.onnx"), load_external_data=False)
 
 
+def _same_as(config: Configuration, attempt: Attempt, rivals) -> str | None:
+    """A configuration whose passes gave the very model a built candidate on the same
+    backend has (a per-layer fallback that kept no layer fp32, a placement equal to an
+    op policy) is that candidate: not built or measured again."""
+    folder = attempt.folder
+    attempt.model_digest = hashlib.sha256(b"".join(
+        name.encode() + bytes.fromhex(art.sha256_file(os.path.join(folder, name)))
+        for name in sorted(os.listdir(folder)))).hexdigest()  # model.onnx and its weights
+    twin = next((t for t in rivals if t.skipped is None and t.result is not None
+                 and t.model_digest == attempt.model_digest
+                 and t.evaluation.config.backend == config.backend), None)
+    if twin is None:
+        return None
+    return f"not built: its passes gave the same model as {twin.evaluation.config.label}"
+
+
 def _backend(config: Configuration, ctx: Context, attempt: Attempt, explicit: bool):
     """The configuration's backend, when it is installed and can build for the target."""
     ev = attempt.evaluation
@@ -177,6 +201,7 @@ def _build_module(backend, config: Configuration, optimized: onnx.ModelProto, ct
         backend.check_model(optimized, model_path=model_file)
         # The backend's own console output (TVM's C++ warnings, MetaSchedule's logging)
         # goes to a log file under the cache; edgec's progress still reaches stderr.
+        ctx.build_options.progress("build", 0, None, f"building {config.label}")
         with backend_output_to(os.path.join(ctx.cache_dir, "logs", f"{config.backend}.log")):
             result = backend.build(optimized, ctx.spec.target, attempt.folder,
                                    ctx.build_options, model_path=model_file)
@@ -264,6 +289,14 @@ def _accuracy(backend, config: Configuration, optimized: onnx.ModelProto, result
     ev, spec = attempt.evaluation, ctx.spec
     score = scoring(optimized, spec.target, base_dir=attempt.folder)
     attempt.int8 = int8_record(attempt.records, spec, score)
+    if attempt.int8 is not None and config.backend == "ort" and result.runnable_here:
+        # What onnxruntime ran in int8, per node, from its own profiler.
+        from edgec.quantization.executed import profile
+        ctx.build_options.progress("profile", 0, None, f"profiling {config.label}")
+        executed = profile(optimized, ctx.bench_inputs, runs=2,
+                           threads=ctx.build_options.threads or 0, base_dir=attempt.folder)
+        attempt.int8["executed"] = executed.to_json()
+        attempt.int8_time = executed.timing()
     run_fn, names = _scoring_run(backend, config, score, result, ctx, attempt)
     try:
         candidate = run_all(run_fn, ctx.evaluation, names, fixed_batch(optimized), ctx.layout)
@@ -301,9 +334,11 @@ def _scoring_run(backend, config: Configuration, score, result: BuildResult, ctx
 
     ev, folder, rpc = attempt.evaluation, attempt.folder, ctx.build_options.rpc
     remote = getattr(backend, "remote_runner", None)
-    if not result.runnable_here and rpc is not None and remote is not None:
+    on_device = not result.runnable_here and rpc is not None and remote is not None
+    ctx.build_options.progress("score", 0, None, f"running {config.label} on {rpc.where}"
+                               if on_device else f"scoring {config.label}")
+    if on_device:
         # The device itself runs the module: its outputs are the target's arithmetic.
-        ctx.build_options.progress("score", 0, None, f"running {config.label} on {rpc.where}")
         runner = remote(folder, result.details, rpc, threads=ctx.build_options.threads)
         ev.accuracy_scored_on, ev.accuracy_scored_where = "module", rpc.where
     elif score.path == "exact":

@@ -9,13 +9,14 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from edgec.backends import auto_backends, capabilities
+from edgec.backends import auto_backends, capabilities, get_backend
 from edgec.backends.base import BuildOptions, Progress, RpcConfig
 from edgec.diagnostics import Diagnostic, DiagnosticSink, EdgecError, ModelError, UsageError
 from edgec.metrics import cannot_discriminate
 from edgec.planner.evaluate import Attempt, Context, evaluate
 from edgec.planner.samples import prepare_samples
-from edgec.planner.search import Evaluation, Skipped, choose, configurations
+from edgec.planner.search import (Evaluation, Skipped, choose, configurations,
+                                  reject_slower_than_fp32)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Plan:
     winner: Evaluation | None    # None: no configuration holds every budget
     best: Evaluation             # the winner, or the best of those that miss
     chosen: Attempt              # best's attempt
+    phases: dict[str, float]     # compile seconds per phase (load, passes, calibrate, ...)
 
 
 def make_plan(*, model_path: str, model_bytes: bytes, data_pattern: str | None, spec,
@@ -42,6 +44,11 @@ def make_plan(*, model_path: str, model_bytes: bytes, data_pattern: str | None, 
     name) in folders under ``staging`` and choose one; its files are left in ``staging``."""
     from edgec.frontend.onnx_import import import_model, parse_model_bytes
 
+    from edgec.progress import PhaseClock
+
+    # Compile time per phase, for measurements.json and the report.
+    clock = PhaseClock(progress, names={"plan": "passes"})
+    progress = clock
     base_dir = os.path.dirname(os.path.abspath(model_path))
     original = parse_model_bytes(model_bytes, model_path)
     nodes_before = import_model(original, base_dir=base_dir, source=model_path).node_count()
@@ -65,13 +72,59 @@ def make_plan(*, model_path: str, model_bytes: bytes, data_pattern: str | None, 
         check_rpc(rpc, backend_choice)
     tried, skipped = _search(ctx, backend_choice)
     evaluations = [t.evaluation for t in tried if t.skipped is None]
-    winner, best = choose(evaluations, spec.optimize.search)
+    winner, best = _choose_not_slower_than_fp32(ctx, tried, evaluations)
     result = Plan(ctx, nodes_before, samples.note,
                   {"layout": samples.layout, "how": samples.layout_how}, caveat, tried,
                   skipped, evaluations, winner, best,
-                  chosen=next(t for t in tried if t.evaluation is best))
+                  chosen=next(t for t in tried if t.evaluation is best),
+                  phases=clock.finish())
     _keep_chosen(result, staging, sink)
     return result
+
+
+# Interleaved runs of the int8 winner and fp32 that confirm the winner is not slower.
+CONFIRM_RUNS = 15
+
+
+def _choose_not_slower_than_fp32(ctx: Context, tried: list[Attempt],
+                                 evaluations: list[Evaluation]):
+    """`choose`, after `reject_slower_than_fp32`; an int8 winner measured on this host is
+    then timed again against fp32 run for run, interleaved (candidates are measured one
+    after another, minutes apart on a busy machine), and if it is slower there it misses
+    "not-slower-than-fp32" and the choice is made again."""
+    fp32 = reject_slower_than_fp32(evaluations)
+    search = ctx.spec.optimize.search
+    while True:
+        winner, best = choose(evaluations, search)
+        if winner is None or fp32 is None or winner.config.precision != "int8" \
+                or winner.latency_where != "host" or fp32.latency_where != "host":
+            return winner, best
+        attempts = {id(t.evaluation): t for t in tried}
+        int8_ms, fp32_ms = _interleaved(ctx, attempts[id(winner)], attempts[id(fp32)])
+        verdict = next(b for b in winner.budgets if b["name"] == "not-slower-than-fp32")
+        verdict["detail"] += (f"; side by side, interleaved: {int8_ms:.3g} ms against "
+                              f"{fp32_ms:.3g} ms")
+        if int8_ms <= fp32_ms:
+            return winner, best
+        verdict["status"] = "missed"
+
+
+def _interleaved(ctx: Context, a: Attempt, b: Attempt) -> tuple[float, float]:
+    """Median ms of ``a`` and of ``b``, run in turn on the benchmark inputs."""
+    import statistics
+
+    runners = [get_backend(t.evaluation.config.backend).load(t.folder, t.result.details)
+               for t in (a, b)]
+    feeds = [{k: ctx.bench_inputs[k] for k in r.input_names} for r in runners]
+    for runner, feed in zip(runners, feeds):
+        runner.run(feed)
+    times: list[list[float]] = [[], []]
+    for _ in range(CONFIRM_RUNS):
+        for i, (runner, feed) in enumerate(zip(runners, feeds)):
+            start = time.perf_counter()
+            runner.run(feed)
+            times[i].append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
 def target_at_hand(target) -> bool:

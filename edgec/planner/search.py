@@ -4,8 +4,10 @@ A configuration is a precision (with its op-type policy), an optional pruning le
 and a backend, expressed as pass-pipeline text appended to the base pipeline — so a
 candidate is reproducible with ``edgec opt -p``. Candidates are tried in order of
 expected cost to the model (least intrusive first): fp32; fp16 where the target runs
-it fast; int8 on the compute-heavy ops; int8 everywhere; int8 with per-layer fp32
-fallback; then the same with pruning, at half and at the full allowed sparsity.
+it fast; int8 on the compute-heavy ops; int8 everywhere; int8 in contiguous regions
+(every node onnxruntime runs in int8); int8 with per-layer fp32 fallback from there;
+then the same with pruning, at half and at the full allowed sparsity. An int8
+configuration measured slower than fp32 is never chosen (`reject_slower_than_fp32`).
 """
 
 from __future__ import annotations
@@ -171,10 +173,14 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
             base.append(("int8 (Conv, MatMul, Gemm)", "int8", "compute-ops",
                          [f"quantize-int8{{ops=Conv,MatMul,Gemm {reduce}}}"]))
             base.append(("int8 (all ops)", "int8", "all-ops", [f"quantize-int8{{ops=all {reduce}}}"]))
+            # Every node onnxruntime runs in int8, in contiguous regions: the fastest
+            # int8 form, and where the per-layer fallback starts.
+            base.append(("int8 (contiguous regions)", "int8", "contiguous",
+                         [f"quantize-int8{{placement=contiguous {reduce}}}"]))
             if opt.per_layer_fallback:
                 tol = _tolerance_text(spec.accuracy.tolerance)
                 base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
-                             [f"quantize-int8{{ops=Conv,MatMul,Gemm fallback=per-layer "
+                             [f"quantize-int8{{placement=contiguous fallback=per-layer "
                               f"metric={_metric_text(spec.accuracy.metric)} tolerance={tol} "
                               f"{reduce}}}"]))
     levels = [0.0]
@@ -194,6 +200,27 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
                 name = label + (f", {sparsity:.0%} pruned" if sparsity else "") + f" on {backend}"
                 configs.append(Configuration(name, precision, policy, text, backend, sparsity))
     return configs, skipped
+
+
+def reject_slower_than_fp32(evaluations: list[Evaluation]) -> Evaluation | None:
+    """Mark every int8 evaluation measured slower than the fastest fp32 one (measured
+    the same way, same place) as missing a "not slower than fp32" budget: int8 that
+    runs slower than fp32 is never the one shipped. Returns that fp32 evaluation."""
+    fp32 = [e for e in evaluations if e.config.precision == "fp32" and e.error is None
+            and e.latency_s is not None and e.config.sparsity == 0]
+    if not fp32:
+        return None
+    reference = min(fp32, key=lambda e: e.latency_s)
+    for e in evaluations:
+        if e.config.precision != "int8" or e.error is not None or e.latency_s is None \
+                or e.latency_where != reference.latency_where:
+            continue
+        slower = e.latency_s > reference.latency_s
+        e.budgets.append({
+            "name": "not-slower-than-fp32", "status": "missed" if slower else "held",
+            "detail": (f"{e.latency_s * 1e3:.3g} ms against {reference.config.label}'s "
+                       f"{reference.latency_s * 1e3:.3g} ms ({e.latency_where})")})
+    return reference
 
 
 def choose(evaluations: list[Evaluation], search: str) -> tuple[Evaluation | None, Evaluation]:

@@ -23,6 +23,7 @@ Which ops are quantized is a policy (`QuantConfig.ops`): the compute-heavy ops o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -38,9 +39,14 @@ COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 ALL_OPS = ("Conv", "MatMul", "Gemm", "Add", "Mul", "MaxPool", "AveragePool",
            "GlobalAveragePool", "Concat", "Sigmoid", "LeakyRelu", "Softmax", "Relu", "Clip",
            "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze")
+# Data-movement ops beyond ALL_OPS that onnxruntime may run on uint8 directly (Resize
+# only in nearest mode): the contiguous placement asks onnxruntime which ones it does
+# (`edgec.quantization.executed`), so they are candidates only there.
+MOVEMENT_OPS = ("Resize", "Slice", "Gather", "DepthToSpace", "SpaceToDepth")
 # Ops whose output takes its input's parameters, so onnxruntime can drop the QDQ
 # around them and move int8 data unchanged.
-SHARED_PARAMS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
+SHARED_PARAMS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+                           *MOVEMENT_OPS})
 # Ops whose int8 kernel can return fp32 directly (MatMulIntegerToFloat, QGemm with
 # float output): their output is quantized only when every reader is quantized.
 FLOAT_OUTPUT_OK = frozenset({"MatMul", "Gemm"})
@@ -51,9 +57,13 @@ CONTROL_FLOW_SKIPPED = frozenset({"Loop", "Scan"})
 class QuantConfig:
     """What to quantize and how. ``ops`` is the op-type policy ("all" expands to
     ALL_OPS); ``exclude`` names nodes kept fp32; ``only``, when set, quantizes just
-    those nodes (sensitivity analysis)."""
+    those nodes (sensitivity analysis). ``placement`` is how nodes are picked:
+    ``ops`` (the op-type policy), ``contiguous`` (every node onnxruntime runs in int8,
+    probed, in regions joined to a Conv/MatMul/Gemm: `edgec.quantization.placement`;
+    ``ops`` is then not read)."""
 
     ops: tuple[str, ...] = COMPUTE_OPS
+    placement: str = "ops"
     calibration: str = "minmax"         # minmax | percentile | entropy
     percentile: float = 99.99
     per_channel: bool = True
@@ -74,6 +84,8 @@ class QuantConfig:
 
     @property
     def op_types(self) -> frozenset[str]:
+        if self.placement == "contiguous":
+            return frozenset((*ALL_OPS, *MOVEMENT_OPS))
         expanded: set[str] = set()
         for op in self.ops:
             expanded.update(ALL_OPS if op.lower() == "all" else (op,))
@@ -87,6 +99,7 @@ class Calibration:
     ranges: dict[str, tuple[float, float]]
     method: str
     samples: int
+    observed: frozenset[str] = frozenset()  # the values asked for (some have no range)
 
 
 # --------------------------------------------------------------------------- plan
@@ -139,8 +152,17 @@ def _constant(v: Value | None) -> np.ndarray | None:
 
 
 def candidate_nodes(model: Model, config: QuantConfig) -> list[Node]:
-    """Nodes the op-type policy would quantize (before ``exclude``/``only``)."""
-    ops = config.op_types
+    """Nodes the placement would quantize (before ``exclude``/``only``)."""
+    if config.placement == "contiguous":
+        from edgec.quantization.placement import contiguous_nodes
+        return contiguous_nodes(model)
+    if config.placement != "ops":
+        raise ValueError(f"unknown placement '{config.placement}' (ops or contiguous)")
+    return typed_candidates(model, config.op_types)
+
+
+def typed_candidates(model: Model, ops: frozenset[str]) -> list[Node]:
+    """Nodes of the op types ``ops`` that the QDQ form can wrap."""
     out = []
     for g in quantizable_graphs(model):
         for node in g:
@@ -228,7 +250,7 @@ def _plan(model: Model, config: QuantConfig) -> _Plan:
         if (config.fold_relu and not config.symmetric_activations and op not in SHARED_PARAMS
                 and len(out.uses()) == 1 and not out.is_graph_output()):
             relu = readers[0]
-            if relu.graph is node.graph and _is_relu(relu):
+            if relu.graph is node.graph and is_relu(relu):
                 plan.relu_folds.append((node, relu))
                 plan.range_of[id(out)] = relu.outputs[0].name
     return plan
@@ -253,7 +275,7 @@ def _matmul_bias(matmul: Node, chosen: set[int], plan: _Plan) -> None:
     plan.biases.append((add, 1 - index, matmul, 0, 1))
 
 
-def _is_relu(node: Node) -> bool:
+def is_relu(node: Node) -> bool:
     if node.op_type == "Relu" and node.domain in ("", "ai.onnx"):
         return True
     if node.op_type == "Clip" and node.domain in ("", "ai.onnx") and len(node.inputs) > 1:
@@ -283,10 +305,19 @@ def _needed_names(model: Model, config: QuantConfig) -> set[str]:
 # --------------------------------------------------------------------------- calibration
 
 
+# Calibrations of this process, newest last: the planner's int8 candidates quantize the
+# same model on the same samples under different policies; a value's range does not
+# depend on which other values are observed, so one run for all of them serves each.
+_CALIBRATIONS: list[tuple[tuple, Calibration]] = []
+_KEPT_CALIBRATIONS = 4
+
+
 def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
               progress: Progress | None = None) -> Calibration:
     """Run the model on up to ``config.samples`` samples and compute a range for every
-    value the policy may quantize, with the configured method."""
+    value the policy may quantize, with the configured method. Every value any policy
+    (op types, all ops, contiguous) may quantize is observed at once, and the ranges
+    are kept for the next call on the same model and samples."""
     samples = {k: v[:config.samples] for k, v in samples.items()}
     proto = export_model(model)
     initializers = {t.name for t in proto.graph.initializer}
@@ -296,6 +327,29 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
     if count == 0:
         raise ValueError("calibration needs at least one sample")
     wanted = _needed_names(model, config)
+    key = _calibration_key(proto, samples, config)
+    for cached_key, cached in reversed(_CALIBRATIONS):
+        if cached_key == key and wanted <= cached.observed:
+            return cached
+    for policy in (replace(config, placement="ops", ops=("all",)), replace(config, placement="contiguous")):
+        wanted |= _needed_names(model, policy)
+    calibration = _calibrate(model, proto, samples, config, wanted, count, progress)
+    _CALIBRATIONS.append((key, calibration))
+    del _CALIBRATIONS[:-_KEPT_CALIBRATIONS]
+    return calibration
+
+
+def _calibration_key(proto, samples: dict[str, np.ndarray], config: QuantConfig) -> tuple:
+    digest = hashlib.sha256(proto.SerializeToString())
+    for name in sorted(samples):
+        array = np.ascontiguousarray(samples[name])
+        digest.update(f"{name}{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest(), config.calibration, config.percentile
+
+
+def _calibrate(model: Model, proto, samples: dict[str, np.ndarray], config: QuantConfig,
+               wanted: set[str], count: int, progress: Progress | None) -> Calibration:
     observed: dict[str, list[float]] = {}
 
     def minmax(name: str, array: np.ndarray) -> None:
@@ -325,7 +379,7 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
     elif config.calibration != "minmax":
         raise ValueError(f"unknown calibration method '{config.calibration}' "
                          "(minmax, percentile or entropy)")
-    return Calibration(ranges, config.calibration, count)
+    return Calibration(ranges, config.calibration, count, observed=frozenset(wanted))
 
 
 # --------------------------------------------------------------------------- parameters

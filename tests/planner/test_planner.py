@@ -29,11 +29,12 @@ def test_configurations_cheapest_first_with_reasons_for_skips():
                    "  prune up to 30 % structured\n  backend auto\n}\n")
     configs, skipped = configurations(spec, spec.target, "auto", ALL_PASSES)
     labels = [c.label for c in configs]
-    assert labels[:5] == ["fp32 on ort", "fp32 on tvm", "int8 (Conv, MatMul, Gemm) on ort",
-                          "int8 (all ops) on ort", "int8 with per-layer fp32 fallback on ort"]
-    assert labels[5] == "fp32, 15% pruned on ort"
+    assert labels[:6] == ["fp32 on ort", "fp32 on tvm", "int8 (Conv, MatMul, Gemm) on ort",
+                          "int8 (all ops) on ort", "int8 (contiguous regions) on ort",
+                          "int8 with per-layer fp32 fallback on ort"]
+    assert labels[6] == "fp32, 15% pruned on ort"
     assert labels[-1] == "int8 with per-layer fp32 fallback, 30% pruned on ort"
-    assert [c.sparsity for c in configs].count(0.3) == 5
+    assert [c.sparsity for c in configs].count(0.3) == 6
     assert any("does not run fp16 fast" in s.reason for s in skipped)
     assert "prune-channels{sparsity=0.15},quantize-int8{ops=all reduce-range=false},dce" in [c.passes for c in configs]
 
@@ -130,5 +131,8 @@ def test_search_fastest_tries_everything(tmp_path):
     result = _compile(tmp_path, spec)
     assert result.returncode == 0, result.stderr
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    statuses = [c["status"] for c in m["candidates"] if c["status"] != "skipped"]
-    assert len(statuses) == 4 and statuses.count("chosen") == 1
+    tried = [c for c in m["candidates"] if c.get("precision")]
+    statuses = [c["status"] for c in tried]
+    assert len(tried) == 5 and statuses.count("chosen") == 1
+    # A candidate is skipped only when its passes gave a model already built.
+    assert all("gave the same model as" in c["reason"] for c in tried if c["status"] == "skipped")
