@@ -185,7 +185,7 @@ def _qdq_groups(graph: onnx.GraphProto) -> Iterator[_QDQGroup]:
         if node.op_type == "DequantizeLinear" or not node.name:
             continue
         group = []
-        for name in node.input:
+        for name in dict.fromkeys(node.input):  # a node reading one value twice (x * x)
             dq = producer.get(name)
             if dq is not None and dq.op_type == "DequantizeLinear":
                 group.append(dq)

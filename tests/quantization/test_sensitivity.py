@@ -142,3 +142,27 @@ def test_fallback_search_finds_the_shortest_holding_prefix_in_few_trials():
     tried = []
     assert _shortest_holding_prefix(lambda k: tried.append(k) or k >= 5, 2, 10) == 5
     assert tried[:3] == [2, 3, 4]
+
+
+def test_sensitivity_of_a_node_reading_one_value_twice():
+    """A node that reads one quantized value twice (a power spectrum's x * x, as the corpus
+    VAD has) is one QDQ group with one copy of that value's Q/DQ pair; two copies gave the
+    analysis model two nodes of one name, which onnxruntime refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], rng.standard_normal((8, 8)).astype(np.float32).ravel())
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+         helper.make_node("Mul", ["h", "h"], ["sq"], name="square"),
+         helper.make_node("MatMul", ["sq", "w"], ["y"], name="mm2")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    samples = {"x": rng.standard_normal((16, 8)).astype(np.float32)}
+    ranking = layer_sensitivity(import_model(model), samples, "sqnr",
+                                config=QuantConfig(ops=("MatMul", "Mul")))
+    assert {name for name, _ in ranking} >= {"square"}
+    assert all(np.isfinite(score) for _, score in ranking)
