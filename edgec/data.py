@@ -362,6 +362,18 @@ def _conform(array: np.ndarray, spec: InputSpec, path: str, layout: str = BATCH)
     return array
 
 
+
+def _random_array(rng: np.random.Generator, spec: InputSpec, shape: tuple) -> np.ndarray:
+    """Synthetic values for one input: standard normal floats, 0/1 booleans, integers 0-9."""
+    if np.issubdtype(spec.dtype, np.floating):
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if np.issubdtype(spec.dtype, np.integer):
+        return rng.integers(0, 10, shape).astype(spec.dtype)
+    raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
+                     f"{spec.dtype}; give data in the spec or with --data")
+
 def synthetic_samples(inputs: list[InputSpec], count: int, seed: int,
                       batch: int = 1) -> dict[str, np.ndarray]:
     """``count`` samples per input drawn from its type: normal floats, small ints, bools.
@@ -372,15 +384,7 @@ def synthetic_samples(inputs: list[InputSpec], count: int, seed: int,
         dims = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)
                 for i, d in enumerate(spec.shape)]
         shape = (count, *dims[1:]) if dims else (count,)
-        if np.issubdtype(spec.dtype, np.floating):
-            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == np.bool_:
-            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        elif np.issubdtype(spec.dtype, np.integer):
-            out[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
-        else:
-            raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
-                             f"{spec.dtype}; give data in the spec or with --data")
+        out[spec.name] = _random_array(rng, spec, shape)
     return out
 
 
@@ -414,15 +418,7 @@ def synthetic_data(inputs: list[InputSpec], count: int, seed: int, batch: int = 
                 (batch if (d in leading or (d is None and axis == 0)) else 1)
                 for axis, d in enumerate(spec.shape)]
         shape = (count, *dims)
-        if np.issubdtype(spec.dtype, np.floating):
-            out[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-        elif spec.dtype == np.bool_:
-            out[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        elif np.issubdtype(spec.dtype, np.integer):
-            out[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
-        else:
-            raise UsageError(f"cannot make synthetic data for input '{spec.name}' of type "
-                             f"{spec.dtype}; give data in the spec or with --data")
+        out[spec.name] = _random_array(rng, spec, shape)
     return SampleData(out, PER_SAMPLE, "drawn as per-sample feeds (the inputs share no batch "
                                        "axis 0: a scalar, a state or an input of unknown rank)")
 

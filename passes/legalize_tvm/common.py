@@ -22,6 +22,15 @@ class Chain:
         self.nodes.append(node)
         return node.output
 
+    def replace(self, node: Node, result: Value) -> None:
+        """Put the chain in ``node``'s place: inserted before it, its last node named as
+        ``node`` was, ``result`` typed as and standing for ``node``'s output; ``node`` goes."""
+        self.nodes[-1].name = node.name
+        self.graph.insert_before(node, self.nodes)
+        result.type = node.output.type
+        self.graph.replace_value(node.output, result)
+        self.graph.remove(node)
+
     def constant(self, value, dtype=None, name: str = "const") -> Value:
         import numpy as np
 

@@ -256,11 +256,7 @@ class LowerLpNormalization(Pass):
                     norm = chain.op(reduce, x, axes=[axis], keepdims=1)
                 zero = chain.constant(0, dtype.to_numpy(), "zero")
                 result = chain.op("Where", chain.op("Equal", norm, zero), zero, chain.op("Div", x, norm))
-                chain.nodes[-1].name = node.name
-                g.insert_before(node, chain.nodes)
-                result.type = node.output.type
-                g.replace_value(node.output, result)
-                g.remove(node)
+                chain.replace(node, result)
                 lowered += 1
         return PassResult(lowered > 0, {"lpnorms-lowered": lowered})
 
@@ -310,10 +306,6 @@ class UnrollCumProd(Pass):
                         products[i] = running
                 result = chain.op("Concat", *(products[i] for i in range(n)), axis=axis) if n > 1 else \
                     chain.op("Identity", products[0])
-                chain.nodes[-1].name = node.name
-                g.insert_before(node, chain.nodes)
-                result.type = node.output.type
-                g.replace_value(node.output, result)
-                g.remove(node)
+                chain.replace(node, result)
                 unrolled += 1
         return PassResult(unrolled > 0, {"cumprods-unrolled": unrolled})

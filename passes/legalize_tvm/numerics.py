@@ -126,11 +126,7 @@ class StableSoftplus(Pass):
                 result = softplus if node.op_type == "Softplus" else chain.op("Mul", x, chain.op("Tanh", softplus))
                 if wide is not dtype:
                     result = chain.op("Cast", result, to=int(dtype))
-                chain.nodes[-1].name = node.name
-                g.insert_before(node, chain.nodes)
-                result.type = node.output.type
-                g.replace_value(node.output, result)
-                g.remove(node)
+                chain.replace(node, result)
                 rewritten += 1
         return PassResult(rewritten > 0, {"softplus-rewritten": rewritten})
 
@@ -168,11 +164,7 @@ class GuardFloatMod(Pass):
                 at_infinity = chain.op("Where", keep_x, x, y)
                 mod = chain.op("Mod", x, y, fmod=0)
                 result = chain.op("Where", infinite_y, at_infinity, mod)
-                chain.nodes[-1].name = node.name
-                g.insert_before(node, chain.nodes)
-                result.type = node.output.type
-                g.replace_value(node.output, result)
-                g.remove(node)
+                chain.replace(node, result)
                 guarded += 1
         return PassResult(guarded > 0, {"mods-guarded": guarded})
 
@@ -211,11 +203,7 @@ class WidenIntegerPow(Pass):
                     result = chain.op("Pow", base, chain.op("Cast", exponent, to=int(base.dtype)))
                 else:
                     continue
-                chain.nodes[-1].name = node.name
-                g.insert_before(node, chain.nodes)
-                result.type = node.output.type
-                g.replace_value(node.output, result)
-                g.remove(node)
+                chain.replace(node, result)
                 widened += 1
         return PassResult(widened > 0, {"pows-widened": widened})
 
