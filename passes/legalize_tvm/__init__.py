@@ -13,8 +13,9 @@ values whose type is missing. The group runs, in order:
    backend's module then takes that batch only, run a batch at a time;
 2. then, until nothing changes (at most ``max-iterations`` rounds): type inference
    (``edgec.ir.shape_inference.infer_types``, what ``infer-shapes`` runs);
-   ``widen-half`` (float16 MatMul, Conv, Gemm, Attention, Softmax computed in float32, as
-   onnxruntime does);
+   ``widen-half`` (float16 MatMul, Conv, Gemm, Attention, Softmax computed in float32, and
+   the values they pass each other through Add/Mul/Where/... kept float32, as onnxruntime
+   does);
    ``expand-functions`` (ops TVM lacks become their ONNX function bodies);
    ``lower-castlike`` (``CastLike(x, like)`` → ``Cast(x, to=dtype(like))``);
    ``lower-isinf`` (IsInf's detect_negative/detect_positive, which TVM ignores);

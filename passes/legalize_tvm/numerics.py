@@ -16,63 +16,138 @@ from edgec.passmgr.base import Pass, PassContext, PassResult
 from .common import ONNX_DOMAINS, Chain, float_type
 
 
+# Ops that, computed in float32 on float16-representable operands and rounded to float16,
+# give the float16 result bit for bit (float32 has more than 2·11 + 2 significand bits,
+# so one float32 rounding then one float16 rounding is the float16 rounding of
+# +, -, ·, / and data movement); Cast stands for a float16-to-float16 Cast only.
+_EXACT_WHEN_WIDE = ("Add", "Sub", "Mul", "Div", "Neg", "Where", "Identity", "Cast", "Reshape",
+                    "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def _half_inputs(node: Node) -> list[bool] | None:
+    """Which of ``node``'s inputs are float16; None where one input's type is unknown."""
+    if any(v is not None and (v.dtype is None or v.dtype is DataType.UNDEFINED) for v in node.inputs):
+        return None
+    return [v is not None and v.dtype is DataType.FLOAT16 for v in node.inputs]
+
+
 @dataclass(frozen=True)
 class WidenHalf(Pass):
     """Compute float16 ``MatMul``, ``Attention``, ``Softmax``, ``Conv``, ``ConvTranspose``
     and ``Gemm`` in float32: their float16 inputs are cast to float32 and their float16
-    outputs cast back.
+    outputs cast back. Where float16 values pass from one such op to another through
+    ``carry`` ops only (Add, Mul, Where, a float16-to-float16 Cast, Reshape, Transpose, ...:
+    the Softmax -> Cast -> Where -> MatMul of an expanded Attention), those ops are
+    computed in float32 too and the values between them stay float32: the chain rounds to
+    float16 once, where its result leaves it.
 
     TVM 0.27 accumulates a float16 MatMul or Conv (and the MatMuls and Softmax of an
     expanded Attention) in float16; onnxruntime's CPU kernels and the ONNX reference
-    accumulate in float32 and round once, which this rewrite spells out. Legal always: each output
-    is the float16 rounding of a more precise result; only the error of float16
-    intermediates goes away. Non-float16 inputs (boolean masks) are left as they are.
+    accumulate in float32 and round once, which this rewrite spells out. onnxruntime's CPU
+    provider also runs float16 nodes it has no float16 kernel for in float32 (its
+    insert-cast transformer) and drops the float32 -> float16 -> float32 casts between
+    them. Legal always: each widened op alone is the float16 rounding of a more precise
+    result (``carry`` ops alone are bit-identical: float32 has more than twice float16's
+    significand bits); a chain kept wide skips the float16 rounding of values inside it,
+    so its result is closer to the exact one than the graph as written, by at most those
+    roundings. Non-float16 inputs (boolean masks) are left as they are.
     """
 
     name: ClassVar[str] = "widen-half"
     ops: tuple[str, ...] = field(default=("MatMul", "Attention", "Softmax", "Conv", "ConvTranspose",
                                           "Gemm"), metadata={
         "help": "the op types computed in float32"})
+    carry: tuple[str, ...] = field(default=_EXACT_WHEN_WIDE, metadata={
+        "help": "op types computed in float32 where they pass float16 values between two of ops"})
+
+    def _candidate(self, node: Node, types: tuple[str, ...]) -> bool:
+        if node.op_type not in types or node.domain not in ONNX_DOMAINS:
+            return False
+        half = _half_inputs(node)
+        if half is None or not any(half):
+            return False
+        if types is self.carry:
+            # Every output float16 (Cast: only float16 to float16).
+            return all(o.dtype is DataType.FLOAT16 for o in node.outputs) and (
+                node.op_type != "Cast" or node.attr("to") == int(DataType.FLOAT16))
+        return True
+
+    def _chains(self, g, core: list[Node]) -> set[Node]:
+        """The ``carry`` nodes on a path of carry nodes from one core node to another."""
+        core_set = set(core)
+        carry = {n for n in g if n not in core_set and self._candidate(n, self.carry)}
+
+        def reach(start: list[Node], step) -> set[Node]:
+            seen: set[Node] = set()
+            todo = [m for n in start for m in step(n) if m in carry]
+            while todo:
+                n = todo.pop()
+                if n not in seen:
+                    seen.add(n)
+                    todo += [m for m in step(n) if m in carry]
+            return seen
+
+        def consumers(n: Node) -> list[Node]:
+            return [c for o in n.outputs if o.dtype is DataType.FLOAT16 for c in o.consumers()]
+
+        def producers(n: Node) -> list[Node]:
+            return [v.producer() for v in n.inputs
+                    if v is not None and v.dtype is DataType.FLOAT16 and v.producer() is not None]
+
+        return reach(core, consumers) & reach(core, producers)
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        widened = 0
+        widened = kept_wide = 0
         for g in [model.graph, *model.graph.subgraphs()]:
+            core = [n for n in g if self._candidate(n, self.ops)]
+            if not core:
+                continue
+            chain = self._chains(g, core)
+            widen = set(core) | chain
+            wide_of: dict[Value, Value] = {}  # a cast-back float16 value -> its float32 value
+            backs: list[Node] = []
             for node in list(g):
-                if node.op_type not in self.ops or node.domain not in ONNX_DOMAINS:
-                    continue
-                half = [v is not None and v.dtype is DataType.FLOAT16 for v in node.inputs]
-                if not any(half) or any(v is not None and (v.dtype is None or v.dtype is DataType.UNDEFINED)
-                                        for v in node.inputs):
+                if node not in widen:
                     continue
                 casts, inputs = [], []
-                for v, is_half in zip(node.inputs, half):
-                    if is_half:
+                for v, is_half in zip(node.inputs, _half_inputs(node)):
+                    if is_half and v in wide_of:
+                        inputs.append(wide_of[v])
+                        kept_wide += 1
+                    elif is_half:
                         cast = Node("Cast", [v], attributes={"to": int(DataType.FLOAT)})
                         casts.append(cast)
                         inputs.append(cast.output)
                     else:
                         inputs.append(v)
-                outputs, backs = [], []
+                outputs, node_backs = [], []
                 for o in node.outputs:
                     if o.name and o.dtype is DataType.FLOAT16:
                         shape = o.type.shape if isinstance(o.type, TensorType) else None
                         wide = Value(None, TensorType(DataType.FLOAT, shape))
                         outputs.append(wide)
-                        backs.append((o, Node("Cast", [wide], attributes={"to": int(DataType.FLOAT16)},
-                                              outputs=[Value(None, o.type)])))
+                        node_backs.append((o, Node("Cast", [wide], attributes={"to": int(DataType.FLOAT16)},
+                                                   outputs=[Value(None, o.type)])))
                     else:
                         outputs.append(Value(None, o.type) if o.name else Value(None))
                 wide_node = Node(node.op_type, inputs, domain=node.domain,
-                                 attributes=list(node.attributes.values()), name=node.name,
-                                 outputs=outputs)
-                g.insert_before(node, [*casts, wide_node, *(b for _, b in backs)])
+                                 attributes=list(node.attributes.values()), name=node.name, outputs=outputs)
+                if node.op_type == "Cast":  # float16 to float16: float32 to float32 now
+                    wide_node.set_attr("to", int(DataType.FLOAT))
+                g.insert_before(node, [*casts, wide_node, *(b for _, b in node_backs)])
                 for old, new in zip(node.outputs, outputs):
-                    replacement = next((b.output for o, b in backs if o is old), new)
+                    back = next((b for o, b in node_backs if o is old), None)
+                    if back is not None:
+                        wide_of[back.output] = new
+                        backs.append(back)
                     if old.name:
-                        g.replace_value(old, replacement)
+                        g.replace_value(old, back.output if back is not None else new)
                 g.remove(node)
                 widened += 1
-        return PassResult(widened > 0, {"nodes-widened": widened})
+            for back in backs:  # read only inside a chain: not needed
+                if not back.output.has_uses() and not back.output.is_returned():
+                    g.remove(back)
+        return PassResult(widened > 0, {"nodes-widened": widened, "values-kept-wide": kept_wide})
 
 
 # Where the series log1p(u) = u - u²/2 + u³/3 - u⁴/4 (u = exp(x)) takes over from
