@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgec.data import (BATCH, PER_SAMPLE, load_data, model_inputs, needs_per_sample,
                         synthetic_data)
 from edgec.diagnostics import UsageError
+from edgec.testing.required import import_or_missing
 
 HIDDEN, FEATURES = 8, 64
 
@@ -370,7 +371,7 @@ def test_a_module_bound_to_a_batch_still_takes_scalars_and_states():
     """Measuring over RPC (`_measure_rpc`) and scoring there (`RemoteTVMRunner`) check
     the bound batch only on inputs that have it on axis 0, and hand a scalar to TVM as
     the 0-d array it is."""
-    pytest.importorskip("tvm")
+    import_or_missing("tvm")
     import tvm
 
     from edgec.backends.base import BackendError

@@ -21,6 +21,7 @@ from edgec.passes.legalize_tvm import (ExpandResizeAxes, FoldEmptyReductions, Gu
                                        UnrollCumProd, UnrollRecurrent, WidenHalf, WidenIntegerPow)
 from edgec.passmgr.base import PassContext
 from edgec.testing import conformance
+from edgec.testing.required import import_or_missing
 
 
 def _ort(proto: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
@@ -179,7 +180,7 @@ def test_widen_half_keeps_no_value_wide_outside_a_chain():
 def test_an_expanded_float16_attention_node_case_matches_in_tvm():
     # TVM computes the case's expanded graph as written in float16; rounding the softmax
     # before the second MatMul missed the case's tolerance in 2 of 192 elements.
-    pytest.importorskip("tvm")
+    import_or_missing("tvm")
     case = next(c for c in conformance.node_cases() if c.name == "test_attention_4d_causal_fp16_expanded")
     try:
         result = conformance.run_case(case, conformance.tvm_backend())
@@ -443,7 +444,7 @@ def test_the_tvm_sweep_binds_only_when_legalizing():
 
 
 def test_an_unrolled_bidirectional_lstm_runs_in_tvm_and_matches_onnxruntime():
-    pytest.importorskip("tvm")
+    import_or_missing("tvm")
     from edgec.testing.tvm_runner import TVMWorker
 
     proto = _recurrent("LSTM", "bidirectional", states=True)
@@ -465,7 +466,7 @@ def test_an_unrolled_bidirectional_lstm_runs_in_tvm_and_matches_onnxruntime():
 
 
 def test_a_recurrent_node_unroll_rnn_cannot_take_names_it_and_the_rewrite():
-    pytest.importorskip("tvm")
+    import_or_missing("tvm")
     from edgec.backends.tvm import TVMBackend
     from edgec.diagnostics import ModelError
 
@@ -482,7 +483,7 @@ def test_a_recurrent_node_unroll_rnn_cannot_take_names_it_and_the_rewrite():
 def test_a_shape_that_depends_on_a_run_time_if_is_named():
     """The Silero VAD's form: an If on the sample rate picks the whole input or every
     second sample, so the shape after it is known only at run time."""
-    pytest.importorskip("tvm")
+    import_or_missing("tvm")
     from edgec.backends.tvm import TVMBackend
     from edgec.diagnostics import ModelError
 
