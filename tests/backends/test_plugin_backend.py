@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -26,6 +25,7 @@ import edgec
 from edgec import backends
 from edgec.dsl import check_text
 from edgec.planner.search import configurations
+from edgec.testing.plugins import fake_distribution
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "edgec-backend-example"
@@ -51,14 +51,7 @@ optimize {{
 
 def _fake_distribution(site: Path, name: str, version: str, entry_points: dict[str, str],
                        package: Path | None = None) -> None:
-    site.mkdir(parents=True, exist_ok=True)
-    if package is not None:
-        shutil.copytree(package, site / package.name, dirs_exist_ok=True)
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = ["[edgec.backends]"] + [f"{k} = {v}" for k, v in entry_points.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    fake_distribution(site, name, version, entry_points, package, group="edgec.backends")
 
 
 def _install_example(site: Path) -> None:

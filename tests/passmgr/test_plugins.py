@@ -7,7 +7,6 @@ PYTHONPATH of a fresh `edgec` process, which is what pip would leave behind.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -17,20 +16,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgec.testing.plugins import fake_distribution
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "edgec-plugin-example"
 
 
 def _fake_distribution(site: Path, name: str, version: str, entry_points: dict[str, str],
                        package: Path | None = None) -> None:
-    site.mkdir(parents=True, exist_ok=True)
-    if package is not None:
-        shutil.copytree(package, site / package.name, dirs_exist_ok=True)
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    lines = ["[edgec.passes]"] + [f"{k} = {v}" for k, v in entry_points.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    fake_distribution(site, name, version, entry_points, package, group="edgec.passes")
 
 
 def _install_example(site: Path) -> None:
