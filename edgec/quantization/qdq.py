@@ -368,7 +368,9 @@ def _calibrate(model: Model, proto, samples: dict[str, np.ndarray], config: Quan
     observe(proto, samples, wanted, minmax, progress=progress, base_dir=model.base_dir)
     ranges = {k: (v[0], v[1]) for k, v in observed.items()}
     if config.calibration in ("percentile", "entropy"):
-        hists = {k: cal.Histogram(max(abs(lo), abs(hi))) for k, (lo, hi) in ranges.items()}
+        unclipped = unclipped_values(model)
+        hists = {k: cal.Histogram(max(abs(lo), abs(hi))) for k, (lo, hi) in ranges.items()
+                 if k not in unclipped}
         observe(proto, samples, set(hists), lambda n, a: hists[n].add(a), progress=progress,
                 base_dir=model.base_dir)
         for k, h in hists.items():
@@ -380,6 +382,26 @@ def _calibrate(model: Model, proto, samples: dict[str, np.ndarray], config: Quan
         raise ValueError(f"unknown calibration method '{config.calibration}' "
                          "(minmax, percentile or entropy)")
     return Calibration(ranges, config.calibration, count, observed=frozenset(wanted))
+
+
+# Ops whose output range is bounded by the op itself (Sigmoid, Softmax, HardSigmoid: within
+# [0, 1]; Tanh: [-1, 1]): the bound is not a tail to clip. A probability map is mostly
+# near 0, so KL entropy or a percentile put its range's top below 0.5 and every
+# "positive" pixel then saturates there (the detector's IoU fell to 0 with ops=all).
+BOUNDED_OUTPUT_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "LogSoftmax", "Tanh"})
+
+
+def unclipped_values(model: Model) -> set[str]:
+    """Values a clipping calibration (percentile, entropy) leaves at their observed
+    extremes: the outputs of BOUNDED_OUTPUT_OPS, and the model's outputs (what the user
+    reads: a clipped tail there is an error in the result itself, not noise that later
+    layers absorb)."""
+    names = {v.name for v in model.graph.outputs if v.name}
+    for g in quantizable_graphs(model):
+        for node in g:
+            if node.op_type in BOUNDED_OUTPUT_OPS and node.domain in ("", "ai.onnx"):
+                names.update(o.name for o in node.outputs[:1] if o.name)
+    return names
 
 
 # --------------------------------------------------------------------------- parameters
