@@ -64,3 +64,26 @@ def test_auto_with_the_per_layer_fallback_reports_every_method_score():
     assert result.stats[f"calibration-chosen.{best}"] == 1
     assert result.stats["fallback-held"] == 1
     assert _sqnr(proto, model, calibration) >= 25.0
+
+
+def test_every_method_derives_its_ranges_from_one_observation(monkeypatch):
+    """The extremes (one run) and the histograms (one more) serve all three methods:
+    ``auto`` runs the model twice to calibrate, not five times."""
+    from edgec.quantization import qdq
+
+    runs = []
+    real_observe = qdq.observe
+    monkeypatch.setattr(qdq, "observe", lambda *a, **k: runs.append(1) or real_observe(*a, **k))
+    monkeypatch.setattr(qdq, "_CALIBRATIONS", [])
+    monkeypatch.setattr(qdq, "_OBSERVATIONS", {})
+    proto = mlp()
+    data = {proto.graph.input[0].name: _data(np.random.default_rng(2), 32, outliers=True)["x"]}
+    model = load(proto)
+    ranges = {m: qdq.calibrate(model, data, qdq.QuantConfig(ops=("all",), calibration=m)).ranges
+              for m in ("minmax", "percentile", "entropy")}
+    assert len(runs) == 2
+    # ... and are the ranges each method finds alone, from a fresh observation.
+    for method, found in ranges.items():
+        monkeypatch.setattr(qdq, "_CALIBRATIONS", [])
+        monkeypatch.setattr(qdq, "_OBSERVATIONS", {})
+        assert qdq.calibrate(model, data, qdq.QuantConfig(ops=("all",), calibration=method)).ranges == found
