@@ -178,9 +178,11 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
             base.append(("int8 (contiguous regions)", "int8", "contiguous",
                          [f"quantize-int8{{placement=contiguous {reduce}}}"]))
             if opt.per_layer_fallback:
+                # It starts from the calibration method the fully quantized model scores
+                # best with (one observation of the model serves all three methods).
                 tol = _tolerance_text(spec.accuracy.tolerance)
                 base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
-                             [f"quantize-int8{{placement=contiguous fallback=per-layer "
+                             [f"quantize-int8{{placement=contiguous calibration=auto fallback=per-layer "
                               f"metric={_metric_text(spec.accuracy.metric)} tolerance={tol} "
                               f"{reduce}}}"]))
     levels = [0.0]
