@@ -246,7 +246,7 @@ def best_calibration(trials: Trials, samples: dict[str, np.ndarray], config: Qua
         if best is None or (value > scores[best[0]] if higher else value < scores[best[0]]):
             best = (method, trials.calibration)
         if progress is not None:
-            progress("calibration", len(scores), len(CALIBRATION_METHODS), f"{method}: {value:.4g}")
+            progress("calibration-choice", len(scores), len(CALIBRATION_METHODS), f"{method}: {value:.4g}")
     method, ranges = best
     trials.calibration = ranges
     trials.config = replace(trials.config, calibration=method)
