@@ -85,7 +85,9 @@ def make_plan(*, model_path: str, model_bytes: bytes, data_pattern: str | None, 
 # The int8 winner and fp32 timed again side by side: rounds, each candidate's block of
 # runs after a warm-up, the median of its blocks kept.
 CONFIRM_ROUNDS = 5
-CONFIRM_RUNS = 5      # timed runs per candidate per round
+CONFIRM_RUNS = 5      # timed runs per candidate per round, at least ...
+CONFIRM_BLOCK_S = 0.02  # ... and until the block has taken this long (a 50 µs model: 400)
+CONFIRM_MAX_RUNS = 2000
 CONFIRM_WARMUP = 3    # untimed runs after each load
 
 
@@ -131,8 +133,9 @@ def _interleaved(ctx: Context, a: Attempt, b: Attempt) -> tuple[float, float]:
             feed = {k: ctx.bench_inputs[k] for k in runner.input_names}
             for _ in range(CONFIRM_WARMUP):
                 runner.run(feed)
-            times = []
-            for _ in range(CONFIRM_RUNS):
+            times: list[float] = []
+            while len(times) < CONFIRM_RUNS or (sum(times) < CONFIRM_BLOCK_S
+                                                and len(times) < CONFIRM_MAX_RUNS):
                 start = time.perf_counter()
                 runner.run(feed)
                 times.append(time.perf_counter() - start)
