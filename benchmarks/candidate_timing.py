@@ -1,10 +1,11 @@
 """Two identical candidates timed side by side, the way the planner confirms an int8
 winner against fp32 (`edgec.planner.plan._interleaved`): do they time alike?
 
-    python benchmarks/candidate_timing.py [--models mobilenet-v3-small,crnn,jax2tf-cnn]
+    python benchmarks/candidate_timing.py [--models convs,mobilenet-v3-small,crnn,jax2tf-cnn]
         [--repeats 5] [--threads 2]
 
-Each model is written as an ort artifact with the deployment settings the ort backend
+``convs`` is six 3x3 convolutions, 32 channels at 56x56 (about 5 ms on 2 cores); the
+others are ``edgec.testing.corpus`` models. Each model is written as an ort artifact with the deployment settings the ort backend
 ships (onnxruntime's pool threads spin after each run), and the same folder is given
 as both candidates. "both alive" is the planner's former way: two sessions loaded and
 run in turn, call by call; "one at a time" is `_interleaved` now: alternating rounds,
@@ -54,16 +55,37 @@ def both_alive(ctx, a: Attempt, b: Attempt) -> tuple[float, float]:
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
-def artifact(name: str, folder: str, threads: int):
-    from edgec.testing.corpus import MODELS
+def conv_stack(channels: int = 32, size: int = 56, layers: int = 6) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
 
-    corpus = MODELS[name]()
-    onnx.save(corpus.model, os.path.join(folder, "model.onnx"))
-    backend = get_backend("ort")
-    settings = backend.settings(BuildOptions(cache_dir=folder, threads=threads))
-    inputs, _ = corpus.data(2, 7)
-    feed = {k: np.asarray(v[0]) if corpus.layout == "per-sample" else v[0:1]
-            for k, v in inputs.items()}
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    shape = [1, channels, size, size]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def artifact(name: str, folder: str, threads: int):
+    if name == "convs":
+        model = conv_stack()
+        feed = {"x": np.random.default_rng(1).standard_normal((1, 32, 56, 56)).astype(np.float32)}
+    else:
+        from edgec.testing.corpus import MODELS
+
+        corpus = MODELS[name]()
+        model = corpus.model
+        inputs, _ = corpus.data(2, 7)
+        feed = {k: np.asarray(v[0]) if corpus.layout == "per-sample" else v[0:1]
+                for k, v in inputs.items()}
+    onnx.save(model, os.path.join(folder, "model.onnx"))
+    settings = get_backend("ort").settings(BuildOptions(cache_dir=folder, threads=threads))
     config = Configuration(f"{name} fp32", "fp32", "", "", "ort")
     result = SimpleNamespace(details={"model": "model.onnx", "settings": settings})
     attempt = Attempt(Evaluation(config), folder, result=result)
@@ -72,7 +94,7 @@ def artifact(name: str, folder: str, threads: int):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="mobilenet-v3-small,crnn,jax2tf-cnn")
+    parser.add_argument("--models", default="convs,mobilenet-v3-small,crnn,jax2tf-cnn")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
