@@ -173,12 +173,11 @@ def code_digest() -> str:
         return _code_digest
     import importlib.util
 
-    import edgec
-    import edgec_runtime
-
     h = hashlib.sha256()
-    roots = {"edgec": os.path.dirname(os.path.abspath(edgec.__file__)),
-             "edgec_runtime": os.path.dirname(os.path.abspath(edgec_runtime.__file__))}
+    roots = {"edgec": os.path.dirname(os.path.abspath(__file__))}  # this module's package
+    runtime = _source_location("edgec_runtime")
+    if runtime is not None:
+        roots["edgec_runtime"] = runtime
     for sub in ("passes", "targets"):
         found = importlib.util.find_spec(f"edgec.{sub}")
         if found is not None and found.submodule_search_locations:
