@@ -105,3 +105,16 @@ def test_two_identical_onnxruntime_candidates_time_alike_and_as_alone(tmp_path):
         vs_alone.append(max(a_ms, b_ms) / alone)
     assert 0.75 < sorted(pairs)[1] < 1.33, pairs
     assert sorted(vs_alone)[1] < 1.4, vs_alone
+
+
+def test_a_fast_candidate_is_timed_over_enough_runs():
+    """A 20 µs model: 50 runs are 1 ms of samples; it is timed until 0.1 s (at most 1000
+    runs). A slow one keeps the 50 runs."""
+    import time
+
+    from edgec.backends.base import time_calls
+
+    assert len(time_calls(lambda: None)) == 1000
+    fast = time_calls(lambda: time.sleep(0.0005))
+    assert 50 < len(fast) < 1000 and sum(fast) >= 0.1
+    assert len(time_calls(lambda: time.sleep(0.003))) == 50
