@@ -110,7 +110,7 @@ def schedule_function(name: str, func, target, rules, record: ScheduleRecord):
     return None
 
 
-def tolerant_default_schedule(record: ScheduleRecord, rules_factory: Callable = default_rules):
+def tolerant_default_schedule(record: ScheduleRecord, rules_factory: Callable | None = None):
     """A module pass doing what dlight's ``ApplyDefaultSchedule`` does with TVM's CUDA
     rules, except that a rule raising on a function hands that function to the next rule
     (recorded in ``record``)."""
@@ -118,7 +118,7 @@ def tolerant_default_schedule(record: ScheduleRecord, rules_factory: Callable = 
     from tvm import tirx
     from tvm.target import Target
 
-    rules = rules_factory()
+    rules = (rules_factory or default_rules)()
 
     @tvm.transform.module_pass(opt_level=0, name="ApplyDefaultScheduleTolerant")
     def apply(mod, _ctx):
