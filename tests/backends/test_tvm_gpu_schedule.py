@@ -5,6 +5,8 @@ fails, builds; a function no rule raises on is scheduled exactly as TVM schedule
 
 from __future__ import annotations
 
+import re
+
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -144,6 +146,50 @@ def test_functions_no_rule_raises_on_are_scheduled_as_tvm_schedules_them():
     assert len(tvm_own) >= 5  # convs, pools, the Gemm, softmax's reductions
     for name, func in tvm_own.items():
         tvm.ir.assert_structural_equal(ours[name], func)
+
+
+def _serial(func):
+    """``func`` with its GPU thread bindings made serial loops: the kernels' grids run one
+    thread after another on a CPU. The same result as on the GPU for schedules without
+    shared memory or barriers (the Fallback rule's)."""
+    text = func.script()
+    assert "shared" not in text and "tvm_storage_sync" not in text
+    serial, bound = re.subn(r'T\.thread_binding\((.*?), thread="\w+\.\w+"\)', r"T.serial(\1)", text)
+    assert bound >= 2
+    return tvm.script.from_source(serial)
+
+
+def _run_on_cpu(func, batch: int, seed: int = 0) -> np.ndarray:
+    """``func`` built for this CPU and called on random inputs (its symbolic batch set to
+    ``batch``); the last parameter is its output."""
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target="llvm")
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for param in func.params:
+        shape = [batch if not isinstance(d, tvm.tirx.IntImm) else int(d)
+                 for d in param.ty.shape]
+        arrays.append(rng.standard_normal(shape).astype(np.float32))
+    arrays[-1][:] = 0
+    tensors = [tvm.runtime.tensor(a) for a in arrays]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def test_the_handed_on_function_computes_what_it_computed_before_scheduling():
+    """No GPU here: the Fallback schedule of the squeeze-and-excitation function, its grid
+    run serially on the CPU, against the unscheduled function on the CPU; exact (the
+    schedule reorders no reduction)."""
+    target = tvm.target.Target(JETSON)
+    mod = _fused(_squeeze_excite())
+    record = ScheduleRecord()
+    scheduled = _prim_funcs(_scheduled(mod, target, tolerant_default_schedule(record)))
+    unscheduled = _prim_funcs(_scheduled(mod, target, tvm.transform.Sequential([])))
+    (name,) = [f.function for f in record.failures]
+    want = _run_on_cpu(unscheduled[name], batch=2)
+    got = _run_on_cpu(_serial(scheduled[name]), batch=2)
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_module_no_rule_raises_on_is_tvm_own_build():
