@@ -5,8 +5,9 @@ which is not run here. What legalize-tvm does for each: the CRNN recognizer's Bi
 unrolled (unroll-rnn), the DBNet detector's Paddle2ONNX Resize inputs (empty roi and
 scales beside run-time sizes) are dropped and folded, the jax2tf CNN's run-time Reshape
 shape folds once the batch is bound. A model TVM still cannot take names the node, the
-op and the rewrite it would need: the Silero-style VAD, whose input shape depends on an If
-on its run-time sample rate."""
+op and the rewrite it would need (tests/conformance/test_tvm_rewrites.py). The
+Silero-style VAD, whose STFT input shape depends on an If on its run-time sample rate,
+compiles once sink-into-if has moved what follows the If into its branches."""
 
 from __future__ import annotations
 
@@ -126,24 +127,25 @@ def test_a_corpus_model_is_refused_raw_naming_node_op_and_rewrite(name):
     assert "TVM cannot import node '" in message and "[needs " in message, message
 
 
-def test_the_vad_is_refused_naming_the_pad_behind_its_sample_rate_if(legalize_tvm_registered):
-    """The Silero-style VAD picks its input by an If on the run-time sample rate (every
-    second sample, or all): the shape after it is unknown when compiling, and no rewrite
-    folds it while the rate is an input. The tvm candidate's reason says so."""
-    from edgec.backends.tvm import TVMBackend
-    from edgec.diagnostics import ModelError
-    from edgec.frontend import export_model, import_model
-    from edgec.passes.legalize_tvm import LegalizeTVM
-    from edgec.passmgr.base import PassContext
-
-    model = import_model(_corpus_model("silero-vad").model, check=False)
-    result = LegalizeTVM().run(model, PassContext())
-    legalized = export_model(result.model if result.model is not None else model)
-    assert "LSTM" not in {n.op_type for n in legalized.graph.node}  # unroll-rnn took the LSTM
-    with pytest.raises(ModelError) as raised:
-        TVMBackend().check_model(legalized)
-    message = raised.value.diagnostics[0].message
-    assert "(Pad)" in message and "an If whose branches differ in shape" in message, message
+def test_the_vad_compiles_for_tvm_and_matches_onnxruntime_at_both_sample_rates(tmp_path,
+                                                                               legalize_tvm_registered):
+    """The Silero-style VAD picks its framing by an If on the run-time sample rate (every
+    second sample, or all), so the STFT's Pad after it has a shape TVM cannot know.
+    sink-into-if moves the STFT and the encoder into both branches, up to the pooled
+    [N, 64] features; unroll-rnn takes the LSTM. Both rates run through one module."""
+    model = _corpus_model("silero-vad")
+    art = _compile(tmp_path, model.model, "host")
+    assert art.manifest["backend"]["name"] == "tvm"
+    inputs, _ = model.data(4, 1)  # per-sample feeds [S, ...]: voiced and noise chunks
+    session = ort.InferenceSession(model.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rate in (16000, 8000):
+        feeds = {**inputs, "sr": np.full(len(inputs["sr"]), rate, np.int64)}
+        got = art.run(feeds)
+        for sample in range(len(feeds["sr"])):
+            feed = {k: np.asarray(v[sample]) for k, v in feeds.items()}
+            for output, want in zip(session.get_outputs(), session.run(None, feed)):
+                np.testing.assert_allclose(got[output.name][sample], want, rtol=RELATIVE, atol=1e-6,
+                                           err_msg=f"{output.name} at {rate} Hz, sample {sample}")
 
 
 def test_a_tvm_build_failure_is_one_named_line(tmp_path, legalize_tvm_registered, monkeypatch):
