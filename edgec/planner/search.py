@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 class Configuration:
     label: str            # what a person reads: "int8 (Conv, MatMul, Gemm) on ort"
     precision: str        # fp32 | fp16 | int8
-    policy: str           # "" | "compute-ops" | "all-ops" | "per-layer-fallback"
+    policy: str           # "" | "compute-ops" | "all-ops" | "contiguous" | "dynamic" |
+    #                       "per-layer-fallback"; "+dynamic": LSTM/attention dynamic int8 too
     passes: str           # pipeline text run after the base pipeline ("" for none)
     backend: str          # a name in edgec.backends.backend_names()
     sparsity: float = 0.0
@@ -177,6 +178,17 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
             # int8 form, and where the per-layer fallback starts.
             base.append(("int8 (contiguous regions)", "int8", "contiguous",
                          [f"quantize-int8{{placement=contiguous {reduce}}}"]))
+            # LSTM and fused Attention have no int8 kernel in QDQ form; onnxruntime runs
+            # them in int8 only as DynamicQuantizeLSTM / QAttention (quantize-dynamic).
+            # Alone, and after each static policy; a model without either gives the same
+            # model as the candidate before, which is then not built again.
+            if need("quantize-dynamic", "int8 LSTM and attention"):
+                dynamic = f"quantize-dynamic{{ops=LSTM,Attention {reduce}}}"
+                static = [entry for entry in base if entry[1] == "int8"]
+                base.append(("int8 (LSTM, attention; dynamic)", "int8", "dynamic", [dynamic]))
+                for label, _, policy, passes in static:
+                    base.append((f"{label} + dynamic LSTM, attention", "int8",
+                                 f"{policy}+dynamic", [*passes, dynamic]))
             if opt.per_layer_fallback:
                 tol = _tolerance_text(spec.accuracy.tolerance)
                 base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
