@@ -125,9 +125,13 @@ def _precisions_of(backend: str) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def configurations(spec: Spec, target: Target, backend_choice: str,
-                   available_passes: set[str]) -> tuple[list[Configuration], list[Skipped]]:
+                   available_passes: set[str], model_ops: frozenset[str] | None = None,
+                   ) -> tuple[list[Configuration], list[Skipped]]:
     """Every configuration the spec allows, cheapest first, and those skipped with why.
-    Which backends run which precision is what each declares (`Capabilities`)."""
+    Which backends run which precision is what each declares (`Capabilities`).
+    ``model_ops``: the model's op types, every graph's (None: not known); the dynamic
+    LSTM/attention candidates are offered only to a model that has an LSTM or the ops
+    of an attention."""
     opt = spec.optimize
     precisions = opt.precisions
     skipped: list[Skipped] = []
@@ -182,7 +186,8 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
             # them in int8 only as DynamicQuantizeLSTM / QAttention (quantize-dynamic).
             # Alone, and after each static policy; a model without either gives the same
             # model as the candidate before, which is then not built again.
-            if need("quantize-dynamic", "int8 LSTM and attention"):
+            if may_have_lstm_or_attention(model_ops) and need("quantize-dynamic",
+                                                               "int8 LSTM and attention"):
                 dynamic = f"quantize-dynamic{{ops=LSTM,Attention {reduce}}}"
                 static = [entry for entry in base if entry[1] == "int8"]
                 base.append(("int8 (LSTM, attention; dynamic)", "int8", "dynamic", [dynamic]))
@@ -212,6 +217,12 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
                 name = label + (f", {sparsity:.0%} pruned" if sparsity else "") + f" on {backend}"
                 configs.append(Configuration(name, precision, policy, text, backend, sparsity))
     return configs, skipped
+
+
+def may_have_lstm_or_attention(ops: frozenset[str] | None) -> bool:
+    """Whether quantize-dynamic{ops=LSTM,Attention} can change a model with these op
+    types: an LSTM, a fused Attention, or the MatMul and Softmax fuse makes one of."""
+    return ops is None or bool(ops & {"LSTM", "Attention"}) or {"MatMul", "Softmax"} <= ops
 
 
 def reject_slower_than_fp32(evaluations: list[Evaluation]) -> Evaluation | None:

@@ -140,5 +140,5 @@ def test_compile_summary_shows_scores_in_the_metrics_unit_and_the_plans_end(tmp_
     assert result.returncode == 0, result.stderr
     line = next(l for l in result.stderr.splitlines() if l.startswith("  fp32 on ort "))
     assert "100.00 %" in line and "acc 1" not in line
-    assert "edgec: plan 10/10: done: 1 built, 1 skipped, 8 not needed (search first: an " \
+    assert "edgec: plan 6/6: done: 1 built, 1 skipped, 4 not needed (search first: an " \
            "earlier one holds)" in result.stderr

@@ -161,3 +161,16 @@ def test_lstm_and_attention_dynamic_int8_candidates_follow_each_static_policy():
     configs, skipped = configurations(spec, spec.target, "ort", {"quantize-int8"})
     assert not any("quantize-dynamic" in c.passes for c in configs)
     assert [s.reason for s in skipped] == ["the pass 'quantize-dynamic' is not installed"]
+
+
+def test_dynamic_lstm_attention_candidates_only_where_the_model_may_have_them():
+    spec = spec_of("target host\noptimize {\n  precision fp32, int8\n  backend ort\n}\n")
+    passes = {"quantize-int8", "quantize-dynamic"}
+
+    def dynamic(ops):
+        configs, _ = configurations(spec, spec.target, "ort", passes, model_ops=frozenset(ops))
+        return sum("quantize-dynamic" in c.passes for c in configs)
+
+    assert dynamic({"Conv", "Relu", "Softmax"}) == 0         # a CNN classifier
+    assert dynamic({"Conv", "LSTM"}) == dynamic({"MatMul", "Softmax", "Add"}) == 4
+    assert dynamic({"Attention", "SkipLayerNormalization"}) == 4  # already fused
