@@ -79,7 +79,8 @@ def _tail(if_node: Node, nodes: list[Node], symbols: set[str]) -> tuple[list[Nod
                 pending += [o for o in producer.outputs if not _known_shape(o, symbols)]
                 stack += [i for i in producer.inputs if i is not None]
     tail = sorted(moved.values(), key=lambda n: position[id(n)])
-    handed_back = [o for n in tail for o in n.outputs
+    # The If's own outputs of known shape that the rest of the graph reads go through too.
+    handed_back = [o for n in [if_node, *tail] for o in n.outputs
                    if o.is_graph_output() or any(id(c) not in moved for c in o.consumers())]
     if any(not _known_shape(o, symbols) for o in handed_back) or not handed_back:
         return None

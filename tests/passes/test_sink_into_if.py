@@ -115,6 +115,26 @@ def test_values_of_known_shape_handed_back_become_if_outputs():
         assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
 
 
+def test_an_if_output_of_known_shape_read_outside_stays_an_output():
+    """A second If output, [batch, 16] in both branches, read after the If: the new If
+    returns it beside the moved tail's result."""
+    proto = _vad_like()
+    (if_proto,) = [n for n in proto.graph.node if n.op_type == "If"]
+    for attribute in if_proto.attribute:
+        branch = attribute.g
+        branch.node.append(helper.make_node("Neg", ["x"], [f"negated_{branch.name}"]))
+        branch.output.append(helper.make_tensor_value_info(f"negated_{branch.name}", TensorProto.FLOAT, None))
+    if_proto.output.append("negated")
+    proto.graph.node.append(helper.make_node("Relu", ["negated"], ["relu_of_negated"]))
+    proto.graph.output.append(helper.make_tensor_value_info("relu_of_negated", TensorProto.FLOAT, ["batch", 16]))
+    model = _inferred(proto)
+    assert run_pass(SinkIntoIf(), model).modified
+    (if_node,) = [n for n in model.graph if n.op_type == "If"]
+    assert len(if_node.outputs) == 2 and _ops(model) == ["Equal", "If", "Gemm", "Relu"]
+    for feed in _feeds():
+        assert_same_outputs(proto, model, rtol=0, atol=0, feed=feed)
+
+
 def test_an_output_whose_shape_depends_on_the_branch_stops_it():
     """The graph returns the padded frames: their length is the branch's, whatever moves."""
     tail = [_ints("pads", [0, 1, 0, 1]),
