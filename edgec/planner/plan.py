@@ -176,7 +176,8 @@ def _search(ctx: Context, choice: str) -> tuple[list[Attempt], list[Skipped]]:
     from edgec.passmgr import default_registry
 
     spec, progress = ctx.spec, ctx.build_options.progress
-    configs, skipped = configurations(spec, spec.target, choice, set(default_registry().names()))
+    configs, skipped = configurations(spec, spec.target, choice, set(default_registry().names()),
+                                      model_ops=_op_types(ctx.original.graph))
     if not configs:
         raise UsageError(Diagnostic.error(
             "the spec allows no configuration that can be built here",
@@ -199,6 +200,17 @@ def _search(ctx: Context, choice: str) -> tuple[list[Attempt], list[Skipped]]:
                                        if built < len(tried) else "")
              + (f", {rest} not needed (search first: an earlier one holds)" if rest else ""))
     return tried, skipped
+
+
+def _op_types(graph) -> frozenset[str]:
+    """The op types of an ONNX graph and its subgraphs."""
+    ops: set[str] = set()
+    for node in graph.node:
+        ops.add(node.op_type)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                ops |= _op_types(sub)
+    return frozenset(ops)
 
 
 def _keep_chosen(plan: Plan, staging: str, sink: DiagnosticSink) -> None:
