@@ -181,3 +181,20 @@ def test_cli_writes_model_data_and_spec(tmp_path):
     assert spec is not None and not any(d.is_error for d in diagnostics)
     session(model).run(None, {"x": data["x"]})
     assert main(["no-such-model", "-o", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("name", ["crnn", "dbnet"])
+def test_cli_spec_names_only_labels_edgec_reads(tmp_path, name):
+    """`edgec compile DIR/model.onnx --spec DIR/host.edge` must read what the spec names:
+    the CRNN's per-step targets and the detector's text maps are not class labels (edgec's
+    labels are one integer class per sample), so the spec does not name them."""
+    from edgec.data import load_labels
+    from edgec.dsl import check_spec
+    from edgec.testing.corpus.__main__ import main
+
+    params = [f"--param={key}={value}" for key, value in SMALL[name].items()]
+    assert main([name, *params, "--count", "2", "-o", str(tmp_path / "out")]) == 0
+    spec, diagnostics = check_spec(tmp_path / "out" / "host.edge")
+    assert spec is not None and not any(d.is_error for d in diagnostics)
+    if spec.accuracy.labels:
+        load_labels(str(tmp_path / "out" / spec.accuracy.labels))

@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(out / "data.npz", **inputs)
     if labels:
         np.savez(out / "labels.npz", **labels)
+    # edgec's labels are one integer class per sample; per-step targets (CRNN) and text
+    # maps (DBNet) are written for the user but not named in the spec, which compile reads.
+    class_labels = bool(labels) and all(np.ndim(a) == 1 and np.asarray(a).dtype.kind in "iu"
+                                        for a in labels.values())
     spec = out / "host.edge"
-    spec.write_text(spec_text(corpus.name, corpus.metric, corpus.layout, bool(labels), str(spec)))
+    spec.write_text(spec_text(corpus.name, corpus.metric, corpus.layout, class_labels, str(spec)))
     print(f"wrote {out}/model.onnx, data.npz{', labels.npz' if labels else ''}, host.edge "
           f"({corpus.metric}, {corpus.layout} data, {args.count} samples)")
     return 0
