@@ -129,3 +129,15 @@ def test_budget_summary_suggests_relaxing_the_tolerance_only_when_that_would_shi
     assert not any("relax the tolerance" in line for line in lines)
     lines = summary([int8("held")], int8("held"), spec)
     assert any("relax the tolerance to ship it" in line for line in lines)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc/self/mem")
+def test_a_data_file_that_cannot_be_read_is_one_line(tmp_path):
+    # /proc/self/mem opens but fails every read at offset 0 (EIO), as an unreadable or
+    # failing file does, for root too; the cache key hashed it before any check read it.
+    r = edgec("compile", DIGITS, "--spec", _spec(tmp_path / "s.edge"), "--data", "/proc/self/mem",
+              "-o", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("/proc/self/mem: error: cannot read the data file"), r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert not (tmp_path / "out").exists()
