@@ -102,6 +102,27 @@ def test_labels_of_nearby_candidates_do_not_overlap():
     assert xs["int8 (Conv, MatMul, Gemm) on ort"] - xs["fp32 on ort"] > 60
 
 
+def test_a_long_label_keeps_its_backend():
+    """The dynamic LSTM/attention candidates' labels run past the chart's 44 characters:
+    cut plainly they lost 'ort' ("... attention on  (+1 at this point)")."""
+    import re
+
+    from edgec.report import _tradeoff_chart
+
+    points = [("fp32 on ort", "held", 0.386, 1.0),
+              ("int8 (contiguous regions) + dynamic LSTM, attention on ort", "chosen", 0.355, 1.0)]
+    manifest = {"candidates": [{"label": l, "status": s, "accuracy": a} for l, s, _, a in points],
+                "accuracy": {"metric": "top1-agreement"},
+                "spec": {"budget": {}, "accuracy": {"metric": "top1-agreement",
+                                                    "tolerance": {"value": 1, "unit": "%"}}}}
+    measurements = {"candidates": [{"label": l, "latency": {"p50_ms": ms, "where": "host"}}
+                                   for l, _, ms, _ in points]}
+    labels = re.findall(r"<text class='label'[^>]*>([^<]*)</text>", _tradeoff_chart(manifest, measurements))
+    long = next(t for t in labels if "dynamic" in t)
+    assert long.endswith("… on ort") and len(long) <= 44, long
+    assert "fp32 on ort" in labels
+
+
 @pytest.fixture(scope="module")
 def chromium():
     """The browser (before `report` compiles anything): missing, a skip, or a failure
