@@ -58,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.name not in MODELS:
         print(f"error: unknown corpus model {args.name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
         return 2
+    if args.count < 1:
+        print(f"error: --count must be at least 1, got {args.count}", file=sys.stderr)
+        return 2
+    if not 0 <= args.seed < 10_000:  # from 10000 on: the seeds the models are fitted with
+        print(f"error: --seed must be in 0..9999, got {args.seed}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: {out} exists and is not a folder", file=sys.stderr)
+        return 2
     parameters = {}
     for item in args.param:
         key, _, value = item.partition("=")
@@ -71,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"error: {args.name}: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create {out}: {e.strerror}", file=sys.stderr)
+        return 2
     onnx.save(corpus.model, str(out / "model.onnx"))
     inputs, labels = corpus.data(args.count, args.seed)
     np.savez(out / "data.npz", **inputs)
