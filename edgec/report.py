@@ -51,7 +51,8 @@ def text_report(manifest: dict, measurements: dict) -> str:
                      f"timed again side by side ({runoff['rounds']} interleaved rounds, medians):")
         lines += [f"  {label:<{width}}  {medians[label]:.3f} ms"
                   + ("  chosen" if label == runoff["chosen"] else "")
-                  for label in runoff["between"] if label in medians]
+                  for label in sorted(runoff["between"], key=lambda k: medians.get(k, math.inf))
+                  if label in medians]
         if runoff.get("fp32_reference") and fp32_ms is not None:
             lines.append(f"  {runoff['fp32_reference']:<{width}}  {fp32_ms:.3f} ms  "
                          "(reference for not-slower-than-fp32)")
