@@ -208,12 +208,13 @@ budget {{
   latency < 1 s p50 at batch 1
 }}
 accuracy {{
-  metric sqnr
-  tolerance 15 dB
+  metric top1-agreement
+  tolerance 20 %
   data "{DATA}"
 }}
 optimize {{
-  precision fp32, int8
+  precision fp32
+  prune up to 20 %
   backend ort
   search fastest
 }}
@@ -224,16 +225,18 @@ optimize {{
 def test_a_compile_records_the_runoff(tmp_path, monkeypatch):
     """End to end on the digits model: with a margin wide enough that every candidate
     that holds is a contender, the manifest says between which the run-off was and which
-    won, measurements.json has the medians, and the report prints them."""
+    won, measurements.json has the medians, and the report prints them. The candidates
+    are fp32 at 0, 10 and 20 % sparsity: all hold whatever their timings (int8 on this
+    small model can be slower than fp32, and would then not contend)."""
     monkeypatch.setattr(search, "RUNOFF_MARGIN", 100.0)
     monkeypatch.setattr(search, "RUNOFF_MAX_MARGIN", 100.0)
     result = edgec.compile(DIGITS, _spec(tmp_path / "host.edge"), out=tmp_path / "out",
                            cache_dir=str(tmp_path / "cache"), threads=2)
     m, measured = result.manifest, result.artifact.measurements
     runoff = m["runoff"]
-    built = [c["label"] for c in m["candidates"] if c["status"] in ("chosen", "held", "rejected")]
-    assert 2 <= len(runoff["between"]) <= search.RUNOFF_CONTENDERS, m["candidates"]
-    assert set(runoff["between"]) <= set(built)
+    held = [c["label"] for c in m["candidates"] if c["status"] in ("chosen", "held")]
+    assert len(held) == 3 and sorted(runoff["between"]) == sorted(held), m["candidates"]
+    assert runoff["fp32_reference"] is None  # no int8 contender: no fp32 check
     assert runoff["chosen"] == m["configuration"]["label"]
     assert runoff["rounds"] >= plan.CONFIRM_MIN_ROUNDS
     medians = measured["runoff"]["medians_ms"]
