@@ -311,7 +311,12 @@ _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def _check_output_paths(out: str, inputs: _Inputs, cache_dir: str, depfile: str | None) -> None:
     """OUT is replaced on every compile: it must not be, or hold, anything the compile
-    reads or keeps (exit 2, before any work)."""
+    reads or keeps (exit 2, before any work). The cache folder must be a folder where
+    it exists: a file there would make every compile quietly cache nothing."""
+    if os.path.lexists(cache_dir) and not os.path.isdir(cache_dir):
+        raise UsageError(Diagnostic.error(
+            "the cache folder is not a folder (--cache-dir, else $EDGEC_CACHE_DIR or "
+            "~/.cache/edgec): nothing could be cached there", Location(path=cache_dir)))
     publish.check_output_folder(out, {
         "the model": [inputs.model_path, *inputs.external_files],
         "the spec": list(inputs.spec_files),
