@@ -99,9 +99,7 @@ def text_report(manifest: dict, measurements: dict) -> str:
     if phases:
         lines.append("compile time per phase: " + ", ".join(
             f"{k} {v:.1f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])))
-    lines += ["", "budgets:"]
-    for b in m["budgets"]:
-        lines.append(f"  {b['name']:<9} {b['status'].upper():<10} {b['detail']}")
+    lines += ["", "budgets:", *_budget_lines(m["budgets"])]
     lines.append("")
     if m["budgets_held"]:
         lines.append("ALL BUDGETS HOLD")
@@ -120,6 +118,13 @@ def text_report(manifest: dict, measurements: dict) -> str:
 # --------------------------------------------------------------------------- HTML
 
 _COLORS = {"chosen": "#1a7f37", "held": "#2f81f7", "rejected": "#cf222e", "error": "#8c959f"}
+
+
+def _budget_lines(budgets: list[dict]) -> list[str]:
+    """One line per budget, its name, status and detail in columns as wide as the
+    longest name (not-slower-than-fp32 is 20 characters)."""
+    width = max([9, *(len(b["name"]) for b in budgets)])
+    return [f"  {b['name']:<{width}} {b['status'].upper():<10} {b['detail']}" for b in budgets]
 
 
 def html_report(manifest: dict, measurements: dict) -> str:

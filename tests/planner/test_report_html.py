@@ -153,3 +153,11 @@ def test_chart_is_drawn_in_headless_chromium(chromium, report, tmp_path):
     assert count((0x1a, 0x7f, 0x37)) > 100, "the chosen candidate's dot is missing"
     assert count((0xcf, 0x22, 0x2e)) > 100, "the latency budget line or a rejected dot is missing"
     assert count((0xbf, 0x87, 0x00)) > 100, "the accuracy tolerance line is missing"
+
+
+def test_the_budget_lines_keep_their_columns_with_a_long_budget_name():
+    from edgec.report import _budget_lines
+    lines = _budget_lines([{"name": "latency", "status": "held", "detail": "p50 within 5 ms"},
+                           {"name": "not-slower-than-fp32", "status": "missed", "detail": "1 ms against 0.9 ms"}])
+    assert [line.index("HELD") if "HELD" in line else line.index("MISSED") for line in lines] == [23, 23]
+    assert [line.index(detail) for line, detail in zip(lines, ("p50", "1 ms"))] == [34, 34]
