@@ -16,7 +16,22 @@ The criterion (stated before any int8 result, never tuned against one; see
   at least the reference models' (ResNet-18, MobileNetV2 fitted to the texture task);
 * **8-bit weights**: every weight rounded to 8 bits per output channel (LSTM: per gate
   row), activations fp32: the outputs' SQNR against fp32 must be >= 30 dB, and the
-  decision's agreement.
+  decision's agreement; the three weights whose rounding alone costs the most, and all
+  weights but the costliest rounded.
+
+Measured here (200 held-out samples; before -> after the corrected construction of
+2026-11-30; the references as they are):
+
+    model        max |w| (worst max/RMS)   accuracy   noise 40/30 dB   8-bit weights: head logits (outputs)
+    silero-vad   1.3e5 -> 7.97 (5.7 -> 5.8) 0.99 -> 0.98  1/1 -> 1/1   3.1 -> 31.9 dB (output 6.1 -> 42.5, stateN -1.6 -> 27.6)
+    jax2tf-cnn   30.6 -> 0.037 (28.5 -> 7.1) 1.0 -> 1.0   1/0.97 -> 1/1 5.7 -> 42.6 dB
+    resnet18     0.67 (5.4)                 1.0          1/1            22.3 dB
+    mobilenet_v2 2.58 (10.4)                1.0          1/1            19.4 dB (agreement 0.995)
+
+The VAD's stateN stays under 30 dB because of its STFT basis, a fixed DSP constant (not
+fitted): rounding it alone leaves the Log of the magnitudes at 30.5 dB (the leakage of
+the strong bins into weak ones, which the Log reads) and stateN at 28.5 dB; every other
+weight rounded leaves stateN at 34.6 dB and the logits at 39.1 dB.
 """
 
 from __future__ import annotations
@@ -92,12 +107,14 @@ def main() -> int:
         last = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")][-1]
         if last.op_type == "MatMul":
             weight = init[last.input[1]]
-            bias = init[next(n for n in graph.node if n.op_type == "Add" and n.input[0] == last.output[0]).input[1]]
+            add = next(n for n in graph.node if n.op_type == "Add" and n.input[0] == last.output[0])
+            bias, logits_name = init[add.input[1]], add.output[0]
         else:  # torchvision's Gemm(transB=1)
-            weight, bias = init[last.input[1]].T, init[last.input[2]]
+            weight, bias, logits_name = init[last.input[1]].T, init[last.input[2]], last.output[0]
         tap = last.input[0]
         outputs = [o.name for o in graph.output]
-        value, *reference = run_values(model, feed, [tap, *outputs], batch=None)
+        batch = 1 if name in REFERENCES else None  # the reference models' batch is fixed at 1
+        value, logits_fp32, *reference = run_values(model, feed, [tap, logits_name, *outputs], batch=batch)
 
         def decide(features):
             logits = features @ weight + bias
@@ -107,26 +124,38 @@ def main() -> int:
         probability = 1 / (1 + np.exp(-logits[:, 0])) if sigmoid else np.exp(logits - logits.max(-1, keepdims=True))
         top = np.maximum(probability, 1 - probability) if sigmoid else (probability / probability.sum(-1, keepdims=True)).max(-1)
         decision = decide(value)
+        # The reference models' heads are ridge regressions onto one-hot targets (logits near
+        # 0 and 1, not softmax logits): their uncertainty is not measured this way.
+        uncertain = "-" if name in REFERENCES else f"{np.mean(top < 0.7):.1%}"
         print(f"  confidence: accuracy vs labels {np.mean(decision == labels.reshape(-1)):.4f}; "
-              f"uncertain (top probability < 0.7) {np.mean(top < 0.7):.1%}")
+              f"uncertain (top probability < 0.7) {uncertain}")
         rng = np.random.default_rng(0)
         for db in (40, 30):
             noisy = value + rng.normal(0, np.sqrt((value ** 2).mean()) * 10 ** (-db / 20), value.shape)
             print(f"  white noise at {db} dB on '{tap}': decision agreement {np.mean(decide(noisy) == decision):.4f}")
 
-        rounded = onnx.ModelProto()
-        rounded.CopyFrom(model)
-        for tensor in rounded.graph.initializer:
-            if tensor.name in weights:
-                q, scale = quantize_weight(init[tensor.name], weights[tensor.name])
-                shape = [1] * q.ndim
-                shape[weights[tensor.name]] = -1
-                tensor.CopyFrom(numpy_helper.from_array(
-                    (q.astype(np.float32) * scale.reshape(shape)).astype(np.float32), tensor.name))
-        value8, *out8 = run_values(rounded, feed, [tap, *outputs], batch=None)
-        figures = ", ".join(f"{o} {sqnr(r, q):.1f} dB" for o, r, q in zip(outputs, reference, out8))
-        print(f"  8-bit per-channel weights alone: output SQNR {figures}; decision agreement "
-              f"{np.mean(decide(value8) == decision):.4f}")
+        def rounded_run(names):
+            rounded = onnx.ModelProto()
+            rounded.CopyFrom(model)
+            for tensor in rounded.graph.initializer:
+                if tensor.name in names:
+                    q, scale = quantize_weight(init[tensor.name], weights[tensor.name])
+                    shape = [1] * q.ndim
+                    shape[weights[tensor.name]] = -1
+                    tensor.CopyFrom(numpy_helper.from_array(
+                        (q.astype(np.float32) * scale.reshape(shape)).astype(np.float32), tensor.name))
+            value8, logits8, *out8 = run_values(rounded, feed, [tap, logits_name, *outputs], batch=batch)
+            worst = min(sqnr(r, q) for r, q in zip(reference, out8))
+            figures = ", ".join(f"{o} {sqnr(r, q):.1f} dB" for o, r, q in zip(outputs, reference, out8))
+            head = sqnr(logits_fp32, logits8)
+            decision8 = (logits8[:, 0] > 0).astype(np.int64) if sigmoid else logits8.argmax(-1)
+            return worst, (f"output SQNR {figures}; the head's logits {head:.1f} dB; decision agreement "
+                           f"{np.mean(decision8 == decision):.4f}")
+
+        print(f"  8-bit per-channel weights alone: {rounded_run(set(weights))[1]}")
+        alone = sorted((rounded_run({w})[0], w) for w in weights)[:3]
+        print("  costliest alone: " + ", ".join(f"{w} {db:.1f} dB" for db, w in alone))
+        print(f"  all but {alone[0][1]}: {rounded_run(set(weights) - {alone[0][1]})[1]}")
     return 0
 
 

@@ -7,7 +7,9 @@ rewrite of ``conv_general_dilated``) → three Conv → Add(bias) → Relu, stri
 (``Shape → Gather → Unsqueeze → Concat``, jax2tf's polymorphic-shape arithmetic) →
 ``MatMul``/``Add`` → ``jax.nn.softmax`` as jax2tf writes it (``ReduceMax``, ``Sub``,
 ``Exp``, ``ReduceSum``, ``Div``) → ``Identity`` → ``output_0`` [b, classes]. Node names are
-``jax2tf_infer_fn_/pjit_infer_fn_/…``, values ``…:0``.
+``jax2tf_infer_fn_/pjit_infer_fn_/…``, values ``…:0``. The Dense head is fitted by
+cross-entropy with weight decay picked on held-out images
+(:func:`~edgec.testing.corpus.graph.decayed_head`).
 """
 
 from __future__ import annotations

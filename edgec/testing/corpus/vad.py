@@ -8,6 +8,11 @@ decimated by two (``Slice`` with step 2), at 8 kHz it is taken as it is; both gi
 basis → magnitude → ``Log`` → Conv/Relu encoder → ``ReduceMean`` over time → one
 ``LSTM`` step from ``state`` → ``Relu`` → ``MatMul``/``Add`` → ``Sigmoid``. Outputs
 ``output`` [N, 1] (voice probability) and ``stateN`` [2, N, 128].
+
+Weights as training leaves them (``benchmarks/weight_realism.py`` measures them): the
+reparam convs hold BatchNorms folded in with the task audio's statistics, the LSTM sees
+the pooled features centred (into its gate biases) and scaled by one factor, and the
+head is fitted by cross-entropy with weight decay picked on held-out chunks.
 """
 
 from __future__ import annotations
