@@ -225,7 +225,7 @@ def _host_int8_saturates(spec) -> bool | None:
     optimize = getattr(spec, "optimize", None)
     if "int8" not in tuple(getattr(optimize, "precisions", ()) or ()):
         return None
-    from edgec.dsl.host import onnxruntime_saturates
+    from edgec.machine import onnxruntime_saturates
 
     return onnxruntime_saturates()
 

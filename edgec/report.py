@@ -43,6 +43,19 @@ def text_report(manifest: dict, measurements: dict) -> str:
         acc = format_value(metric, c.get("accuracy"))
         lines.append(f"  {c['label']:<{width}}  {c['status']:<8} {shown:<24} {acc:<10} "
                      f"{c.get('reason', '')}".rstrip())
+    runoff = m.get("runoff")
+    if runoff:
+        medians = measurements.get("runoff", {}).get("medians_ms", {})
+        fp32_ms = measurements.get("runoff", {}).get("fp32_ms")
+        lines.append(f"run-off: first latencies within {runoff['margin']:.0%} of the fastest; "
+                     f"timed again side by side ({runoff['rounds']} interleaved rounds, medians):")
+        lines += [f"  {label:<{width}}  {medians[label]:.3f} ms"
+                  + ("  chosen" if label == runoff["chosen"] else "")
+                  for label in sorted(runoff["between"], key=lambda k: medians.get(k, math.inf))
+                  if label in medians]
+        if runoff.get("fp32_reference") and fp32_ms is not None:
+            lines.append(f"  {runoff['fp32_reference']:<{width}}  {fp32_ms:.3f} ms  "
+                         "(reference for not-slower-than-fp32)")
     lines.append("")
     int8 = m.get("int8")
     if int8:
