@@ -200,7 +200,8 @@ def test_dbnet_meets_the_corpus_criterion(built):
     full size): confident against the labels, and white noise at 40 dB SQNR on the
     pre-Sigmoid map costs well under the 1 % IoU tolerance. At 160x160 the figures are
     IoU 0.87, 4.9 % of positive pixels uncertain, 0.996 under noise (the random-FPN
-    construction before: IoU 0.64, 15 % uncertain, 0.989 under noise at 320x320)."""
+    construction before: IoU 0.58, 13.5 % uncertain, 0.983 under noise; each assert
+    below fails on it)."""
     model = built["dbnet"].model
     logits_name = next(node for node in model.graph.node if node.op_type == "Sigmoid").input[0]
     inputs, labels = built["dbnet"].data(8, 3)
@@ -219,7 +220,8 @@ def test_dbnet_meets_the_corpus_criterion(built):
 def test_mobilenet_v3_small_meets_the_corpus_criterion(built):
     """White noise at 40 dB SQNR on the 1280-d features before the head keeps top-1
     (0.99 at 96x96, 1.0 at 224x224 like ResNet-18 and MobileNetV2; random full-scale
-    squeeze-excite gates gave 0.94 at 224x224), and held-out accuracy stays high."""
+    squeeze-excite gates gave 0.95 at 96x96 and accuracy 0.82: both asserts fail on them),
+    and held-out accuracy stays high."""
     entry = built["mobilenet-v3-small"]
     model = entry.model
     initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
