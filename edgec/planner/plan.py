@@ -297,10 +297,15 @@ def _search(ctx: Context, choice: str) -> tuple[list[Attempt], list[Skipped]]:
 
 
 def _op_types(graph) -> frozenset[str]:
-    """The op types of an ONNX graph and its subgraphs."""
+    """The op types of an ONNX graph and its subgraphs, plus ``Softmax->MatMul`` where a
+    Softmax's output is a MatMul's input (attention's P·V; a classifier's output Softmax
+    is not)."""
     ops: set[str] = set()
+    softmaxed = {o for node in graph.node if node.op_type == "Softmax" for o in node.output}
     for node in graph.node:
         ops.add(node.op_type)
+        if node.op_type == "MatMul" and softmaxed.intersection(node.input):
+            ops.add("Softmax->MatMul")
         for attribute in node.attribute:
             for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
                 ops |= _op_types(sub)

@@ -223,8 +223,10 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
 
 def may_have_lstm_or_attention(ops: frozenset[str] | None) -> bool:
     """Whether quantize-dynamic{ops=LSTM,Attention} can change a model with these op
-    types: an LSTM, a fused Attention, or the MatMul and Softmax fuse makes one of."""
-    return ops is None or bool(ops & {"LSTM", "Attention"}) or {"MatMul", "Softmax"} <= ops
+    types: an LSTM, a fused Attention, or the Softmax feeding a MatMul that fuse makes
+    one of (``Softmax->MatMul``, see plan._op_types; a classifier's MatMul head and
+    output Softmax are not one)."""
+    return ops is None or bool(ops & {"LSTM", "Attention", "Softmax->MatMul"})
 
 
 def reject_slower_than_fp32(evaluations: list[Evaluation]) -> Evaluation | None:
