@@ -123,10 +123,12 @@ def ort_session(path: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def interleaved_ratio(measure_artifact, measure_baseline, rounds: int) -> tuple[float, float]:
+def interleaved_ratio(measure_artifact, measure_baseline, rounds: int,
+                      baseline_times: list | None = None) -> tuple[float, float]:
     """(artifact p50, artifact/baseline ratio), timing the two in alternating rounds so
-    that the machine's load drifts affect both alike; medians over the rounds."""
-    artifact, base = [], []
+    that the machine's load drifts affect both alike; medians over the rounds. The
+    baseline's per-round times go to ``baseline_times`` when given."""
+    artifact, base = [], [] if baseline_times is None else baseline_times
     for _ in range(rounds):
         artifact.append(measure_artifact())
         base.append(measure_baseline())
@@ -189,13 +191,15 @@ def tune_variant(path: str, target, out: str, cache_dir: str, trials: int, threa
     build_s = time.perf_counter() - start
     tuning = result.details.get("tuning") or {}
     options = BuildOptions(cache_dir=cache_dir, threads=threads)
+    base: list[float] = []
     p50, ratio = interleaved_ratio(
         lambda: backend.measure(out, result.details, feed, options).p50,
         lambda: statistics.median(time_calls(lambda: baseline.run(None, feed),
                                              repeats=10, max_seconds=5)),
-        rounds)
+        rounds, base)
+    # ort_in_rounds_ms: onnxruntime as timed in the same rounds (the ratio's denominator).
     return {"imports": True, "build_s": round(build_s, 1), "ms": round(p50 * 1e3, 3),
-            "ratio": round(ratio, 3),
+            "ratio": round(ratio, 3), "ort_in_rounds_ms": round(statistics.median(base) * 1e3, 3),
             **{key: tuning.get(key) for key in ("tasks_total", "tasks_dynamic", "tasks_tuned",
                                                 "tasks_untuned", "tasks_from_database",
                                                 "trials_run", "cost_model")},

@@ -82,7 +82,7 @@ def _tuned(cell: dict) -> None:
     assert cell["tasks_total"] >= 1 and cell["tasks_dynamic"] == 0
     assert cell["tasks_tuned"] == cell["tasks_total"]
     assert cell["trials_run"] >= 1  # a cold database: every task got its trial
-    assert cell["ms"] > 0 and cell["ratio"] > 0
+    assert cell["ms"] > 0 and cell["ratio"] > 0 and cell["ort_in_rounds_ms"] > 0
 
 
 def test_raw_graph_refused_by_tvm_is_reported_and_the_legalized_one_tuned(bench, tmp_path,
