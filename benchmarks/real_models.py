@@ -10,7 +10,7 @@ where there is no task), then, in one process at ``--threads`` threads, onnxrunt
 fp32, onnxruntime's ``quantize_static`` (QDQ, per-channel, MinMax, the same
 calibration half of the data edgec calibrates on) and the chosen artifact are timed in
 turn, round after round (so machine noise hits them alike; the median of the rounds
-is kept), and scored with the same metric against the fp32 model on the other half.
+is kept; each loaded alone, with onnxruntime's default spinning, see `latencies`), and scored with the same metric against the fp32 model on the other half.
 Printed: latency ratios to onnxruntime fp32, accuracy, compile time per phase, and,
 where the chosen artifact is above 0.6x fp32, what bounds it: the share of its time in
 kernels onnxruntime ran in fp32 (ops with no int8 kernel) and in Q/DQ transitions,
@@ -92,17 +92,18 @@ def load_case(name: str, args) -> Case:
 # --------------------------------------------------------------------------- running
 
 
-def session(path_or_proto, threads: int) -> ort.InferenceSession:
+def session(path_or_proto, threads: int, spinning: bool = False) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    # Variants are timed in turn in one process: a session's pool threads spin after
-    # each run and slow the next variant's runs (measured on MobileNetV3-small, the same
-    # fp32 graph timed second ran 1.23x slower; with spinning off, 1.00x both ways).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Sessions kept for scoring stay alive while others are timed: their pool threads
+    # must not spin (measured on MobileNetV3-small, the same fp32 graph timed second ran
+    # 1.23x slower). Timing (`latencies`) opens its own, with onnxruntime's default
+    # spinning on as deployed, one at a time.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     source = path_or_proto if isinstance(path_or_proto, str) else path_or_proto.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -122,21 +123,26 @@ def outputs(case: Case, sess, samples) -> list[np.ndarray]:
                             else np.asarray(p[i]) for p in parts]) for i in range(len(parts[0]))]
 
 
-def latencies(case: Case, sessions: dict, rounds: int, runs: int) -> dict[str, float]:
-    """Median over rounds of each variant's median run, variants timed in turn."""
-    feed = {name: feeds(case, case.samples, s)[0] for name, s in sessions.items()}
-    for name, s in sessions.items():
-        for _ in range(2):
-            s.run(None, feed[name])
-    per_round: dict[str, list[float]] = {k: [] for k in sessions}
+def latencies(case: Case, sources: dict, threads: int, rounds: int, runs: int) -> dict[str, float]:
+    """Median over rounds of each variant's median run, variants timed in turn, each with
+    onnxruntime's default settings (pool threads spinning, as an artifact is deployed)
+    and alone: loaded, warmed, timed for a block of at least ``runs`` runs and 20 ms,
+    and released before the next is loaded, so no other session's spinning threads
+    compete with it (spinning off instead taxes a 50 µs model with thread wake-ups)."""
+    per_round: dict[str, list[float]] = {k: [] for k in sources}
     for _ in range(rounds):
-        for name, s in sessions.items():
-            times = []
-            for _ in range(runs):
+        for name, source in sources.items():
+            s = session(source, threads, spinning=True)
+            feed = feeds(case, case.samples, s)[0]
+            for _ in range(3):
+                s.run(None, feed)
+            times: list[float] = []
+            while len(times) < runs or (sum(times) < 0.02 and len(times) < 2000):
                 start = time.perf_counter()
-                s.run(None, feed[name])
+                s.run(None, feed)
                 times.append(time.perf_counter() - start)
             per_round[name].append(statistics.median(times))
+            del s
     return {k: statistics.median(v) * 1e3 for k, v in per_round.items()}
 
 
@@ -236,10 +242,10 @@ def bench(name: str, args) -> dict:
         variants["ort quantize_static"] = ort_quantize_static(case, calibration, folder)
     except Exception as e:  # noqa: BLE001 - report and go on with the others
         print(f"onnxruntime quantize_static failed: {str(e).splitlines()[0]}")
-    sessions = {k: session(p, args.threads) for k, p in variants.items()}
     if "out" in compiled:
-        sessions["edgec"] = session(os.path.join(compiled["out"], "model.onnx"), args.threads)
-    lat = latencies(case, sessions, args.rounds, args.runs)
+        variants["edgec"] = os.path.join(compiled["out"], "model.onnx")
+    lat = latencies(case, variants, args.threads, args.rounds, args.runs)
+    sessions = {k: session(p, args.threads) for k, p in variants.items()}
     reference = outputs(case, sessions["ort fp32"], evaluation)
     row = {"model": name, "metric": case.metric, "fp32_ms": lat["ort fp32"]}
     for key in ("ort quantize_static", "edgec"):

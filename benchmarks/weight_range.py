@@ -9,7 +9,7 @@ Every model is quantized by edgec's static int8 (Conv/MatMul/Gemm, per-channel
 weights, MinMax calibration) twice, with 7-bit and with 8-bit weights; the
 transformer also by ``quantize-dynamic``. Each is scored against the fp32 model on
 two non-saturating paths, side by side: onnxruntime as deployed on this host (whose
-int8 kernels are measured not to saturate: the probe of ``edgec.dsl.host``), and the
+int8 kernels are measured not to saturate: the probe of ``edgec.machine``), and the
 exact path (``edgec.quantization.arithmetic.exact_session``: Q/DQ fusion off, the
 compute in float on the exactly dequantized operands). ``weight SQNR`` is that of
 the quantized weights against the fp32 weights, over every quantized weight. The
@@ -45,7 +45,7 @@ import time
 import numpy as np
 import onnx
 
-from edgec.dsl import host
+from edgec import machine
 from edgec.frontend import export_model, import_model
 from edgec.metrics import evaluate
 from edgec.passmgr.base import PassContext
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=500)
     args = parser.parse_args()
     import onnxruntime as ort
-    saturates = host.onnxruntime_saturates()
+    saturates = machine.onnxruntime_saturates()
     print(f"onnxruntime {ort.__version__}; this host's int8 kernels "
           f"{'SATURATE' if saturates else 'do not saturate' if saturates is False else 'unmeasured'} "
           f"with 8-bit weights (probe); CPU flags {', '.join(host.features())}; python "

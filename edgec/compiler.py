@@ -113,14 +113,86 @@ def _read_inputs(model_path: str, spec, options: CompileOptions) -> _Inputs:
                    pattern, files, labels)
 
 
+_PLUGIN_GROUPS = ("edgec.passes", "edgec.targets", "edgec.metrics", "edgec.backends")
+
+
 def _plugin_versions() -> dict[str, str]:
     out = {}
-    for group in ("edgec.passes", "edgec.targets", "edgec.metrics", "edgec.backends"):
+    for group in _PLUGIN_GROUPS:
         for ep in importlib.metadata.entry_points(group=group):
             dist = getattr(ep, "dist", None)
             if dist is not None:
                 out[dist.metadata["Name"]] = dist.version
     return dict(sorted(out.items()))
+
+
+# Source files that make up the code (data files such as the spec grammar included).
+_SOURCE_SUFFIXES = (".py", ".lark", ".edge")
+_code_digest: str | None = None
+
+
+def _hash_tree(h, path: str, label: str) -> None:
+    """Each source file's path (relative to ``path``, under ``label``) and bytes, in a
+    fixed order; a single-file module is hashed as itself."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            h.update(f"{label}\0".encode() + f.read() + b"\0")
+        return
+    for folder, subfolders, names in os.walk(path):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        for name in sorted(names):
+            if name.endswith(_SOURCE_SUFFIXES):
+                file = os.path.join(folder, name)
+                with open(file, "rb") as f:
+                    h.update(f"{label}/{os.path.relpath(file, path)}\0".encode() + f.read() + b"\0")
+
+
+def _source_location(module: str) -> str | None:
+    """The file or package folder of top-level ``module``, found without importing it."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if found is None:
+        return None
+    if found.submodule_search_locations:
+        return next(iter(found.submodule_search_locations), None)
+    return found.origin if found.origin and os.path.isfile(found.origin) else None
+
+
+def code_digest() -> str:
+    """A hash of the code that produces an artifact: edgec's own sources (``edgec``, the
+    built-in passes and targets wherever they are mapped from, ``edgec_runtime``) and the
+    sources of the plugins installed through edgec's entry points. A change to a pass
+    with the same version number is then a different compile, not "up to date". Computed
+    once per process (a few ms): the code does not change under a running compile."""
+    global _code_digest
+    if _code_digest is not None:
+        return _code_digest
+    import importlib.util
+
+    h = hashlib.sha256()
+    roots = {"edgec": os.path.dirname(os.path.abspath(__file__))}  # this module's package
+    runtime = _source_location("edgec_runtime")
+    if runtime is not None:
+        roots["edgec_runtime"] = runtime
+    for sub in ("passes", "targets"):
+        found = importlib.util.find_spec(f"edgec.{sub}")
+        if found is not None and found.submodule_search_locations:
+            roots[f"edgec.{sub}"] = next(iter(found.submodule_search_locations))
+    for group in _PLUGIN_GROUPS:
+        for ep in importlib.metadata.entry_points(group=group):
+            top = ep.value.split(":")[0].split(".")[0].strip()
+            if top and top not in ("edgec", "edgec_runtime") and top not in roots:
+                location = _source_location(top)
+                if location is not None:
+                    roots[top] = location
+    for label, path in sorted(roots.items()):
+        _hash_tree(h, path, label)
+    _code_digest = h.hexdigest()
+    return _code_digest
 
 
 def _cache_key(inputs: _Inputs, options: CompileOptions) -> tuple[str, dict]:
@@ -135,6 +207,8 @@ def _cache_key(inputs: _Inputs, options: CompileOptions) -> tuple[str, dict]:
         "format_version": art.FORMAT_VERSION, "edgec": __version__, "inputs": digests,
         "spec": spec_record(inputs.spec), "backend_override": options.backend,
         "plugins": _plugin_versions(),
+        # The version names a release; between releases the code itself is the identity.
+        "code": code_digest(),
         "rpc": None if options.rpc is None else [options.rpc.host, options.rpc.port, options.rpc.key,
                                                  options.rpc.emulated],
         # int8 accuracy is scored on an exact path where this host's onnxruntime saturates
@@ -151,7 +225,7 @@ def _host_int8_saturates(spec) -> bool | None:
     optimize = getattr(spec, "optimize", None)
     if "int8" not in tuple(getattr(optimize, "precisions", ()) or ()):
         return None
-    from edgec.dsl.host import onnxruntime_saturates
+    from edgec.machine import onnxruntime_saturates
 
     return onnxruntime_saturates()
 

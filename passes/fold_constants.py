@@ -221,19 +221,25 @@ class _Folder:
                                                    for o in n.outputs)]
             known.update(got)
 
+    def empty_model(self, graph_name: str) -> onnx.ModelProto:
+        """A model with the folded model's IR version and opsets and an empty graph
+        named ``graph_name``, for running or shape-inferring a region of it alone."""
+        proto = onnx.ModelProto()
+        proto.ir_version = self.model.ir_version
+        for domain, version in self.model.opset_imports.items():
+            op = proto.opset_import.add()
+            op.domain, op.version = domain, version
+        proto.graph.name = graph_name
+        return proto
+
     def infer_region(self, region: list[Node], known: dict[int, np.ndarray]
                      ) -> dict[int, tuple | None]:
         """Shapes of the region's inputs and outputs, from the constants' actual shapes
         and (small ones') values and the values in ``known``: onnx shape inference with
         data propagation on a model of the region alone, holding no declared shapes."""
         shapes: dict[int, tuple | None] = {}
-        proto = onnx.ModelProto()
-        proto.ir_version = self.model.ir_version
-        for domain, version in self.model.opset_imports.items():
-            op = proto.opset_import.add()
-            op.domain, op.version = domain, version
+        proto = self.empty_model("fold_constants_shapes")
         gp = proto.graph
-        gp.name = "fold_constants_shapes"
         produced = {id(o) for n in region for o in n.outputs}
         fed: set[int] = set()
         by_name: dict[str, Value] = {}
@@ -390,13 +396,8 @@ class _Folder:
                   ) -> dict[int, np.ndarray]:
         import onnxruntime as ort
 
-        proto = onnx.ModelProto()
-        proto.ir_version = self.model.ir_version
-        for domain, version in self.model.opset_imports.items():
-            op = proto.opset_import.add()
-            op.domain, op.version = domain, version
+        proto = self.empty_model("fold_constants")
         gp = proto.graph
-        gp.name = "fold_constants"
         produced = {id(o) for n in nodes for o in n.outputs}
         fed: set[int] = set()
         for i, node in enumerate(nodes):

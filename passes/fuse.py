@@ -10,6 +10,7 @@ whose docstring states the rewrite and the conditions under which it is legal:
     transpose-chain, reshape-chain       fuse_reshape     Transpose(Transpose(x)) -> Transpose(x) | x, …
     gelu-erf, gelu-tanh, silu, hardswish fuse_activation  x·0.5·(1 + erf(x/√2)) -> Gelu(x), …
     layer-norm                           fuse_layer_norm  (x - E[x]) / √(Var[x] + ε)·γ + β -> LayerNormalization
+    softmax                              fuse_softmax     Exp(x - max x) / Σ Exp(x - max x) -> Softmax(x)
     qdq-cancel                           fuse_qdq         QuantizeLinear(DequantizeLinear(q)) -> q
     attention                            fuse_attention   Softmax(q·kᵀ/c)·v over heads -> com.microsoft::Attention
 
@@ -39,12 +40,12 @@ import onnx
 from edgec.diagnostics import Location
 from edgec.ir.core import Model
 from edgec.passes import (fuse_activation, fuse_affine, fuse_attention, fuse_batchnorm,
-                          fuse_layer_norm, fuse_pad, fuse_qdq, fuse_reshape)
+                          fuse_layer_norm, fuse_pad, fuse_qdq, fuse_reshape, fuse_softmax)
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 from edgec.rewrite import RewriteDriver, Rule
 
 RULE_MODULES = (fuse_batchnorm, fuse_affine, fuse_pad, fuse_reshape, fuse_activation,
-                fuse_layer_norm, fuse_qdq, fuse_attention)
+                fuse_layer_norm, fuse_softmax, fuse_qdq, fuse_attention)
 
 # Pattern name -> its rules, in the order the modules list them.
 PATTERNS: dict[str, list[Rule]] = {}

@@ -9,6 +9,21 @@ can run it as written). No calibration data is needed. Weights are symmetric int
 per output column by default, in 7 bits where the target's u8 x s8 kernels saturate
 full-range pairs (x86 without VNNI) and 8 elsewhere, unless ``reduce-range`` says
 (stat ``weight-bits``). A following ``Add`` of a 1-D constant bias is folded in.
+
+``ops`` may also name the two recurrent/attention forms onnxruntime's own
+``quantize_dynamic`` writes (operators/lstm.py, attention.py); both are contrib-only:
+
+    LSTM(x, W, R, ...)                  -> com.microsoft::DynamicQuantizeLSTM(x, W_s8ᵀ, R_s8ᵀ, ..., s_W, 0, s_R, 0)
+    com.microsoft::Attention(x, W, b)   -> QAttention(DynamicQuantizeLinear(x), W_s8, b, s_x, s_W, -, zp_x, 0)
+
+LSTM: W [D, 4H, I] and R [D, 4H, H] constants, stored transposed ([D, I, 4H], [D, H,
+4H]) with scales per gate row ([D, 4H]; per direction [D] without ``per-channel``);
+every other input and attribute is kept. onnxruntime has no int8 kernel for an LSTM
+in QDQ form: this is the only form it runs in int8. Attention (the op ``fuse`` makes
+of a self-attention, see fuse_attention): the QKV projection runs in int8, the
+softmax(q·kᵀ)·v core in fp32, as onnxruntime's QAttention does; weights per column.
+Attention with ``qkv_hidden_sizes``, rotary embedding, an attention bias or a past
+sequence length has no QAttention form and is left as it is.
 """
 
 from __future__ import annotations
@@ -25,12 +40,20 @@ from edgec.quantization.arithmetic import weight_range
 from edgec.quantization.qdq import quantizable_graphs, quantize_weight
 
 
+CONTRIB = "com.microsoft"
+# Ops with an int8 form only in onnxruntime's contrib domain.
+CONTRIB_ONLY = ("LSTM", "Attention")
+# com.microsoft::Attention's inputs and attributes that QAttention has no place for.
+_NO_QATTENTION_INPUTS = 5       # attention_bias (5) and past_sequence_length (6)
+_NO_QATTENTION_ATTRIBUTES = ("qkv_hidden_sizes", "rotary_embedding_dim")
+
+
 @dataclass(frozen=True)
 class QuantizeDynamic(Pass):
     """Dynamic int8 MatMul/Gemm: weights int8 offline, activations quantized at run time."""
 
     name: ClassVar[str] = "quantize-dynamic"
-    ops: tuple[str, ...] = field(default=("MatMul", "Gemm"), metadata={"help": "MatMul and/or Gemm"})
+    ops: tuple[str, ...] = field(default=("MatMul", "Gemm"), metadata={"help": "MatMul, Gemm, LSTM, Attention (com.microsoft's, from fuse)"})
     per_channel: bool = field(default=True, metadata={"help": "per-output-column weight scales"})
     format: Literal["contrib", "standard"] = field(default="contrib", metadata={"help": "contrib (DynamicQuantizeMatMul) or standard (MatMulInteger)"})
     exclude: tuple[str, ...] = field(default=(), metadata={"help": "node names kept fp32"})
@@ -38,15 +61,27 @@ class QuantizeDynamic(Pass):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        bad = set(self.ops) - {"MatMul", "Gemm"}
+        bad = set(self.ops) - {"MatMul", "Gemm", *CONTRIB_ONLY}
         if bad:
-            raise OptionError("ops", f"only MatMul and Gemm, not {', '.join(sorted(bad))}")
+            raise OptionError("ops", f"only MatMul, Gemm, LSTM and Attention, not {', '.join(sorted(bad))}")
+        if self.format == "standard" and set(self.ops) & set(CONTRIB_ONLY):
+            raise OptionError("ops", "LSTM and Attention have only onnxruntime's contrib int8 form "
+                                     "(format=contrib)")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         bits = weight_range(ctx.target, self.reduce_range).bits
         rewritten = biases = 0
+        contrib_only = {op: 0 for op in CONTRIB_ONLY}
         for graph in quantizable_graphs(model):
             for node in list(graph):
+                if node.name in self.exclude:
+                    continue
+                if "LSTM" in self.ops and _is_lstm(node):
+                    contrib_only["LSTM"] += _quantize_lstm(node, self.per_channel, bits)
+                    continue
+                if "Attention" in self.ops and _is_attention(node):
+                    contrib_only["Attention"] += _quantize_attention(node, self.per_channel, bits)
+                    continue
                 weight, bias_value, consumer = self._match(node)
                 if weight is None:
                     continue
@@ -56,12 +91,14 @@ class QuantizeDynamic(Pass):
                 self._emit(model, graph, node, consumer, node.inputs[0], q, scale, bias, out)
                 rewritten += 1
                 biases += bias is not None
+        rewritten += sum(contrib_only.values())
         if rewritten and self.format == "contrib":
-            model.opset_imports.setdefault("com.microsoft", 1)
+            model.opset_imports.setdefault(CONTRIB, 1)
         for g in quantizable_graphs(model):
             g.remove_unused_initializers()
-        return PassResult(rewritten > 0, {"nodes-quantized": rewritten, "biases-folded": biases,
-                                          "weight-bits": bits})
+        stats = {"nodes-quantized": rewritten, "biases-folded": biases, "weight-bits": bits}
+        stats.update({f"{op.lower()}-quantized": n for op, n in contrib_only.items() if n})
+        return PassResult(rewritten > 0, stats)
 
     def _match(self, node: Node):
         """(weight [K, N], bias value or None, the bias Add or None), or Nones."""
@@ -128,3 +165,85 @@ class QuantizeDynamic(Pass):
         if consumer is not None:
             graph.remove(consumer, safe=False)
         graph.remove(node, safe=False)
+
+
+def _constant_float(v: Value | None, rank: int) -> np.ndarray | None:
+    if v is None or not v.is_constant() or v.const is None:
+        return None
+    array = v.const.numpy()
+    return array if array.dtype == np.float32 and array.ndim == rank else None
+
+
+def _is_lstm(node: Node) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type != "LSTM" or node.attr("layout", 0):
+        return False  # DynamicQuantizeLSTM has no batch-major layout
+    x = node.inputs[0] if node.inputs else None
+    return (x is not None and x.dtype in (DataType.FLOAT, None) and len(node.inputs) >= 3
+            and _constant_float(node.inputs[1], 3) is not None
+            and _constant_float(node.inputs[2], 3) is not None)
+
+
+def _lstm_weight(graph: Graph, array: np.ndarray, per_channel: bool, bits: int, label: str):
+    """[D, 4H, K] float -> ([D, K, 4H] int8, scale, zero point) values: one scale per
+    gate row ([D, 4H]) or per direction ([D])."""
+    directions, rows, columns = array.shape
+    if per_channel:
+        q, scale = quantize_weight(array.reshape(directions * rows, columns), 0, bits)
+        scale = scale.reshape(directions, rows)
+    else:
+        q, scale = quantize_weight(array, 0, bits)
+    q = np.ascontiguousarray(q.reshape(directions, rows, columns).transpose(0, 2, 1))
+    return (graph.make_constant(q, f"{label}_quantized"),
+            graph.make_constant(scale.astype(np.float32), f"{label}_scale"),
+            graph.make_constant(np.zeros(scale.shape, np.int8), f"{label}_zero_point"))
+
+
+def _quantize_lstm(node: Node, per_channel: bool, bits: int) -> int:
+    """LSTM -> DynamicQuantizeLSTM in place (its outputs, names and attributes kept)."""
+    # Constants live in the node's own graph: onnxruntime prepacks a kernel's weights
+    # only from initializers it can see as constant there.
+    graph = node.graph
+    label = node.name or "lstm"
+    w, w_scale, w_zero = _lstm_weight(graph, node.inputs[1].const.numpy(), per_channel, bits, f"{label}_W")
+    r, r_scale, r_zero = _lstm_weight(graph, node.inputs[2].const.numpy(), per_channel, bits, f"{label}_R")
+    rest = list(node.inputs[3:8]) + [None] * (8 - len(node.inputs[:8]))
+    node.set_inputs([node.inputs[0], w, r, *rest[:5], w_scale, w_zero, r_scale, r_zero])
+    node.op_type, node.domain = "DynamicQuantizeLSTM", CONTRIB
+    node.attributes.pop("layout", None)  # 0 (checked): DynamicQuantizeLSTM has no such attribute
+    return 1
+
+
+def _is_attention(node: Node) -> bool:
+    if node.domain != CONTRIB or node.op_type != "Attention":
+        return False
+    if any(node.attr(a) for a in _NO_QATTENTION_ATTRIBUTES):
+        return False
+    if any(v is not None for v in node.inputs[_NO_QATTENTION_INPUTS:]):
+        return False
+    x = node.inputs[0]
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    return (x is not None and x.dtype in (DataType.FLOAT, None) and bias is not None
+            and _constant_float(node.inputs[1], 2) is not None)
+
+
+def _quantize_attention(node: Node, per_channel: bool, bits: int) -> int:
+    """Attention -> DynamicQuantizeLinear + QAttention in place: x quantized to u8 at
+    run time, the packed QKV weight [K, 3·hidden] int8 offline."""
+    graph = node.graph
+    label = node.name or "attention"
+    x = node.inputs[0]
+    q, scale = quantize_weight(node.inputs[1].const.numpy(), 1 if per_channel else None, bits)
+    w = graph.make_constant(q, f"{label}_qkv_weight_quantized")
+    w_scale = graph.make_constant(scale, f"{label}_qkv_weight_scale")
+    w_zero = graph.make_constant(np.zeros(scale.shape, np.int8), f"{label}_qkv_weight_zero_point")
+    x_q = Value(None, TensorType(DataType.UINT8, x.shape))
+    x_scale, x_zero = Value(None, TensorType(DataType.FLOAT)), Value(None, TensorType(DataType.UINT8))
+    graph.insert_before(node, Node("DynamicQuantizeLinear", [x], outputs=[x_q, x_scale, x_zero],
+                                   name=graph.unique_name(f"{label}_DynamicQuantizeLinear")))
+    mask = node.inputs[3] if len(node.inputs) > 3 else None
+    past = node.inputs[4] if len(node.inputs) > 4 else None
+    node.set_inputs([x_q, w, node.inputs[2], x_scale, w_scale, mask, x_zero, w_zero, past])
+    node.op_type = "QAttention"
+    for name in _NO_QATTENTION_ATTRIBUTES:
+        node.attributes.pop(name, None)  # unset or 0 (checked)
+    return 1

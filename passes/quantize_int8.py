@@ -2,7 +2,9 @@
 ``y = DQ(Q(Conv(DQ(Q(x)), DQ(W_s8), DQ(b_s32))))``, which onnxruntime fuses into
 QLinearConv (likewise QLinearMatMul / MatMulIntegerToFloat, QGemm, QLinearAdd, ...).
 
-Ranges come from calibration on the spec's data (MinMax, percentile or KL entropy);
+Ranges come from calibration on the spec's data (MinMax, percentile or KL entropy; with
+``calibration=auto`` the one whose fully quantized model scores best on ``metric``
+against fp32, each from one calibration run: stat ``calibration-chosen.<method>``);
 weights are int8 symmetric per output channel, activations u8 asymmetric per tensor.
 The op-type policy picks what is quantized: ``ops=Conv,MatMul,Gemm`` (default) or
 ``ops=all``; ``placement=contiguous`` instead quantizes every node onnxruntime runs in
@@ -26,7 +28,7 @@ Q/DQ) is first converted to opset 13 with onnx's version converter (stat
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -47,7 +49,7 @@ class QuantizeInt8(Pass):
     """Static int8 (QDQ) quantization calibrated on the spec's data."""
 
     name: ClassVar[str] = "quantize-int8"
-    calibration: Literal["minmax", "percentile", "entropy"] = field(default="minmax", metadata={"help": "minmax, percentile or entropy"})
+    calibration: Literal["minmax", "percentile", "entropy", "auto"] = field(default="minmax", metadata={"help": "minmax, percentile, entropy, or auto: the one whose fully quantized model scores best on `metric` (one calibration run each)"})
     percentile: float = field(default=99.99, metadata={"help": "kept percentile for calibration=percentile"})
     ops: tuple[str, ...] = field(default=("Conv", "MatMul", "Gemm"),
                                  metadata={"help": "op types to quantize, or 'all'"})
@@ -104,10 +106,12 @@ class QuantizeInt8(Pass):
             infer_types(model, ctx.diagnostics)
         samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         stats: dict[str, int | float] = {"weight-bits": weights.bits}
+        count = min(len(v) for v in samples.values())
+        held_out = ({k: v[self.samples:] for k, v in samples.items()}
+                    if count > self.samples else None)
+        if self.calibration == "auto" and self.fallback != "per-layer":
+            config = self._best_calibration(model, samples, held_out, config, ctx, weights)
         if self.fallback == "per-layer":
-            count = min(len(v) for v in samples.values())
-            held_out = ({k: v[self.samples:] for k, v in samples.items()}
-                        if count > self.samples else None)
             config, report = mixed_precision(model, samples, self.metric, self.tolerance,
                                              config=config, eval_samples=held_out,
                                              progress=ctx.progress, latency=True,
@@ -116,6 +120,8 @@ class QuantizeInt8(Pass):
             stats["fallback-held"] = int(report.held)
             stats["fallback-trials"] = len(report.steps)
             stats["fallback-faster-than-fp32"] = int(report.faster_than_fp32)
+            for method, value in report.calibration_scores.items():
+                stats[f"calibration.{method}"] = value
             for name in report.kept_fp32:
                 stats[f"fp32.{name}"] = 1
             # The per-layer ranking, for the report's sensitivity chart.
@@ -131,10 +137,26 @@ class QuantizeInt8(Pass):
                     f"quantize-int8: {self.metric} misses {self.tolerance} with every layer fp32 "
                     f"that keeps int8 faster than fp32 ({report.steps[-1]['detail'] if report.steps else 'nothing tried'})")
         stats.update(quantize_static(model, samples, config, progress=ctx.progress))
+        if self.calibration == "auto":
+            stats[f"calibration-chosen.{config.calibration}"] = 1
         if model.opset() != converted_from:
             stats["opset-converted-from"] = converted_from
         return PassResult(bool(stats["nodes-quantized"] or stats["batchnorm-folded"]
                                or model.opset() != converted_from), stats)
+
+
+    def _best_calibration(self, model: Model, samples, held_out, config: QuantConfig, ctx: PassContext,
+                          weights) -> QuantConfig:
+        """``config`` with the calibration method whose fully quantized model scores best
+        on ``metric`` (`fallback.best_calibration`), when no per-layer fallback does it."""
+        from edgec.quantization.fallback import CALIBRATION_METHODS, best_calibration
+        from edgec.quantization.sensitivity import Trials
+
+        trials = Trials(model, samples, replace(config, calibration=CALIBRATION_METHODS[0]), held_out,
+                        ctx.progress, exact=needs_exact_path(ctx.target, weights.reduce_range))
+        chosen, _ = best_calibration(trials, samples, config, self.metric, self.tolerance,
+                                     progress=ctx.progress)
+        return chosen
 
 
 def _known_metric(text: str) -> bool:

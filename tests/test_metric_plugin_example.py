@@ -21,6 +21,7 @@ sys.path.insert(0, str(EXAMPLE))
 
 from edgec_plugin_example.character_error_rate import (character_error_rate,  # noqa: E402
                                                        edit_distance)
+from edgec.testing.plugins import fake_distribution  # noqa: E402
 
 
 def _logits(classes, count=5):
@@ -42,14 +43,8 @@ def test_edit_distance_and_the_rate_by_hand():
 def test_a_spec_names_the_plugin_metric_and_a_compile_scores_with_it(tmp_path):
     project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
     site = tmp_path / "site"
-    info = site / "edgec_plugin_example-1.0.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
-                                   f"Version: {project['version']}\n")
-    lines = []
-    for group, entries in project["entry-points"].items():
-        lines += [f"[{group}]"] + [f"{k} = {v}" for k, v in entries.items()]
-    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    fake_distribution(site, project["name"], project["version"], {},
+                      groups=project["entry-points"])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(site), str(EXAMPLE), str(REPO), os.environ.get("PYTHONPATH", "")]))
 

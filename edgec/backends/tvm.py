@@ -28,6 +28,7 @@ import onnx
 from edgec.backends.base import (BackendError, BuildOptions, BuildResult, Capabilities,
                                  LatencyStats, uses_external_data)
 # Re-exported: the planner, the tests and the benchmarks take these from here.
+from edgec.backends.tvm_gpu_schedule import ScheduleRecord, cuda_pipeline
 from edgec.backends.tvm_rpc import check_rpc_tracker
 from edgec.backends.tvm_target import (host_arch, is_cuda, target_dict, target_json,
                                        tvm_target_json)
@@ -389,7 +390,14 @@ class TVMBackend:
                 notes += tuning_notes
 
         progress("build", 0, 1, f"compiling for {target.name}")
-        executable = tvm.compile(mod, target=tvm_target)
+        schedules = ScheduleRecord()
+        if is_cuda(target):  # TVM's CUDA pipeline, tolerant of a dlight rule that raises
+            executable = tvm.compile(mod, target=tvm_target,
+                                     relax_pipeline=cuda_pipeline(tvm_target, schedules))
+            if schedules.note():
+                notes.append(schedules.note())
+        else:
+            executable = tvm.compile(mod, target=tvm_target)
         progress("build", 1, 1, "compiled")
         out = Path(out_dir)
         self._export(executable, target, out, progress)
@@ -398,6 +406,7 @@ class TVMBackend:
         details = self._details(model, target, options, bound, tuning)
         if is_cuda(target):
             details.update(self._cuda_details(executable, target, out, progress, notes))
+            details["cuda"]["schedule_fallbacks"] = [f.as_dict() for f in schedules.failures]
             if details["cuda"]["cubin"]:
                 files.append(details["cuda"]["cubin"])
         return BuildResult(backend=self.name, files=files,

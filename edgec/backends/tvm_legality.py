@@ -175,7 +175,9 @@ KNOWN_CAUSES: tuple[tuple[str | None, str, str], ...] = (
       for op in ("LSTM", "GRU", "RNN")),
     (None, "only supports Tensor that has ShapeExpr shape",
      "a shape known when compiling: the input's shape depends on a value computed at run time "
-     "(an If whose branches differ in shape, or a symbolic dimension no spec binds); no edgec "
+     "(an If whose branches differ in shape, or a symbolic dimension no spec binds); sink-into-if "
+     "moves what follows such an If into its branches only where that reaches values of one "
+     "shape whichever branch runs (not a graph output whose shape is the branch's), and no edgec "
      "rewrite folds it unless that value is a constant"),
 )
 

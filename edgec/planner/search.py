@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 class Configuration:
     label: str            # what a person reads: "int8 (Conv, MatMul, Gemm) on ort"
     precision: str        # fp32 | fp16 | int8
-    policy: str           # "" | "compute-ops" | "all-ops" | "per-layer-fallback"
+    policy: str           # "" | "compute-ops" | "all-ops" | "contiguous" | "dynamic" |
+    #                       "per-layer-fallback"; "+dynamic": LSTM/attention dynamic int8 too
     passes: str           # pipeline text run after the base pipeline ("" for none)
     backend: str          # a name in edgec.backends.backend_names()
     sparsity: float = 0.0
@@ -124,9 +125,13 @@ def _precisions_of(backend: str) -> tuple[tuple[str, ...], dict[str, str]]:
 
 
 def configurations(spec: Spec, target: Target, backend_choice: str,
-                   available_passes: set[str]) -> tuple[list[Configuration], list[Skipped]]:
+                   available_passes: set[str], model_ops: frozenset[str] | None = None,
+                   ) -> tuple[list[Configuration], list[Skipped]]:
     """Every configuration the spec allows, cheapest first, and those skipped with why.
-    Which backends run which precision is what each declares (`Capabilities`)."""
+    Which backends run which precision is what each declares (`Capabilities`).
+    ``model_ops``: the model's op types, every graph's (None: not known); the dynamic
+    LSTM/attention candidates are offered only to a model that has an LSTM or the ops
+    of an attention."""
     opt = spec.optimize
     precisions = opt.precisions
     skipped: list[Skipped] = []
@@ -177,10 +182,24 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
             # int8 form, and where the per-layer fallback starts.
             base.append(("int8 (contiguous regions)", "int8", "contiguous",
                          [f"quantize-int8{{placement=contiguous {reduce}}}"]))
+            # LSTM and fused Attention have no int8 kernel in QDQ form; onnxruntime runs
+            # them in int8 only as DynamicQuantizeLSTM / QAttention (quantize-dynamic).
+            # Alone, and after each static policy; a model without either gives the same
+            # model as the candidate before, which is then not built again.
+            if may_have_lstm_or_attention(model_ops) and need("quantize-dynamic",
+                                                               "int8 LSTM and attention"):
+                dynamic = f"quantize-dynamic{{ops=LSTM,Attention {reduce}}}"
+                static = [entry for entry in base if entry[1] == "int8"]
+                base.append(("int8 (LSTM, attention; dynamic)", "int8", "dynamic", [dynamic]))
+                for label, _, policy, passes in static:
+                    base.append((f"{label} + dynamic LSTM, attention", "int8",
+                                 f"{policy}+dynamic", [*passes, dynamic]))
             if opt.per_layer_fallback:
+                # It starts from the calibration method the fully quantized model scores
+                # best with (one observation of the model serves all three methods).
                 tol = _tolerance_text(spec.accuracy.tolerance)
                 base.append(("int8 with per-layer fp32 fallback", "int8", "per-layer-fallback",
-                             [f"quantize-int8{{placement=contiguous fallback=per-layer "
+                             [f"quantize-int8{{placement=contiguous calibration=auto fallback=per-layer "
                               f"metric={_metric_text(spec.accuracy.metric)} tolerance={tol} "
                               f"{reduce}}}"]))
     levels = [0.0]
@@ -200,6 +219,12 @@ def configurations(spec: Spec, target: Target, backend_choice: str,
                 name = label + (f", {sparsity:.0%} pruned" if sparsity else "") + f" on {backend}"
                 configs.append(Configuration(name, precision, policy, text, backend, sparsity))
     return configs, skipped
+
+
+def may_have_lstm_or_attention(ops: frozenset[str] | None) -> bool:
+    """Whether quantize-dynamic{ops=LSTM,Attention} can change a model with these op
+    types: an LSTM, a fused Attention, or the MatMul and Softmax fuse makes one of."""
+    return ops is None or bool(ops & {"LSTM", "Attention"}) or {"MatMul", "Softmax"} <= ops
 
 
 def reject_slower_than_fp32(evaluations: list[Evaluation]) -> Evaluation | None:

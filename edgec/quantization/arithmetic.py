@@ -106,7 +106,7 @@ def scoring(proto: onnx.ModelProto, target, host_saturates=None, base_dir: str =
     does: where this host saturates and the target does not, the exact path; where the
     target saturates and this host does not, the host is only representative when the
     weights keep to 7 bits (then nothing saturates anywhere). ``host_saturates``: this
-    host's onnxruntime, measured (`edgec.dsl.host.onnxruntime_saturates`) when None."""
+    host's onnxruntime, measured (`edgec.machine.onnxruntime_saturates`) when None."""
     largest = largest_int8_weight(proto, base_dir)
     if largest is None:
         return Scoring("host", "")
@@ -115,7 +115,7 @@ def scoring(proto: onnx.ModelProto, target, host_saturates=None, base_dir: str =
                                "onnxruntime computes what the target will")
     target_saturates = target.int8_saturates
     if host_saturates is None:
-        from edgec.dsl.host import onnxruntime_saturates
+        from edgec.machine import onnxruntime_saturates
         host_saturates = onnxruntime_saturates()
     if host_saturates is None:
         host_saturates = False
@@ -236,5 +236,5 @@ def needs_exact_path(target, reduce_range: bool) -> bool:
     saturates them."""
     if reduce_range or target is None or target.int8_saturates:
         return False
-    from edgec.dsl.host import onnxruntime_saturates
+    from edgec.machine import onnxruntime_saturates
     return bool(onnxruntime_saturates())

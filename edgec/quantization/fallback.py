@@ -19,8 +19,12 @@ from edgec.frontend import export_model
 from edgec.ir.core import Model
 from edgec.progress import Progress
 from edgec.quantization.observe import feed_batches
-from edgec.quantization.qdq import QuantConfig, apply, quantizable_graphs
+from edgec.metrics import higher_is_better
+from edgec.quantization.qdq import QuantConfig, apply, calibrate, quantizable_graphs
 from edgec.quantization.sensitivity import VALUE, Trials, copy_model, layer_sensitivity, local_sqnr
+
+# What ``calibration=auto`` chooses from, in order of preference on a tie.
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
 
 @dataclass
@@ -38,12 +42,15 @@ class MixedPrecisionReport:
     latency: dict = field(default_factory=dict)       # measured fp32 and full-int8 ms
     # False when no configuration cheaper than fp32 (by the measured costs) held
     faster_than_fp32: bool = True
+    calibration: str = ""                              # the method the trials used
+    calibration_scores: dict = field(default_factory=dict)  # method -> metric, with auto
 
     def to_json(self) -> dict:
         return {"metric": self.metric, "tolerance": str(self.tolerance),
                 "sensitivity": [[n, _finite(s)] for n, s in self.sensitivity],
                 "steps": self.steps, "kept-fp32": self.kept_fp32, "held": self.held,
-                "latency": self.latency, "faster-than-fp32": self.faster_than_fp32}
+                "latency": self.latency, "faster-than-fp32": self.faster_than_fp32,
+                "calibration": self.calibration, "calibration-scores": self.calibration_scores}
 
 
 def _finite(x: float):
@@ -167,11 +174,15 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
     step scored. ``exact`` scores the trials on the exact int8 path
     (`arithmetic.run_exact`) instead of onnxruntime's int8 kernels."""
     tolerance = _tolerance(tolerance)
-    trials = Trials(model, samples, config, eval_samples, progress, exact=exact)
+    methods = CALIBRATION_METHODS if config.calibration == "auto" else (config.calibration,)
+    trials = Trials(model, samples, replace(config, calibration=methods[0]), eval_samples, progress,
+                    exact=exact)
+    config, scores = best_calibration(trials, samples, config, metric, tolerance, labels, progress)
     layers = trials.layers()
     ranking, gain, units = _rank(trials, model, samples, config, rank_metric, eval_samples, labels,
                                  progress)
-    report = MixedPrecisionReport(metric, tolerance, ranking)
+    report = MixedPrecisionReport(metric, tolerance, ranking, calibration=config.calibration,
+                                  calibration_scores=scores)
     plan = _Plan(units, latency=latency)
     if latency:
         plan.costs, fp32_s, int8_s = latency_costs(trials, config, _first_feed(trials, samples),
@@ -209,6 +220,37 @@ def mixed_precision(model: Model, samples: dict[str, np.ndarray], metric: str, t
         report.latency["mixed_ms"] = seconds * 1e3
         report.faster_than_fp32 = seconds < report.latency["fp32_ms"] / 1e3
     return chosen, report
+
+
+def best_calibration(trials: Trials, samples: dict[str, np.ndarray], config: QuantConfig,
+                     metric: str, tolerance, labels: np.ndarray | None = None,
+                     progress: Progress | None = None) -> tuple[QuantConfig, dict[str, float]]:
+    """``config`` with the calibration method its fully quantized form scores best
+    with (``metric`` against fp32 on the trials' evaluation samples), and each method's
+    score, when ``config.calibration`` is ``auto``; ``trials`` then holds that method's
+    ranges. Otherwise ``config`` unchanged and no scores. The methods are tried in
+    CALIBRATION_METHODS order and the first of equal scores is kept: MinMax clips
+    nothing, so a clipping method must do better to be chosen."""
+    if config.calibration != "auto":
+        return config, {}
+    tolerance = _tolerance(tolerance)
+    higher = higher_is_better(metric)
+    scores: dict[str, float] = {}
+    best: tuple[str, object] | None = None
+    for method in CALIBRATION_METHODS:
+        candidate = replace(config, calibration=method)
+        if method != trials.config.calibration or trials.calibration.method != method:
+            trials.calibration = calibrate(trials.base, samples, candidate, progress)
+        value = float(trials.score(candidate, metric, tolerance, labels).value)
+        scores[method] = value
+        if best is None or (value > scores[best[0]] if higher else value < scores[best[0]]):
+            best = (method, trials.calibration)
+        if progress is not None:
+            progress("calibration-choice", len(scores), len(CALIBRATION_METHODS), f"{method}: {value:.4g}")
+    method, ranges = best
+    trials.calibration = ranges
+    trials.config = replace(trials.config, calibration=method)
+    return replace(config, calibration=method), scores
 
 
 def _rank(trials: Trials, model: Model, samples: dict[str, np.ndarray], config: QuantConfig,

@@ -333,7 +333,7 @@ def calibrate(model: Model, samples: dict[str, np.ndarray], config: QuantConfig,
             return cached
     for policy in (replace(config, placement="ops", ops=("all",)), replace(config, placement="contiguous")):
         wanted |= _needed_names(model, policy)
-    calibration = _calibrate(model, proto, samples, config, wanted, count, progress)
+    calibration = _calibrate(model, proto, samples, config, wanted, count, progress, key[0])
     _CALIBRATIONS.append((key, calibration))
     del _CALIBRATIONS[:-_KEPT_CALIBRATIONS]
     return calibration
@@ -348,8 +348,56 @@ def _calibration_key(proto, samples: dict[str, np.ndarray], config: QuantConfig)
     return digest.hexdigest(), config.calibration, config.percentile
 
 
+# What the model's values were observed to be, per model and samples (not per method):
+# their extremes and, once a clipping method asked, their histograms. Every method
+# derives its ranges from these, so `calibration=auto` costs two runs of the model, not
+# one or two per method.
+@dataclass
+class _Observation:
+    wanted: frozenset[str]
+    extremes: dict[str, tuple[float, float]]
+    histograms: dict[str, "cal.Histogram"] | None = None
+
+
+_OBSERVATIONS: dict[str, _Observation] = {}
+_KEPT_OBSERVATIONS = 2
+
+
 def _calibrate(model: Model, proto, samples: dict[str, np.ndarray], config: QuantConfig,
-               wanted: set[str], count: int, progress: Progress | None) -> Calibration:
+               wanted: set[str], count: int, progress: Progress | None,
+               digest: str | None = None) -> Calibration:
+    if config.calibration not in ("minmax", "percentile", "entropy"):
+        raise ValueError(f"unknown calibration method '{config.calibration}' "
+                         "(minmax, percentile or entropy)")
+    seen = _OBSERVATIONS.get(digest) if digest is not None else None
+    if seen is None or not wanted <= seen.wanted:
+        seen = _Observation(frozenset(wanted), _extremes(model, proto, samples, wanted, progress))
+        if digest is not None:
+            _OBSERVATIONS.pop(digest, None)
+            _OBSERVATIONS[digest] = seen
+            while len(_OBSERVATIONS) > _KEPT_OBSERVATIONS:
+                del _OBSERVATIONS[next(iter(_OBSERVATIONS))]
+    ranges = {k: v for k, v in seen.extremes.items() if k in wanted}
+    if config.calibration in ("percentile", "entropy"):
+        if seen.histograms is None:
+            hists = {k: cal.Histogram(max(abs(lo), abs(hi))) for k, (lo, hi) in seen.extremes.items()}
+            observe(proto, samples, set(hists), lambda n, a: hists[n].add(a), progress=progress,
+                    base_dir=model.base_dir)
+            seen.histograms = hists
+        unclipped = unclipped_values(model)
+        for k in ranges:
+            if k in unclipped or k not in seen.histograms:
+                continue
+            h = seen.histograms[k]
+            if config.calibration == "percentile":
+                ranges[k] = cal.percentile_range(h, config.percentile, ranges[k])
+            else:
+                ranges[k] = cal.entropy_range(h, ranges[k])
+    return Calibration(ranges, config.calibration, count, observed=frozenset(wanted))
+
+
+def _extremes(model: Model, proto, samples: dict[str, np.ndarray], wanted: set[str],
+              progress: Progress | None) -> dict[str, tuple[float, float]]:
     observed: dict[str, list[float]] = {}
 
     def minmax(name: str, array: np.ndarray) -> None:
@@ -366,20 +414,27 @@ def _calibrate(model: Model, proto, samples: dict[str, np.ndarray], config: Quan
             observed[name] = [lo, hi]
 
     observe(proto, samples, wanted, minmax, progress=progress, base_dir=model.base_dir)
-    ranges = {k: (v[0], v[1]) for k, v in observed.items()}
-    if config.calibration in ("percentile", "entropy"):
-        hists = {k: cal.Histogram(max(abs(lo), abs(hi))) for k, (lo, hi) in ranges.items()}
-        observe(proto, samples, set(hists), lambda n, a: hists[n].add(a), progress=progress,
-                base_dir=model.base_dir)
-        for k, h in hists.items():
-            if config.calibration == "percentile":
-                ranges[k] = cal.percentile_range(h, config.percentile, ranges[k])
-            else:
-                ranges[k] = cal.entropy_range(h, ranges[k])
-    elif config.calibration != "minmax":
-        raise ValueError(f"unknown calibration method '{config.calibration}' "
-                         "(minmax, percentile or entropy)")
-    return Calibration(ranges, config.calibration, count, observed=frozenset(wanted))
+    return {k: (v[0], v[1]) for k, v in observed.items()}
+
+
+# Ops whose output range is bounded by the op itself (Sigmoid, Softmax, HardSigmoid: within
+# [0, 1]; Tanh: [-1, 1]): the bound is not a tail to clip. A probability map is mostly
+# near 0, so KL entropy or a percentile put its range's top below 0.5 and every
+# "positive" pixel then saturates there (the detector's IoU fell to 0 with ops=all).
+BOUNDED_OUTPUT_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "LogSoftmax", "Tanh"})
+
+
+def unclipped_values(model: Model) -> set[str]:
+    """Values a clipping calibration (percentile, entropy) leaves at their observed
+    extremes: the outputs of BOUNDED_OUTPUT_OPS, and the model's outputs (what the user
+    reads: a clipped tail there is an error in the result itself, not noise that later
+    layers absorb)."""
+    names = {v.name for v in model.graph.outputs if v.name}
+    for g in quantizable_graphs(model):
+        for node in g:
+            if node.op_type in BOUNDED_OUTPUT_OPS and node.domain in ("", "ai.onnx"):
+                names.update(o.name for o in node.outputs[:1] if o.name)
+    return names
 
 
 # --------------------------------------------------------------------------- parameters

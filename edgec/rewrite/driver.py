@@ -156,13 +156,20 @@ class RewriteDriver:
             producer = new.producer()
             if producer is not None:
                 touched.append(producer)
-        for node in reversed(match.covered):
-            if node.graph is graph and not any(o.has_uses() or o.is_returned() for o in node.outputs):
+        # Readers before producers; a pattern that reads one value twice (softmax's Exp,
+        # read by the sum and the division) can free a node only after a later one goes.
+        pending = list({id(n): n for n in reversed(match.covered)}.values())
+        while True:
+            dead = [n for n in pending if n.graph is graph
+                    and not any(o.has_uses() or o.is_returned() for o in n.outputs)]
+            if not dead:
+                return touched
+            for node in dead:
                 for v in node.inputs:
                     if v is not None and v.producer() is not None:
                         touched.append(v.producer())
                 graph.remove(node)
-        return touched
+                pending.remove(node)
 
 
 def replaceable_by(result: Value, x: Value) -> str | None:

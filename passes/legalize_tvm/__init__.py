@@ -23,7 +23,9 @@ values whose type is missing. The group runs, in order:
    ``guard-float-mod`` (once: float Mod by an infinity); ``stable-softplus`` (Softplus
    and Mish without the cancellation of ``log(1 + exp(x))``); ``omit-empty-resize-inputs``
    (Paddle2ONNX's empty roi/scales beside sizes); ``unroll-rnn`` (LSTM, GRU and RNN over a
-   sequence of known length as their steps); ``fold-empty-reductions``; ``lower-lpnorm``;
+   sequence of known length as their steps); ``sink-into-if`` (what follows an If whose
+   output shape depends on the branch, moved into both branches);
+   ``fold-empty-reductions``; ``lower-lpnorm``;
    ``unroll-cumprod``; ``widen-integer-pow``; ``expand-resize-axes``;
    ``fold-constants``; ``max-at-lowest`` (a -inf test of a max-reduction, which TVM
    starts at the lowest finite value); ``dce``. With
@@ -37,8 +39,9 @@ pipeline runs before the model is handed to TVM. The rewrites live by concern:
 ``shapes`` (bind-dims, omit-empty-resize-inputs, expand-resize-axes,
 fold-empty-reductions), ``numerics`` (widen-half, stable-softplus, guard-float-mod,
 guard-bitshift, widen-integer-pow, max-at-lowest), ``decompose`` (expand-functions,
-lower-castlike, lower-isinf, lower-lpnorm, unroll-cumprod) and ``recurrent``
-(unroll-rnn); this module holds the group and re-exports them all.
+lower-castlike, lower-isinf, lower-lpnorm, unroll-cumprod), ``recurrent``
+(unroll-rnn) and ``branches`` (sink-into-if); this module holds the group and re-exports
+them all.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from edgec.ir.shape_inference import infer_types
 from edgec.ir.types import TensorType
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 
+from .branches import SinkIntoIf
 from .decompose import (DEFAULT_EXPANDED_OPS, ExpandFunctions, LowerCastLike, LowerIsInf,
                         LowerLpNormalization, UnrollCumProd)
 from .numerics import (GuardBitShift, GuardFloatMod, MaxAtLowest, StableSoftplus, WidenHalf,
@@ -145,6 +149,7 @@ class LegalizeTVM(Pass):
             changed |= step(StableSoftplus())
             changed |= step(OmitEmptyResizeInputs())
             changed |= step(UnrollRecurrent())
+            changed |= step(SinkIntoIf())
             changed |= step(FoldEmptyReductions())
             changed |= step(LowerLpNormalization())
             changed |= step(UnrollCumProd())
@@ -161,4 +166,4 @@ class LegalizeTVM(Pass):
 __all__ = ["BindDims", "DEFAULT_EXPANDED_OPS", "ExpandFunctions", "ExpandResizeAxes", "FoldEmptyReductions",
            "GuardBitShift", "GuardFloatMod", "LowerLpNormalization", "UnrollCumProd", "WidenIntegerPow",
            "LegalizeTVM", "LowerCastLike", "LowerIsInf", "MaxAtLowest", "OmitEmptyResizeInputs",
-           "StableSoftplus", "UnrollRecurrent", "WidenHalf"]
+           "SinkIntoIf", "StableSoftplus", "UnrollRecurrent", "WidenHalf"]

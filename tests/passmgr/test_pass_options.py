@@ -24,7 +24,7 @@ BAD_OPTIONS = [
     ("prune-unstructured{sparsity=-0.1}", 20, "must be in [0, 1)"),
     ("prune-unstructured{ops=Conv,Relu}", 20, "cannot prune Relu"),
     ("quantize-dynamic{format=qop}", 18, "expected one of contrib, standard"),
-    ("quantize-dynamic{ops=Conv}", 18, "only MatMul and Gemm, not Conv"),
+    ("quantize-dynamic{ops=Conv}", 18, "only MatMul, Gemm, LSTM and Attention, not Conv"),
     ("quantize-weights{bits=3}", 18, "expected one of 8, 4, got '3'"),
     ("quantize-weights{bits=4 block-size=24}", 25, "power of two >= 16, got 24"),
     ("quantize-weights{ops=Erf}", 18, "not Erf"),

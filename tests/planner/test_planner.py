@@ -136,3 +136,41 @@ def test_search_fastest_tries_everything(tmp_path):
     assert len(tried) == 5 and statuses.count("chosen") == 1
     # A candidate is skipped only when its passes gave a model already built.
     assert all("gave the same model as" in c["reason"] for c in tried if c["status"] == "skipped")
+
+
+def test_lstm_and_attention_dynamic_int8_candidates_follow_each_static_policy():
+    """LSTM and fused Attention run in int8 only in onnxruntime's dynamic forms: the
+    planner offers them alone and after each static policy, as int8 configurations (so
+    `reject_slower_than_fp32` judges them like any other)."""
+    spec = spec_of("target host\noptimize {\n  precision fp32, int8\n  backend ort\n}\n")
+    configs, skipped = configurations(spec, spec.target, "ort", {"quantize-int8", "quantize-dynamic"})
+    by_label = {c.label: c for c in configs}
+    dynamic = [c for c in configs if "quantize-dynamic" in c.passes]
+    assert [c.label for c in dynamic] == [
+        "int8 (LSTM, attention; dynamic) on ort",
+        "int8 (Conv, MatMul, Gemm) + dynamic LSTM, attention on ort",
+        "int8 (all ops) + dynamic LSTM, attention on ort",
+        "int8 (contiguous regions) + dynamic LSTM, attention on ort"]
+    assert all(c.precision == "int8" for c in dynamic) and not skipped
+    reduce = "reduce-range=" + ("true" if spec.target.int8_saturates else "false")
+    assert dynamic[0].passes == f"quantize-dynamic{{ops=LSTM,Attention {reduce}}},dce"
+    static = by_label["int8 (all ops) on ort"].passes.removesuffix(",dce")
+    assert dynamic[2].passes == f"{static},quantize-dynamic{{ops=LSTM,Attention {reduce}}},dce"
+    assert len({c.group for c in configs}) == len(configs)  # each its own group
+    # Without the pass: said, not a crash.
+    configs, skipped = configurations(spec, spec.target, "ort", {"quantize-int8"})
+    assert not any("quantize-dynamic" in c.passes for c in configs)
+    assert [s.reason for s in skipped] == ["the pass 'quantize-dynamic' is not installed"]
+
+
+def test_dynamic_lstm_attention_candidates_only_where_the_model_may_have_them():
+    spec = spec_of("target host\noptimize {\n  precision fp32, int8\n  backend ort\n}\n")
+    passes = {"quantize-int8", "quantize-dynamic"}
+
+    def dynamic(ops):
+        configs, _ = configurations(spec, spec.target, "ort", passes, model_ops=frozenset(ops))
+        return sum("quantize-dynamic" in c.passes for c in configs)
+
+    assert dynamic({"Conv", "Relu", "Softmax"}) == 0         # a CNN classifier
+    assert dynamic({"Conv", "LSTM"}) == dynamic({"MatMul", "Softmax", "Add"}) == 4
+    assert dynamic({"Attention", "SkipLayerNormalization"}) == 4  # already fused

@@ -17,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import edgec
+from edgec import machine
 from edgec.dsl import check_text, host
 from edgec.frontend import export_model, import_model
 from edgec.metrics import evaluate
@@ -51,6 +52,7 @@ def fake_host(monkeypatch):
         monkeypatch.setattr(host, "_flags", lambda: frozenset(flags))
         monkeypatch.setattr(host, "architecture", lambda: "x86_64")
         monkeypatch.setattr(host, "onnxruntime_saturates", lambda: measured)
+        monkeypatch.setattr(machine, "onnxruntime_saturates", lambda: measured)
         monkeypatch.setattr(host, "llvm_cpu", lambda: "generic")
     return fake
 
@@ -111,9 +113,9 @@ def test_the_probe_on_this_machine_agrees_with_a_fresh_measurement():
     fp32 rounding (~1e-7 relative here, an AVX-512 VNNI EPYC); saturated pair sums
     are off by far more than 1e-3. Where flags and measurement disagree (onnxruntime
     not using VNNI), the measurement is what `host` reports."""
-    error = host._int8_matmul_error()
+    error = machine.int8_matmul_error()
     assert error < 1e-5 or error > 1e-3  # nothing in between: exact or saturated
-    assert host.onnxruntime_saturates() == (error > 1e-3)
+    assert machine.onnxruntime_saturates() == (error > 1e-3)
 
 
 # --------------------------------------------------------------------------- weight range per target
@@ -278,7 +280,7 @@ def test_host_saturating_target_not_is_scored_on_the_exact_path(tmp_path, monkey
     weights, int32 accumulation) is scored on the exact path, and the manifest and
     report say so. The score is the exact path's, checked against the artifact's
     model run through `exact_session` by hand."""
-    monkeypatch.setattr(host, "onnxruntime_saturates", lambda: True)
+    monkeypatch.setattr(machine, "onnxruntime_saturates", lambda: True)
     out = tmp_path / "out"
     artifact = edgec.compile(DIGITS, _spec_file(tmp_path, "raspberry-pi-4"), out,
                              cache_dir=str(tmp_path / "cache"))
@@ -307,7 +309,7 @@ def test_target_saturating_host_not_keeps_7_bits_or_says_the_score_is_optimistic
     int8 = artifact.manifest["int8"]
     assert int8["weight_bits"] == 7 and int8["representative"]
     assert "7-bit weights: no int8 kernel saturates" in int8["scoring"]
-    if host.onnxruntime_saturates():
+    if machine.onnxruntime_saturates():
         pytest.skip("this host saturates like x86-64-v3: no arithmetic differs")
     # 8-bit weights forced on a saturating target: scored here, flagged as optimistic.
     spec = _spec_file(tmp_path, "x86-64-v3",
@@ -376,7 +378,6 @@ def test_exact_path_reaches_into_if_branches():
 def test_cache_key_depends_on_this_hosts_int8_arithmetic(monkeypatch):
     """A cache shared by a saturating and a non-saturating host must not hand one the
     other's artifact: their int8 candidates are scored on different paths."""
-    import edgec.dsl.host as host
     from edgec.compiler import CompileOptions, _cache_key, _read_inputs
 
     repo = Path(__file__).resolve().parents[2]
@@ -385,6 +386,6 @@ def test_cache_key_depends_on_this_hosts_int8_arithmetic(monkeypatch):
                           str(repo / "spec_examples" / "rpi4.edge"), options)
     keys = {}
     for saturates in (True, False):
-        monkeypatch.setattr(host, "onnxruntime_saturates", lambda s=saturates: s)
+        monkeypatch.setattr(machine, "onnxruntime_saturates", lambda s=saturates: s)
         keys[saturates] = _cache_key(inputs, options)[0]
     assert keys[True] != keys[False]

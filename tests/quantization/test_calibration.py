@@ -36,3 +36,18 @@ def test_entropy_keeps_the_range_of_a_uniform_distribution():
     counts = np.full(2048, 100)
     edges = np.linspace(0, 1, 2049)
     assert entropy_threshold(counts, edges) > 0.95
+
+
+def test_a_large_tensor_is_counted_at_a_stride_with_the_same_percentiles():
+    from edgec.quantization import calibration
+
+    rng = np.random.default_rng(0)
+    values = rng.laplace(0, 1, 3 * calibration.HISTOGRAM_MAX_VALUES + 7).astype(np.float32)
+    hist = Histogram(np.abs(values).max())
+    hist.add(values)
+    assert hist.counts.sum() <= calibration.HISTOGRAM_MAX_VALUES
+    observed = minmax_range(values)
+    lo, hi = percentile_range(hist, 99.99, observed)
+    # Tolerance: within 5 % of numpy's exact percentiles over every value.
+    exact_lo, exact_hi = np.percentile(values, [0.01, 99.99])
+    assert abs(hi - exact_hi) < 0.05 * exact_hi and abs(lo - exact_lo) < 0.05 * abs(exact_lo)

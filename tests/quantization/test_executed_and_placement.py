@@ -151,6 +151,7 @@ def test_one_calibration_serves_every_policy_on_the_same_model_and_samples(monke
     real_observe = qdq.observe
     monkeypatch.setattr(qdq, "observe", lambda *a, **k: runs.append(1) or real_observe(*a, **k))
     monkeypatch.setattr(qdq, "_CALIBRATIONS", [])
+    monkeypatch.setattr(qdq, "_OBSERVATIONS", {})
     model = _model()
     qdq.prepare(model, QuantConfig())
     first = qdq.calibrate(model, CAL, QuantConfig())
@@ -158,6 +159,7 @@ def test_one_calibration_serves_every_policy_on_the_same_model_and_samples(monke
     assert again is first and len(runs) == 1
     # The ranges are those a calibration for that policy alone finds.
     monkeypatch.setattr(qdq, "_CALIBRATIONS", [])
+    monkeypatch.setattr(qdq, "_OBSERVATIONS", {})
     alone = qdq._calibrate(model, export_model(model), CAL, QuantConfig(), qdq._needed_names(
         model, QuantConfig()), 16, None)
     assert all(first.ranges[k] == v for k, v in alone.ranges.items())

@@ -34,6 +34,7 @@ def test_mixed_precision_keeps_outlier_layer_fp32_and_holds(monkeypatch):
     from edgec.quantization import qdq
 
     monkeypatch.setattr(qdq, "_CALIBRATIONS", [])  # calibrated afresh: its stage is shown
+    monkeypatch.setattr(qdq, "_OBSERVATIONS", {})
     stages = []
     proto = outlier_mlp()
     config, report = mixed_precision(import_model(proto), CAL, "sqnr", "30dB", eval_samples=EVAL,

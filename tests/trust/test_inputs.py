@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from edgec.testing.models import mlp
+from edgec.testing.plugins import fake_distribution
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,11 +219,8 @@ def test_plugin_calling_sys_exit_on_import_is_a_broken_plugin_not_a_success(tmp_
     site = tmp_path / "site"
     (site / "exiter").mkdir(parents=True)
     (site / "exiter" / "__init__.py").write_text("import sys\nsys.exit(0)\n")
-    info = site / "exiter-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: exiter\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[edgec.passes]\nexit-pass = exiter:Pass\n"
-                                           "[edgec.backends]\nexit-backend = exiter:Backend\n")
+    fake_distribution(site, "exiter", "0.1", {"exit-pass": "exiter:Pass"},
+                      groups={"edgec.backends": {"exit-backend": "exiter:Backend"}})
     onnx.save(mlp(), str(tmp_path / "m.onnx"))
     env = {"PYTHONPATH": f"{REPO}{os.pathsep}{site}"}
     result = edgec_cli("opt", "m.onnx", "-o", "out.onnx", cwd=tmp_path, env=env)
