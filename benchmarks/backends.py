@@ -267,17 +267,22 @@ def write_json(args, rows: list[dict]) -> None:
         f.write("\n")
 
 
+def _ms(value: float) -> str:
+    """Milliseconds to three significant figures (a 20 us model is not 0.02)."""
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
 def _variant_cells(cell) -> list[str]:
     if cell is None:
         return ["-"] * 5
     if cell.get("same_graph_as_legalized"):
         return ["same graph"] + ["="] * 4
     if not cell.get("imports"):
-        return [f"no import: {cell['error'][:40]}"] + ["-"] * 4
+        return [f"no import: {cell['error'][:60]}"] + ["-"] * 4
     tasks = f"{cell['tasks_total']}+{cell['tasks_dynamic']}dyn"
     if cell.get("tasks_untuned"):
         tasks += f" ({cell['tasks_untuned']} untuned)"
-    return [tasks, str(cell["trials_run"]), f"{cell['build_s']:.0f}", f"{cell['ms']:.2f}",
+    return [tasks, str(cell["trials_run"]), f"{cell['build_s']:.0f}", _ms(cell["ms"]),
             f"x{cell['ratio']:.2f}"]
 
 
@@ -286,7 +291,7 @@ def compare_table(rows: list[dict]) -> str:
              "tune+build s | tuned ms | x ORT |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         for variant in ("raw", "legalized"):
-            cells = [row["model"], f"{row['ort_ms']:.2f}", variant,
+            cells = [row["model"], _ms(row["ort_ms"]), variant,
                      *_variant_cells(row.get(variant))]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
