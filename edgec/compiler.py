@@ -195,13 +195,24 @@ def code_digest() -> str:
     return _code_digest
 
 
+def _input_digest(path: str, what: str) -> str:
+    """The sha256 of an input file; one that cannot be read (permissions, I/O error) is
+    the user's to fix: one located line, exit 2, not an internal error."""
+    try:
+        return art.sha256_file(path)
+    except OSError as e:
+        raise UsageError(Diagnostic.error(f"cannot read the {what}: {e.strerror or e}",
+                                          Location(path=path))) from None
+
+
 def _cache_key(inputs: _Inputs, options: CompileOptions) -> tuple[str, dict]:
     """A content hash of everything the artifact depends on, and the digests it is made of."""
     digests = {
         "model_sha256": hashlib.sha256(inputs.model_bytes).hexdigest(),
-        "external_data": {os.path.basename(p): art.sha256_file(p) for p in inputs.external_files},
-        "data": [art.sha256_file(p) for p in inputs.data_files],
-        "labels": [art.sha256_file(p) for p in inputs.labels_files],
+        "external_data": {os.path.basename(p): _input_digest(p, "external data file")
+                          for p in inputs.external_files},
+        "data": [_input_digest(p, "data file") for p in inputs.data_files],
+        "labels": [_input_digest(p, "labels file") for p in inputs.labels_files],
     }
     material = {
         "format_version": art.FORMAT_VERSION, "edgec": __version__, "inputs": digests,
@@ -300,7 +311,12 @@ _USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def _check_output_paths(out: str, inputs: _Inputs, cache_dir: str, depfile: str | None) -> None:
     """OUT is replaced on every compile: it must not be, or hold, anything the compile
-    reads or keeps (exit 2, before any work)."""
+    reads or keeps (exit 2, before any work). The cache folder must be a folder where
+    it exists: a file there would make every compile quietly cache nothing."""
+    if os.path.lexists(cache_dir) and not os.path.isdir(cache_dir):
+        raise UsageError(Diagnostic.error(
+            "the cache folder is not a folder (--cache-dir, else $EDGEC_CACHE_DIR or "
+            "~/.cache/edgec): nothing could be cached there", Location(path=cache_dir)))
     publish.check_output_folder(out, {
         "the model": [inputs.model_path, *inputs.external_files],
         "the spec": list(inputs.spec_files),

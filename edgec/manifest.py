@@ -57,6 +57,7 @@ def build_manifest(plan: Plan, files: dict, *, key: str, digests: dict, model_pa
                     "notes": chosen.result.notes},
         "search": spec.optimize.search,
         "candidates": candidate_records(plan),
+        **({"runoff": plan.runoff.manifest_record()} if plan.runoff else {}),
         **({"int8": chosen.int8} if chosen.int8 else {}),
         "accuracy": {"metric": spec.accuracy.metric, "value": ev.accuracy_value,
                      "held": ev.accuracy_held, "detail": ev.accuracy_detail,
@@ -92,6 +93,9 @@ def candidate_records(plan: Plan) -> list[dict]:
         if not chosen and e.held:
             reason = ("holds every budget, but search 'fastest' preferred a faster one"
                       if search == "fastest" else "holds every budget")
+            if plan.runoff and e.config.label in plan.runoff.between and plan.runoff.chosen:
+                reason = (f"holds every budget, but {plan.runoff.chosen} was faster side by "
+                          "side (run-off)")
         candidates.append({**e.config.to_json(), "status": status, "reason": reason,
                            "accuracy": e.accuracy_value, "accuracy_held": e.accuracy_held,
                            **({"accuracy_figures": e.accuracy_figures}
@@ -140,6 +144,7 @@ def build_measurements(plan: Plan) -> dict:
         "latency": chosen.latency.to_json() if chosen.latency else chosen.estimate,
         "passes": [r.to_json() for r in chosen.records],
         "phases": plan.phases,
+        **({"runoff": plan.runoff.measurements_record()} if plan.runoff else {}),
     }
 
 

@@ -221,6 +221,15 @@ def check_output_folder(out: str, protected: dict[str, list[str]]) -> None:
                     f"the output folder is or holds {what} ({p}); edgec replaces the output folder "
                     f"on every compile and never deletes its inputs: choose another -o",
                     Location(path=out)))
+    # An artifact inside another would be a folder the outer one's manifest does not
+    # list: the outer one could then never be replaced (nor the inner one kept by it).
+    parent = os.path.dirname(real_out)
+    while parent and parent != os.path.dirname(parent):
+        if art.read_manifest(parent) is not None:
+            raise UsageError(Diagnostic.error(
+                f"the output folder is inside the edgec artifact {parent}, which holds only "
+                "the files its manifest lists: choose another -o", Location(path=out)))
+        parent = os.path.dirname(parent)
 
 
 def check_replaceable(out: str) -> None:

@@ -43,6 +43,19 @@ def text_report(manifest: dict, measurements: dict) -> str:
         acc = format_value(metric, c.get("accuracy"))
         lines.append(f"  {c['label']:<{width}}  {c['status']:<8} {shown:<24} {acc:<10} "
                      f"{c.get('reason', '')}".rstrip())
+    runoff = m.get("runoff")
+    if runoff:
+        medians = measurements.get("runoff", {}).get("medians_ms", {})
+        fp32_ms = measurements.get("runoff", {}).get("fp32_ms")
+        lines.append(f"run-off: first latencies within {runoff['margin']:.0%} of the fastest; "
+                     f"timed again side by side ({runoff['rounds']} interleaved rounds, medians):")
+        lines += [f"  {label:<{width}}  {medians[label]:.3f} ms"
+                  + ("  chosen" if label == runoff["chosen"] else "")
+                  for label in sorted(runoff["between"], key=lambda k: medians.get(k, math.inf))
+                  if label in medians]
+        if runoff.get("fp32_reference") and fp32_ms is not None:
+            lines.append(f"  {runoff['fp32_reference']:<{width}}  {fp32_ms:.3f} ms  "
+                         "(reference for not-slower-than-fp32)")
     lines.append("")
     int8 = m.get("int8")
     if int8:
@@ -86,9 +99,7 @@ def text_report(manifest: dict, measurements: dict) -> str:
     if phases:
         lines.append("compile time per phase: " + ", ".join(
             f"{k} {v:.1f} s" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])))
-    lines += ["", "budgets:"]
-    for b in m["budgets"]:
-        lines.append(f"  {b['name']:<9} {b['status'].upper():<10} {b['detail']}")
+    lines += ["", "budgets:", *_budget_lines(m["budgets"])]
     lines.append("")
     if m["budgets_held"]:
         lines.append("ALL BUDGETS HOLD")
@@ -107,6 +118,13 @@ def text_report(manifest: dict, measurements: dict) -> str:
 # --------------------------------------------------------------------------- HTML
 
 _COLORS = {"chosen": "#1a7f37", "held": "#2f81f7", "rejected": "#cf222e", "error": "#8c959f"}
+
+
+def _budget_lines(budgets: list[dict]) -> list[str]:
+    """One line per budget, its name, status and detail in columns as wide as the
+    longest name (not-slower-than-fp32 is 20 characters)."""
+    width = max([9, *(len(b["name"]) for b in budgets)])
+    return [f"  {b['name']:<{width}} {b['status'].upper():<10} {b['detail']}" for b in budgets]
 
 
 def html_report(manifest: dict, measurements: dict) -> str:
@@ -317,8 +335,8 @@ def _tradeoff_chart(m: dict, measurements: dict) -> str:
         spots.setdefault((round(x / 4), round(y / 4)), []).append((x, y, c))
     for group in sorted(spots.values(), key=lambda g: (g[0][0], g[0][1])):
         x, y, c = group[0]
-        text = c["label"][:44] + (f" (+{len(group) - 1} at this point)" if len(group) > 1
-                                  else "")
+        text = _chart_label(c["label"]) + (f" (+{len(group) - 1} at this point)"
+                                           if len(group) > 1 else "")
         width = 6.3 * len(text)
         box = _place_label(x, y, width, placed, [(dx, dy) for dx, dy, _ in dots],
                            (L + 2, T, W - R, H - B))
@@ -331,6 +349,16 @@ def _tradeoff_chart(m: dict, measurements: dict) -> str:
                    f"{html.escape(text)}</text>")
     svg.append("</svg>")
     return "".join(svg) + _legend(m)
+
+
+def _chart_label(label: str, limit: int = 44) -> str:
+    """``label`` in at most ``limit`` characters for the chart, cut in the middle so that
+    its backend (" on ort") stays: the full label is the dot's tooltip and in the table."""
+    if len(label) <= limit:
+        return label
+    head, sep, backend = label.rpartition(" on ")
+    tail = sep + backend if sep and len(sep + backend) < limit // 2 else ""
+    return (head if tail else label)[:limit - len(tail) - 1].rstrip(" ,+(") + "\u2026" + tail
 
 
 def _place_label(x: float, y: float, width: float, placed: list, dots: list,

@@ -37,6 +37,7 @@ from edgec.ir.core import Graph, Model, Node, Value
 from edgec.ir.types import DataType, TensorType
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassResult
 from edgec.quantization.arithmetic import weight_range
+from edgec.quantization.options import check_exclusions
 from edgec.quantization.qdq import quantizable_graphs, quantize_weight
 
 
@@ -69,6 +70,7 @@ class QuantizeDynamic(Pass):
                                      "(format=contrib)")
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        check_exclusions(model, self.exclude, self.name)
         bits = weight_range(ctx.target, self.reduce_range).bits
         rewritten = biases = 0
         contrib_only = {op: 0 for op in CONTRIB_ONLY}

@@ -40,6 +40,7 @@ from edgec.metrics import BUILTIN_METRICS, metric_name, parse_metric, plugin_met
 from edgec.passmgr.base import OptionError, Pass, PassContext, PassError, PassResult
 from edgec.quantization.arithmetic import needs_exact_path, weight_range
 from edgec.quantization.qdq import ALL_OPS, QuantConfig, candidate_nodes, quantize_static
+from edgec.quantization.options import check_exclusions
 from edgec.quantization.samples import calibration_samples
 from edgec.quantization.fallback import mixed_precision
 
@@ -89,6 +90,7 @@ class QuantizeInt8(Pass):
                                            f"(1%, 0.05, 30dB), got '{self.tolerance}'") from None
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        check_exclusions(model, self.exclude, self.name)
         weights = weight_range(ctx.target, self.reduce_range)
         config = QuantConfig(ops=self.ops, calibration=self.calibration,
                              percentile=self.percentile, per_channel=self.per_channel,

@@ -99,6 +99,18 @@ def test_cache_copies_a_previous_build(tmp_path, spec):
         (tmp_path / "b" / "manifest.json").read_bytes()
 
 
+def test_a_cache_dir_that_is_a_file_is_refused_before_any_work(tmp_path, spec):
+    """It cached nothing, silently, on every compile."""
+    cache = tmp_path / "cache"
+    cache.write_text("mine")
+    result = edgec_cli("compile", DIGITS, "--spec", spec, "-o", tmp_path / "out", "--cache-dir",
+                       cache, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{cache}: error: the cache folder is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists() and cache.read_text() == "mine"
+
+
 def test_clean_builds_are_byte_identical(tmp_path, spec):
     for name in ("a", "b"):
         edgec.compile(DIGITS, spec, out=tmp_path / name, cache_dir=str(tmp_path / f"cache-{name}"))

@@ -380,6 +380,13 @@ class TVMBackend:
         can_tune = tuning_asked and (self._runnable_here(target) or options.rpc is not None)
 
         mod, bound = self._import_for_build(model, model_path, options, can_tune, notes)
+        legalized = _legalized_batch(model)
+        if not bound and legalized is not None:
+            notes.append(
+                f"takes batch {legalized} only: the model computes shapes at run time, which "
+                f"TVM's importer needs as constants, so legalize-tvm's bind-dims bound its "
+                f"symbolic batch to the spec's (`at batch {legalized}`); edgec run feeds it "
+                f"{legalized} rows at a time")
         tuning = None
         if tuning_asked:
             not_tuned = self._why_not_tuned(target, options, can_tune)

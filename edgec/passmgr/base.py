@@ -113,6 +113,11 @@ class PassError(Exception):
     """A pass could not do its job on this model; the message says why (exit 3)."""
 
 
+class PassUsageError(PassError):
+    """A pass was invoked without what it needs (calibration data, say): the invocation
+    is wrong, not the model (exit 2)."""
+
+
 @dataclass(frozen=True)
 class Pass:
     """Base of every pass. Subclasses are frozen dataclasses and set ``name``."""

@@ -20,7 +20,7 @@ from edgec.diagnostics import (Diagnostic, EdgecError, ExitCode, Location, Model
                                UsageError)
 from edgec.ir.core import Model
 from edgec.ir.verifier import verify_model
-from edgec.passmgr.base import Pass, PassContext, PassError
+from edgec.passmgr.base import Pass, PassContext, PassError, PassUsageError
 from edgec.passmgr.instruments import Instrument, PassRecord
 from edgec.passmgr.pipeline import (Pipeline, PassInvocation, PipelineSyntaxError,
                                     parse_pipeline)
@@ -147,7 +147,8 @@ class PassManager:
             raise type(e)(self._while_running(invocation, e.diagnostics), e.exit_code) from None
         except PassError as e:
             diag = Diagnostic.error(str(e), Location(path=self.source))
-            raise ModelError(self._while_running(invocation, [diag])) from None
+            error = UsageError if isinstance(e, PassUsageError) else ModelError
+            raise error(self._while_running(invocation, [diag])) from None
         except Exception as e:
             self._internal_failure(invocation, f"{type(e).__name__}: {e}",
                                    traceback.format_exc())

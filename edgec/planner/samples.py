@@ -115,13 +115,14 @@ def reference_outputs(model_path: str, original: onnx.ModelProto,
 
     try:
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        # Fatal only: a model it refuses is reported below, in one line naming the file.
+        so.log_severity_level = 4
         # From the file, so that external data resolves next to it.
         session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ModelError(Diagnostic.error(
             f"onnxruntime cannot run the original model, so accuracy cannot be checked: "
-            f"{str(e).splitlines()[0]}")) from None
+            f"{_ort_message(e)}", Location(path=model_path))) from None
     try:
         return run_all(lambda feed: session.run(None, feed), samples,
                        [i.name for i in session.get_inputs()], fixed_batch(original), layout)

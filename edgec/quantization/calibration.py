@@ -9,14 +9,28 @@ two-sided percentile and the |x| histogram KL needs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 HISTOGRAM_BINS = 4096  # over [-A, A]: 2048 bins for |x|, as TensorRT and onnxruntime use
 # Values one `Histogram.add` counts at most: a larger tensor (a 736x736 detector's maps
-# are 8.7M values a batch) is counted at an even stride. A million values place the
-# 99.99th percentile within a hundred values of the tail, and make the histogram pass of
-# a detector-sized model seconds instead of tens of seconds.
+# are 8.7M values a batch) is counted at a stride (`_sampling_stride`). A million values
+# place the 99.99th percentile within a hundred values of the tail, and make the histogram
+# pass of a detector-sized model seconds instead of tens of seconds.
 HISTOGRAM_MAX_VALUES = 1 << 20
+
+
+def _sampling_stride(size: int) -> int:
+    """The stride that counts at most HISTOGRAM_MAX_VALUES of ``size`` values, made
+    coprime with ``size``: every trailing block of axes (channels last, say) has a size
+    that divides ``size``, so a stride sharing a factor with it visits some channels only
+    (a stride of 2 over 512 channels: the even ones). Coprime, the stride walks every
+    residue of each such block."""
+    stride = -(-size // HISTOGRAM_MAX_VALUES)
+    while math.gcd(stride, size) != 1:
+        stride += 1
+    return stride
 
 
 def minmax_range(values: np.ndarray) -> tuple[float, float]:
@@ -39,7 +53,7 @@ class Histogram:
     def add(self, values: np.ndarray) -> None:
         v = np.asarray(values, dtype=np.float32).reshape(-1)
         if v.size > HISTOGRAM_MAX_VALUES:
-            v = v[::-(-v.size // HISTOGRAM_MAX_VALUES)]
+            v = v[::_sampling_stride(v.size)]
         v = v[np.isfinite(v)]
         counts, _ = np.histogram(v, bins=len(self.counts), range=(-self.absmax, self.absmax))
         self.counts += counts

@@ -9,7 +9,7 @@ import numpy as np
 from edgec.data import load_samples, model_inputs
 from edgec.frontend import export_model
 from edgec.ir.core import Model
-from edgec.passmgr.base import PassContext, PassError
+from edgec.passmgr.base import PassContext, PassUsageError
 
 
 def calibration_samples(model: Model, ctx: PassContext, path: str, pass_name: str) -> dict[str, np.ndarray]:
@@ -18,5 +18,5 @@ def calibration_samples(model: Model, ctx: PassContext, path: str, pass_name: st
     if path:
         proto = export_model(model)
         return load_samples(path, model_inputs(proto), what="calibration data")
-    raise PassError(f"{pass_name} needs calibration data: run it under `edgec compile` with "
+    raise PassUsageError(f"{pass_name} needs calibration data: run it under `edgec compile` with "
                     f"data in the spec (or --data), or give {pass_name}{{calibration-data=FILE.npz}}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from edgec.ir.core import Graph, Model, Node, Value
+from edgec.ir.shape_inference import infer_types
 from edgec.ir.types import TensorType
 from edgec.passmgr.base import Pass, PassContext, PassResult
 
@@ -136,8 +137,26 @@ class SinkIntoIf(Pass):
     name: ClassVar[str] = "sink-into-if"
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        graph = model.graph
-        symbols = _input_symbols(graph)
+        symbols = _input_symbols(model.graph)
+        sunk = moved = 0
+        # Outermost first: a tail moved into a branch may follow an If there, which then
+        # takes it on; the copies get their types from shape inference before that.
+        graphs = [model.graph]
+        while graphs:
+            level_sunk = 0
+            for graph in graphs:
+                count, nodes = self._sink(graph, symbols)
+                level_sunk += count
+                moved += nodes
+            sunk += level_sunk
+            if level_sunk:
+                infer_types(model, ctx.diagnostics)
+            graphs = [sub for graph in graphs for node in graph for sub in node.subgraphs()]
+        return PassResult(sunk > 0, {"ifs": sunk, "nodes-moved": moved})
+
+    @staticmethod
+    def _sink(graph: Graph, symbols: set[str]) -> tuple[int, int]:
+        """Sinks the tails of ``graph``'s own If nodes; returns (Ifs, nodes moved)."""
         sunk = moved = 0
         for if_node in [n for n in graph if n.op_type == "If" and n.domain in ONNX_DOMAINS]:
             found = _tail(if_node, list(graph), symbols)
@@ -164,4 +183,4 @@ class SinkIntoIf(Pass):
             graph.sort()
             sunk += 1
             moved += len(tail)
-        return PassResult(sunk > 0, {"ifs": sunk, "nodes-moved": moved})
+        return sunk, moved

@@ -170,3 +170,15 @@ def test_a_tvm_build_failure_is_one_named_line(tmp_path, legalize_tvm_registered
     # TVM's FFI hands the pass's ScheduleFailed back as a RuntimeError.
     assert "Error: no dlight GPU rule schedules the fused function '" in message, message
     assert "the Matmul rule raised AssertionError" in message and "\n" not in message, message
+
+
+def test_a_batch_legalize_tvm_bound_is_said_in_the_report(tmp_path, legalize_tvm_registered):
+    """The jax2tf CNN reads its shapes at run time, so bind-dims binds its symbolic batch
+    to the spec's: the untuned module takes batch 1 only. The manifest said so
+    (backend.details.batch) but no note did, as one does for a batch tuning bound."""
+    art = _compile(tmp_path, _corpus_model("jax2tf-cnn").model, "host")
+    backend = art.manifest["backend"]
+    assert backend["details"]["batch"] == 1 and not backend["tuned"]
+    (note,) = [n for n in backend["notes"] if "takes batch 1 only" in n]
+    assert "bind-dims" in note
+    assert note in (tmp_path / "out" / "report.txt").read_text()

@@ -129,3 +129,42 @@ def test_budget_summary_suggests_relaxing_the_tolerance_only_when_that_would_shi
     assert not any("relax the tolerance" in line for line in lines)
     lines = summary([int8("held")], int8("held"), spec)
     assert any("relax the tolerance to ship it" in line for line in lines)
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc/self/mem")
+def test_a_data_file_that_cannot_be_read_is_one_line(tmp_path):
+    # /proc/self/mem opens but fails every read at offset 0 (EIO), as an unreadable or
+    # failing file does, for root too; the cache key hashed it before any check read it.
+    r = edgec("compile", DIGITS, "--spec", _spec(tmp_path / "s.edge"), "--data", "/proc/self/mem",
+              "-o", tmp_path / "out", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("/proc/self/mem: error: cannot read the data file"), r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_onnxruntime_cannot_load_is_one_located_line(tmp_path):
+    # A batch-first LSTM (layout=1): valid ONNX that onnxruntime's CPU kernel refuses.
+    # onnxruntime's own error log line reached the terminal, and edgec's line named no file.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("W", (1, 32, 4)), ("R", (1, 32, 8)), ("B", (1, 64)))]
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y"], hidden_size=8, layout=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 1, 8])], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "lstm.onnx"))
+    (tmp_path / "s.edge").write_text("target host\nbudget {\n  latency < 1 s p50 at batch 1\n}\n"
+                                     "optimize {\n  precision fp32\n  backend ort\n}\n")
+    r = edgec("compile", "lstm.onnx", "--spec", "s.edge", "-o", "out", "-q", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("lstm.onnx: error: onnxruntime cannot run the original model"), lines
+    assert not (tmp_path / "out").exists()

@@ -150,3 +150,17 @@ def test_good_model_round_trips_through_stdin_and_stdout(tmp_path):
                             input=data, capture_output=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert onnx.load_from_string(result.stdout) == onnx.load_from_string(data)
+
+
+@pytest.mark.parametrize("pipeline", ["quantize-int8", "quantize-int8{calibration=auto}"])
+def test_a_quantizer_without_calibration_data_is_a_usage_error(tmp_path, pipeline):
+    # The model is fine; the invocation lacks an option: exit 2 (usage), not 3 (model).
+    digits = os.path.join(os.path.dirname(__file__), "..", "..", "spec_examples", "digits.onnx")
+    r = edgec("opt", digits, "-p", pipeline, "-o", "out.onnx", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    first, *notes = r.stderr.strip().splitlines()
+    assert first.endswith("error: quantize-int8 needs calibration data: run it under `edgec compile` "
+                          "with data in the spec (or --data), or give "
+                          "quantize-int8{calibration-data=FILE.npz}"), first
+    assert first.startswith(digits) and all(n.startswith("note: ") for n in notes), r.stderr
+    assert not (tmp_path / "out.onnx").exists()

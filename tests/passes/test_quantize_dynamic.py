@@ -1,7 +1,11 @@
 """quantize-dynamic: MatMul(+bias Add) -> DynamicQuantizeMatMul, or standard ops;
 numerics against onnxruntime on the model before the pass."""
 
+import subprocess
+import sys
+
 import numpy as np
+import onnx
 import pytest
 
 from edgec.testing.passes import load, run_pass
@@ -175,3 +179,23 @@ def test_contrib_only_ops_need_the_contrib_format():
         QuantizeDynamic(ops=("LSTM",), format="standard")
     with pytest.raises(OptionError, match="not Conv"):
         QuantizeDynamic(ops=("Conv",))
+
+
+def test_an_excluded_name_that_is_no_node_is_a_usage_error_with_the_closest_name(tmp_path):
+    """exclude= naming nothing would quantize the layer the user meant to keep: both
+    quantizers refuse it, exit 2, with the node name closest to the typo."""
+    onnx.save(mlp(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "x.npz", input=np.zeros((4, 64), np.float32))
+    for pipeline in ("quantize-dynamic{exclude=/fc1/MatMull}",
+                     f"quantize-int8{{exclude=/fc1/MatMull calibration-data={tmp_path / 'x.npz'}}}"):
+        result = subprocess.run([sys.executable, "-m", "edgec", "opt", "m.onnx", "-p", pipeline,
+                                 "-o", "o.onnx"], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert "no node named '/fc1/MatMull' (did you mean '/fc1/MatMul'?)" in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "o.onnx").exists()
+    kept = subprocess.run([sys.executable, "-m", "edgec", "opt", "m.onnx", "-p",
+                           "quantize-dynamic{exclude=/fc1/MatMul}", "-o", "o.onnx"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr
+    ops = [n.op_type for n in onnx.load(tmp_path / "o.onnx").graph.node]
+    assert "MatMul" in ops  # the excluded layer stays fp32

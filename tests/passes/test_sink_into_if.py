@@ -181,3 +181,45 @@ def test_it_fits_the_pass_contract_and_is_an_entry_point():
     assert "legal" in SinkIntoIf.__doc__.lower()
     text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert 'sink-into-if = "edgec.passes.legalize_tvm:SinkIntoIf"' in text
+
+
+def test_an_if_inside_a_branch_gets_the_tail_too():
+    """The framing If nested in another If's branch: the outer If's tail moves into its
+    branches, where it follows the inner If, and from there into the inner If's branches.
+    Before, TVM's importer met the inner If's output of unknown shape (its build failed)."""
+    inner = _framing_if("inner_framed")
+    outer_then = helper.make_graph([inner], "outer_then", [],
+                                   [helper.make_tensor_value_info("inner_framed", TensorProto.FLOAT, None)])
+    outer_else = helper.make_graph([helper.make_node("Identity", ["x"], ["whole"])], "outer_else", [],
+                                   [helper.make_tensor_value_info("whole", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Equal", ["rate", "sixteen_k"], ["is_16k"]),
+             helper.make_node("If", ["framing"], ["framed"], then_branch=outer_then, else_branch=outer_else),
+             helper.make_node("Relu", ["framed"], ["relu"]),
+             helper.make_node("ReduceMean", ["relu"], ["pooled"], axes=[1], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "nested",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+         helper.make_tensor_value_info("rate", TensorProto.INT64, []),
+         helper.make_tensor_value_info("framing", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch"])],
+        [numpy_helper.from_array(np.array(16000, np.int64), "sixteen_k")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = _inferred(proto)
+    result = run_pass(SinkIntoIf(), model)
+    assert result.modified and result.stats["ifs"] == 2
+    assert _ops(model) == ["Equal", "If"]
+
+    def ifs(g):
+        for node in g:
+            if node.op_type == "If":
+                yield node
+            for sub in node.subgraphs():
+                yield from ifs(sub)
+
+    assert len(list(ifs(model.graph))) == 2
+    for node in ifs(model.graph):
+        for out in node.outputs:
+            assert out.type.shape is not None and out.type.shape.dims == ("batch",), (node.name, out.type)
+    for feed in _feeds():
+        for framing in (True, False):
+            assert_same_outputs(proto, model, rtol=0, atol=0, feed={**feed, "framing": np.array(framing)})

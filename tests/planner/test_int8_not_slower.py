@@ -97,13 +97,24 @@ def test_an_int8_winner_slower_side_by_side_is_rejected_and_fp32_ships(monkeypat
     fp32 it is slower, so the choice is made again."""
     from edgec.planner import plan as plan_module
 
+    from types import SimpleNamespace
+
+    from edgec.planner.evaluate import Attempt
+
     fp32 = _evaluation("fp32 on ort", "fp32", 15.6)
     lucky = _evaluation("int8 (contiguous regions) on ort", "int8", 9.0)
-    tried = [type("A", (), {"evaluation": e})() for e in (fp32, lucky)]
-    ctx = type("C", (), {"spec": type("S", (), {"optimize": type("O", (), {"search": "fastest"})()})()})()
-    monkeypatch.setattr(plan_module, "_interleaved", lambda ctx, a, b: (17.0, 15.0))
-    winner, _ = plan_module._choose_not_slower_than_fp32(ctx, tried, [fp32, lucky])
-    assert winner is fp32
+    tried = [Attempt(e, e.config.label) for e in (fp32, lucky)]
+    ctx = SimpleNamespace(spec=SimpleNamespace(optimize=SimpleNamespace(search="fastest")),
+                          build_options=SimpleNamespace(progress=lambda *a: None))
+    timed = []
+
+    def interleaved(ctx, *attempts, **options):
+        timed.append([a.evaluation for a in attempts])
+        return (17.0, 15.0)
+    monkeypatch.setattr(plan_module, "_interleaved", interleaved)
+    winner, _, runoff = plan_module._choose_not_slower_than_fp32(ctx, tried, [fp32, lucky])
+    assert timed == [[lucky, fp32]]  # 9 ms is not within noise of 15.6: no run-off
+    assert winner is fp32 and runoff is None
     verdict = next(b for b in lucky.budgets if b["name"] == "not-slower-than-fp32")
     assert verdict["status"] == "missed" and "17 ms against 15 ms" in verdict["detail"]
 

@@ -71,3 +71,22 @@ optimize {{
         assert held["status"] == "held" and "side by side, interleaved" in held["detail"]
     else:
         assert ops == {"LSTM"}
+
+
+def test_the_dynamic_candidates_are_offered_for_attention_and_lstm_not_for_a_softmax_head():
+    """A transformer's Softmax feeds its P·V MatMul and an LSTM is an LSTM: both get the
+    dynamic candidates. A classifier whose MatMul head ends in an output Softmax has
+    MatMul and Softmax too, but nothing quantize-dynamic could change."""
+    from edgec.planner.plan import _op_types
+    from edgec.planner.search import may_have_lstm_or_attention
+    from edgec.testing.models import mlp, transformer_encoder
+
+    assert may_have_lstm_or_attention(_op_types(transformer_encoder().graph))
+    assert may_have_lstm_or_attention(_op_types(bilstm_model().graph))
+    head = mlp()
+    logits = head.graph.output[0].name
+    head.graph.node.append(helper.make_node("Softmax", [logits], ["probabilities"], axis=-1))
+    head.graph.output[0].name = "probabilities"
+    ops = _op_types(head.graph)
+    assert {"MatMul", "Softmax"} <= ops
+    assert not may_have_lstm_or_attention(ops)

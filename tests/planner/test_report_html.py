@@ -102,6 +102,27 @@ def test_labels_of_nearby_candidates_do_not_overlap():
     assert xs["int8 (Conv, MatMul, Gemm) on ort"] - xs["fp32 on ort"] > 60
 
 
+def test_a_long_label_keeps_its_backend():
+    """The dynamic LSTM/attention candidates' labels run past the chart's 44 characters:
+    cut plainly they lost 'ort' ("... attention on  (+1 at this point)")."""
+    import re
+
+    from edgec.report import _tradeoff_chart
+
+    points = [("fp32 on ort", "held", 0.386, 1.0),
+              ("int8 (contiguous regions) + dynamic LSTM, attention on ort", "chosen", 0.355, 1.0)]
+    manifest = {"candidates": [{"label": l, "status": s, "accuracy": a} for l, s, _, a in points],
+                "accuracy": {"metric": "top1-agreement"},
+                "spec": {"budget": {}, "accuracy": {"metric": "top1-agreement",
+                                                    "tolerance": {"value": 1, "unit": "%"}}}}
+    measurements = {"candidates": [{"label": l, "latency": {"p50_ms": ms, "where": "host"}}
+                                   for l, _, ms, _ in points]}
+    labels = re.findall(r"<text class='label'[^>]*>([^<]*)</text>", _tradeoff_chart(manifest, measurements))
+    long = next(t for t in labels if "dynamic" in t)
+    assert long.endswith("… on ort") and len(long) <= 44, long
+    assert "fp32 on ort" in labels
+
+
 @pytest.fixture(scope="module")
 def chromium():
     """The browser (before `report` compiles anything): missing, a skip, or a failure
@@ -132,3 +153,11 @@ def test_chart_is_drawn_in_headless_chromium(chromium, report, tmp_path):
     assert count((0x1a, 0x7f, 0x37)) > 100, "the chosen candidate's dot is missing"
     assert count((0xcf, 0x22, 0x2e)) > 100, "the latency budget line or a rejected dot is missing"
     assert count((0xbf, 0x87, 0x00)) > 100, "the accuracy tolerance line is missing"
+
+
+def test_the_budget_lines_keep_their_columns_with_a_long_budget_name():
+    from edgec.report import _budget_lines
+    lines = _budget_lines([{"name": "latency", "status": "held", "detail": "p50 within 5 ms"},
+                           {"name": "not-slower-than-fp32", "status": "missed", "detail": "1 ms against 0.9 ms"}])
+    assert [line.index("HELD") if "HELD" in line else line.index("MISSED") for line in lines] == [23, 23]
+    assert [line.index(detail) for line, detail in zip(lines, ("p50", "1 ms"))] == [34, 34]

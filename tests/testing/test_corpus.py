@@ -181,3 +181,47 @@ def test_cli_writes_model_data_and_spec(tmp_path):
     assert spec is not None and not any(d.is_error for d in diagnostics)
     session(model).run(None, {"x": data["x"]})
     assert main(["no-such-model", "-o", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("name", ["crnn", "dbnet"])
+def test_cli_spec_names_only_labels_edgec_reads(tmp_path, name):
+    """`edgec compile DIR/model.onnx --spec DIR/host.edge` must read what the spec names:
+    the CRNN's per-step targets and the detector's text maps are not class labels (edgec's
+    labels are one integer class per sample), so the spec does not name them."""
+    from edgec.data import load_labels
+    from edgec.dsl import check_spec
+    from edgec.testing.corpus.__main__ import main
+
+    params = [f"--param={key}={value}" for key, value in SMALL[name].items()]
+    assert main([name, *params, "--count", "2", "-o", str(tmp_path / "out")]) == 0
+    spec, diagnostics = check_spec(tmp_path / "out" / "host.edge")
+    assert spec is not None and not any(d.is_error for d in diagnostics)
+    if spec.accuracy.labels:
+        load_labels(str(tmp_path / "out" / spec.accuracy.labels))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--count", "-3"], "--count must be at least 1"),
+    (["--count", "0"], "--count must be at least 1"),
+    (["--seed", "10000"], "--seed must be in 0..9999"),
+    (["--seed", "-1"], "--seed must be in 0..9999"),
+])
+def test_cli_refuses_bad_counts_and_seeds_in_one_line(tmp_path, capsys, args, message):
+    # A negative count was a numpy traceback; seeds from 10000 on are the ones the
+    # models were fitted with (10_000 + seed), which the help promised to keep apart.
+    from edgec.testing.corpus.__main__ import main
+
+    assert main(["jax2tf-cnn", *args, "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {message}, got {args[1]}"], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_an_output_that_is_a_file(tmp_path, capsys):
+    from edgec.testing.corpus.__main__ import main
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["jax2tf-cnn", "-o", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder" in err[0], err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -93,6 +93,18 @@ def test_compile_refuses_a_cache_or_depfile_inside_the_output_folder(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_compile_refuses_an_output_folder_inside_an_artifact(tmp_path):
+    # An artifact written into another one made the outer artifact hold a folder its
+    # manifest does not list: every later compile of it was refused, 'which edgec did
+    # not write'. It is refused before anything is written.
+    assert compile_(tmp_path, "out").returncode == 0
+    before = tree(tmp_path / "out")
+    r = compile_(tmp_path, "out/nested")
+    assert_one_line_usage_error(r, "out/nested", "inside the edgec artifact")
+    assert tree(tmp_path / "out") == before and not (tmp_path / "out" / "nested").exists()
+    assert not leftovers(tmp_path)
+
+
 def test_compile_refuses_an_artifact_holding_anything_else(tmp_path):
     assert compile_(tmp_path, "out").returncode == 0
     (tmp_path / "out" / "notes.txt").write_text("mine")

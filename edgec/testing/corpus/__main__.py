@@ -58,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.name not in MODELS:
         print(f"error: unknown corpus model {args.name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
         return 2
+    if args.count < 1:
+        print(f"error: --count must be at least 1, got {args.count}", file=sys.stderr)
+        return 2
+    if not 0 <= args.seed < 10_000:  # from 10000 on: the seeds the models are fitted with
+        print(f"error: --seed must be in 0..9999, got {args.seed}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        print(f"error: {out} exists and is not a folder", file=sys.stderr)
+        return 2
     parameters = {}
     for item in args.param:
         key, _, value = item.partition("=")
@@ -71,15 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     except (TypeError, ValueError) as error:
         print(f"error: {args.name}: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create {out}: {e.strerror}", file=sys.stderr)
+        return 2
     onnx.save(corpus.model, str(out / "model.onnx"))
     inputs, labels = corpus.data(args.count, args.seed)
     np.savez(out / "data.npz", **inputs)
     if labels:
         np.savez(out / "labels.npz", **labels)
+    # edgec's labels are one integer class per sample; per-step targets (CRNN) and text
+    # maps (DBNet) are written for the user but not named in the spec, which compile reads.
+    class_labels = bool(labels) and all(np.ndim(a) == 1 and np.asarray(a).dtype.kind in "iu"
+                                        for a in labels.values())
     spec = out / "host.edge"
-    spec.write_text(spec_text(corpus.name, corpus.metric, corpus.layout, bool(labels), str(spec)))
+    spec.write_text(spec_text(corpus.name, corpus.metric, corpus.layout, class_labels, str(spec)))
     print(f"wrote {out}/model.onnx, data.npz{', labels.npz' if labels else ''}, host.edge "
           f"({corpus.metric}, {corpus.layout} data, {args.count} samples)")
     return 0
