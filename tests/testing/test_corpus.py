@@ -183,6 +183,57 @@ def test_cli_writes_model_data_and_spec(tmp_path):
     assert main(["no-such-model", "-o", str(tmp_path / "x")]) == 2
 
 
+def _with_output(model: onnx.ModelProto, value: str) -> onnx.ModelProto:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(onnx.ValueInfoProto(name=value))
+    return probe
+
+
+def _white_noise(value: np.ndarray, db: float, seed: int = 0) -> np.ndarray:
+    rms = np.sqrt(np.mean(value.astype(np.float64) ** 2))
+    return value + np.random.default_rng(seed).normal(0.0, rms * 10 ** (-db / 20), value.shape)
+
+
+def test_dbnet_meets_the_corpus_criterion(built):
+    """The criterion of edgec.testing.corpus (benchmarks/int8_fragility.py measures it at
+    full size): confident against the labels, and white noise at 40 dB SQNR on the
+    pre-Sigmoid map costs well under the 1 % IoU tolerance. At 160x160 the figures are
+    IoU 0.87, 4.9 % of positive pixels uncertain, 0.996 under noise (the random-FPN
+    construction before: IoU 0.58, 13.5 % uncertain, 0.983 under noise; each assert
+    below fails on it)."""
+    model = built["dbnet"].model
+    logits_name = next(node for node in model.graph.node if node.op_type == "Sigmoid").input[0]
+    inputs, labels = built["dbnet"].data(8, 3)
+    probability, logits = session(_with_output(model, logits_name)).run(None, inputs)
+    target = labels["sigmoid_0.tmp_0"] > 0.5
+
+    def iou(a, b):
+        return np.mean([(x & y).sum() / max(1, (x | y).sum()) for x, y in zip(a, b)])
+
+    assert iou(probability > 0.5, target) > 0.8
+    assert np.mean((probability[target] > 0.3) & (probability[target] < 0.7)) < 0.1
+    noisy = 1 / (1 + np.exp(-_white_noise(logits, 40)))
+    assert iou(noisy > 0.5, probability > 0.5) > 0.99
+
+
+def test_mobilenet_v3_small_meets_the_corpus_criterion(built):
+    """White noise at 40 dB SQNR on the 1280-d features before the head keeps top-1
+    (0.99 at 96x96, 1.0 at 224x224 like ResNet-18 and MobileNetV2; random full-scale
+    squeeze-excite gates gave 0.95 at 96x96 and accuracy 0.82: both asserts fail on them),
+    and held-out accuracy stays high."""
+    entry = built["mobilenet-v3-small"]
+    model = entry.model
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    matmul = next(node for node in model.graph.node if node.op_type == "MatMul")
+    add = next(node for node in model.graph.node if node.op_type == "Add" and node.input[0] == matmul.output[0])
+    inputs, labels = entry.data(100, 6)
+    probabilities, features = session(_with_output(model, matmul.input[0])).run(None, inputs)
+    assert np.mean(probabilities.argmax(1) == labels["softmax_0.tmp_0"]) >= 0.85
+    noisy = _white_noise(features, 40) @ initializers[matmul.input[1]] + initializers[add.input[1]]
+    assert np.mean(noisy.argmax(1) == probabilities.argmax(1)) >= 0.97
+
+
 @pytest.mark.parametrize("name", ["crnn", "dbnet"])
 def test_cli_spec_names_only_labels_edgec_reads(tmp_path, name):
     """`edgec compile DIR/model.onnx --spec DIR/host.edge` must read what the spec names:
