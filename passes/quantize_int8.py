@@ -108,7 +108,7 @@ class QuantizeInt8(Pass):
             infer_types(model, ctx.diagnostics)
         samples = calibration_samples(model, ctx, self.calibration_data, self.name)
         stats: dict[str, int | float] = {"weight-bits": weights.bits}
-        count = min(len(v) for v in samples.values())
+        count = min((len(v) for v in samples.values()), default=0)  # a model with no inputs: none
         held_out = ({k: v[self.samples:] for k, v in samples.items()}
                     if count > self.samples else None)
         if self.calibration == "auto" and self.fallback != "per-layer":
