@@ -8,6 +8,11 @@ decimated by two (``Slice`` with step 2), at 8 kHz it is taken as it is; both gi
 basis → magnitude → ``Log`` → Conv/Relu encoder → ``ReduceMean`` over time → one
 ``LSTM`` step from ``state`` → ``Relu`` → ``MatMul``/``Add`` → ``Sigmoid``. Outputs
 ``output`` [N, 1] (voice probability) and ``stateN`` [2, N, 128].
+
+Weights as training leaves them (``benchmarks/weight_realism.py`` measures them): the
+reparam convs hold BatchNorms folded in with the task audio's statistics, the LSTM sees
+the pooled features centred (into its gate biases) and scaled by one factor, and the
+head is fitted by cross-entropy with weight decay picked on held-out chunks.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from edgec.testing.corpus.graph import TORCH, ExporterGraph, float_input, logistic, run_values, set_initializer
+from edgec.testing.corpus.graph import (TORCH, ExporterGraph, batchnorm_params, decayed_head, float_input, run_values,
+                                        set_initializer)
 
 OPSET = 16
 SAMPLES = 512
@@ -61,7 +67,7 @@ def _branch(name: str, nodes, output: str) -> object:
     return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
 
 
-def silero_vad(seed: int = 0, train: int = 800):
+def silero_vad(seed: int = 0, train: int = 800, holdout: int = 200):
     """The fitted VAD and its task (module docstring)."""
     task = VoiceTask(seed=seed)
     g = ExporterGraph("silero_vad", TORCH, OPSET, seed)
@@ -97,13 +103,17 @@ def silero_vad(seed: int = 0, train: int = 800):
     magnitude = g.node("Sqrt", [power], "/stft")
     x = g.node("Log", [g.node("Add", [magnitude, g.scalar("/stft/Constant_7_output_0", 1e-3)], "/stft")], "/stft")
     channels = BINS
+    encoder = []  # (conv output, weight, bias, BatchNorm scale and shift) per layer
     for layer, (cout, stride) in enumerate(((64, 1), (64, 2), (64, 1))):
         scope = f"/encoder/encoder.{layer}/reparam_conv"
         weight = rng.normal(0.0, math.sqrt(2.0 / (channels * 3)), (cout, channels, 3))
         weight += rng.normal(0.0, math.sqrt(2.0 / (channels * 3)), (cout, channels, 1))
-        x = g.node("Conv", [x, g.initializer(f"encoder.{layer}.reparam_conv.weight", weight.astype(np.float32)),
-                            g.initializer(f"encoder.{layer}.reparam_conv.bias", np.zeros(cout, np.float32))],
-                   scope, dilations=[1], group=1, kernel_shape=[3], pads=[1, 1], strides=[stride])
+        gamma, beta, _, _ = batchnorm_params(rng, cout)
+        w_name = g.initializer(f"encoder.{layer}.reparam_conv.weight", weight.astype(np.float32))
+        b_name = g.initializer(f"encoder.{layer}.reparam_conv.bias", np.zeros(cout, np.float32))
+        x = g.node("Conv", [x, w_name, b_name], scope, dilations=[1], group=1, kernel_shape=[3], pads=[1, 1],
+                   strides=[stride])
+        encoder.append((x, w_name, b_name, gamma, beta))
         x = g.node("Relu", [x], f"/encoder/encoder.{layer}/activation")
         channels = cout
     pooled = g.node("ReduceMean", [x], "/encoder", axes=[2], keepdims=0)
@@ -135,26 +145,42 @@ def silero_vad(seed: int = 0, train: int = 800):
         f"Silero-style LSTM voice-activity detector as the PyTorch exporter writes it; {SAMPLES}-sample chunks at "
         f"16 or 8 kHz, state [2, N, {HIDDEN}]; seed {seed}.")
 
-    # A trained LSTM's input weights see standardized encoder features: fold the
-    # features' mean and spread into W and B.
+    # Silero's reparam_conv is a Conv with its BatchNorm folded in: fold BatchNorms whose
+    # running statistics are those of the task's audio, layer by layer, so every encoder
+    # channel is normalized before its Relu (with zero biases, the log-magnitudes' large
+    # negative mean left six of the 64 pooled features dead and others nearly so).
     audio, _ = task.sample(256, 10_000 + seed)
-    zero_state = np.zeros((2, len(audio), HIDDEN), np.float32)
-    (pooled_values,) = run_values(model, _feed(audio[:, 0], zero_state), [pooled], batch=None)
-    mean, std = pooled_values.mean(0), pooled_values.std(0) + 1e-6
-    scaled = w_ih / std * 1.5
+    feed = _feed(audio[:, 0], np.zeros((2, len(audio), HIDDEN), np.float32))
+    initial = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for conv, w_conv, b_conv, gamma, beta in encoder:
+        (values,) = run_values(model, feed, [conv], batch=None)
+        factor = gamma / np.sqrt(values.var((0, 2)) + 1e-5)
+        set_initializer(model, w_conv, initial[w_conv] * factor[:, None, None])
+        set_initializer(model, b_conv, beta - values.mean((0, 2)) * factor)
+
+    # The LSTM's input weights see the pooled features centred (their mean folded into the
+    # gate biases) and scaled as a whole (one factor, as a normalization layer's): a
+    # per-feature 1/spread let the features of near-zero spread drive weights to 1.3e5.
+    (pooled_values,) = run_values(model, feed, [pooled], batch=None)
+    spread = float(np.sqrt(np.mean(pooled_values.var(0))))
+    scaled = w_ih * (1.5 / spread)
     bias = b.copy()
-    bias[0, :4 * HIDDEN] -= scaled[0] @ mean
+    bias[0, :4 * HIDDEN] -= scaled[0] @ pooled_values.mean(0)
     set_initializer(model, w_name, scaled)
     set_initializer(model, b_name, bias)
 
     # The classifier: logistic regression of the label on Relu(h) of the second chunk,
-    # the state carried over from the first.
-    audio, labels = task.sample(train, 20_000 + seed)
-    state = carried_state(model, audio[:, 0])
-    (feat,) = run_values(model, _feed(audio[:, 1], state), [features], batch=None)
-    weight, bias = logistic(feat, labels, l2=1e-3)
+    # the state carried over from the first, with weight decay picked on held-out chunks.
+    fitted = []
+    for count, sample_seed in ((train, 20_000 + seed), (holdout, 20_001 + seed)):
+        audio, labels = task.sample(count, sample_seed)
+        state = carried_state(model, audio[:, 0])
+        (feat,) = run_values(model, _feed(audio[:, 1], state), [features], batch=None)
+        fitted.append((feat, labels))
+    weight, bias, accuracy = decayed_head(fitted[0], fitted[1], 1)
     set_initializer(model, fc_w, weight)
     set_initializer(model, fc_b, bias)
+    model.doc_string += f" Held-out accuracy {accuracy:.4f}."
     return model, task
 
 
