@@ -8,7 +8,9 @@ onnxruntime itself, `executed.Int8Kernels`), and keeps only the regions (connect
 through the values they exchange, and through a Relu/Clip folded into its producer's
 quantization) that hold a Conv, MatMul or Gemm: a region of int8 data movement or
 elementwise ops alone adds transitions and saves no arithmetic. fp32 islands remain
-only where onnxruntime has no int8 kernel (HardSwish, ConvTranspose, linear Resize).
+only where onnxruntime has no int8 kernel (ConvTranspose, linear Resize; HardSwish and
+HardSigmoid too, unless `edgec.quantization.decompose` has rewritten them first, as
+`qdq.prepare` does for this placement).
 """
 
 from __future__ import annotations

@@ -77,6 +77,9 @@ class QuantConfig:
     # int16 sums saturate for full-range weights (onnxruntime's reduce_range). The safe
     # default here; the passes choose from the target (arithmetic.weight_range).
     reduce_range: bool = True
+    # Contiguous placement: HardSwish/HardSigmoid rewritten as Mul/Add/Clip, which run
+    # in int8 (`edgec.quantization.decompose`).
+    decompose_hard: bool = True
 
     @property
     def weight_bits(self) -> int:
@@ -550,6 +553,9 @@ def apply(model: Model, calibration: Calibration, config: QuantConfig) -> dict[s
         everyone = id(v) in plan.outputs
         _insert_qdq(constants, v, scale, zp, everyone, quantized_readers)
         stats["activations"] += 1
+    if config.placement == "contiguous" and config.decompose_hard:
+        from edgec.quantization.decompose import fold_scalar_multiplies
+        stats["scalar-muls-folded"] = fold_scalar_multiplies(model)
     for g in quantizable_graphs(model):
         g.remove_unused_initializers()
     return stats
@@ -635,8 +641,14 @@ def _insert_qdq(constants: _Parameters, v: Value, scale, zp: np.ndarray, everyon
 
 
 def prepare(model: Model, config: QuantConfig) -> int:
-    """The rewrites quantization wants first (BatchNormalization folded into Conv)."""
-    return fold_batchnorms(model) if config.fold_batchnorm else 0
+    """The rewrites quantization wants first (BatchNormalization folded into Conv;
+    for the contiguous placement, HardSwish/HardSigmoid written in ops with int8
+    kernels: `edgec.quantization.decompose`)."""
+    folded = fold_batchnorms(model) if config.fold_batchnorm else 0
+    if config.placement == "contiguous" and config.decompose_hard:
+        from edgec.quantization.decompose import decompose_hard_activations
+        decompose_hard_activations(model)
+    return folded
 
 
 def quantize_static(model: Model, samples: dict[str, np.ndarray], config: QuantConfig = QuantConfig(),
