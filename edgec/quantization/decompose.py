@@ -42,7 +42,7 @@ def _hard_sigmoid(graph, x: Value, alpha: float, beta: float, base: str) -> tupl
 def decompose_hard_activations(model: Model) -> int:
     """Rewrite every float HardSwish/HardSigmoid of the quantizable graphs as
     Mul/Add/Clip(/Mul), in place. Returns how many were rewritten."""
-    from edgec.quantization.qdq import _is_float, quantizable_graphs
+    from edgec.quantization.qdq import is_float, quantizable_graphs
 
     rewritten = 0
     for graph in quantizable_graphs(model):
@@ -50,7 +50,7 @@ def decompose_hard_activations(model: Model) -> int:
             if node.op_type not in HARD_OPS or node.domain not in ("", "ai.onnx"):
                 continue
             x = node.inputs[0] if node.inputs else None
-            if x is None or not _is_float(x) or len(node.outputs) != 1:
+            if x is None or not is_float(x) or len(node.outputs) != 1:
                 continue
             base = node.name or node.outputs[0].name or node.op_type
             if node.op_type == "HardSigmoid":

@@ -144,7 +144,8 @@ def quantizable_graphs(model: Model) -> list[Graph]:
     return out
 
 
-def _is_float(v: Value | None) -> bool:
+def is_float(v: Value | None) -> bool:
+    """Whether ``v`` is a float32 value, or of unknown type (taken as float32)."""
     return v is not None and v.dtype in (DataType.FLOAT, None)
 
 
@@ -171,7 +172,7 @@ def typed_candidates(model: Model, ops: frozenset[str]) -> list[Node]:
         for node in g:
             if node.domain not in ("", "ai.onnx") or node.op_type not in ops:
                 continue
-            if not node.inputs or not _is_float(node.inputs[0]) or not node.outputs:
+            if not node.inputs or not is_float(node.inputs[0]) or not node.outputs:
                 continue
             if any(o.dtype not in (DataType.FLOAT, None) for o in node.outputs[:1]):
                 continue
@@ -230,13 +231,13 @@ def _plan(model: Model, config: QuantConfig) -> _Plan:
                     plan.biases.append((node, 2, node, 0, 1))
                 if op == "MatMul":
                     _matmul_bias(node, chosen, plan)
-            elif _is_float(w):
+            elif is_float(w):
                 activation(w)
         elif op == "Clip":
             activation(inputs[0])
         elif op in ("Add", "Mul", "Concat"):
             for v in inputs:
-                if _is_float(v):
+                if is_float(v):
                     activation(v)
         else:
             activation(inputs[0])
@@ -300,7 +301,7 @@ def _needed_names(model: Model, config: QuantConfig) -> set[str]:
     names.update(full.range_of.values())
     for node in candidate_nodes(model, config):
         for v in list(node.inputs) + list(node.outputs):
-            if _is_float(v) and _constant(v) is None and v is not None:
+            if is_float(v) and _constant(v) is None and v is not None:
                 names.add(v.name)
     return {n for n in names if n}
 
