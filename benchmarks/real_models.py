@@ -232,6 +232,8 @@ def bench(name: str, args) -> dict:
     print(f"\n=== {name}: built in {time.perf_counter() - start:.0f} s; metric {case.metric} "
           f"{case.tolerance}; {len(next(iter(case.samples.values())))} samples ({case.layout})",
           flush=True)
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
     folder = tempfile.mkdtemp(prefix=f"real-{name}-", dir=args.keep)
     compiled = compile_with_edgec(case, folder, args.threads)
     if "error" in compiled:
