@@ -1,4 +1,5 @@
-"""Fixtures for backend tests: a TVM RPC tracker with one loopback server behind it."""
+"""Fixtures for backend tests: a TVM RPC tracker with one loopback server behind it, and
+legalize-tvm registered for the tests that compile through the tvm backend."""
 
 from __future__ import annotations
 
@@ -13,6 +14,23 @@ import pytest
 
 from edgec.backends.base import RpcConfig
 from edgec.testing.required import import_or_missing
+
+@pytest.fixture
+def legalize_tvm_registered():
+    """legalize-tvm in the process's registry even where the installed metadata predates
+    it (an editable install not reinstalled since)."""
+    from edgec.passes import legalize_tvm
+    from edgec.passmgr import default_registry
+
+    registry = default_registry()
+    cls = legalize_tvm.LegalizeTVM
+    added = cls.name not in registry.names()
+    if added:
+        registry.register(cls)
+    yield
+    if added:
+        registry._entries.pop(cls.name, None)
+
 
 RPC_KEY = "local"
 STARTUP_SECONDS = 90  # both processes import TVM; a loaded 2-core machine is slow at it

@@ -34,20 +34,6 @@ def bench(legalize_tvm_registered):
     return module
 
 
-@pytest.fixture
-def legalize_tvm_registered():
-    """legalize-tvm in the registry even where the installed metadata predates it."""
-    from edgec.passes import legalize_tvm
-    from edgec.passmgr import default_registry
-
-    registry = default_registry()
-    cls = legalize_tvm.LegalizeTVM
-    added = cls.name not in registry.names()
-    if added:
-        registry.register(cls)
-    yield
-    if added:
-        registry._entries.pop(cls.name, None)
 
 
 def conv_softplus():

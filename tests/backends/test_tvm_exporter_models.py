@@ -30,23 +30,6 @@ HOST_MODELS = {"dbnet": {"size": 64}, "crnn": {}, "jax2tf-cnn": {}, "mobilenet-v
 RELATIVE = 1e-4
 
 
-@pytest.fixture
-def legalize_tvm_registered():
-    """legalize-tvm in the process's registry even where the installed metadata predates
-    it (an editable install not reinstalled since)."""
-    from edgec.passes import legalize_tvm
-    from edgec.passmgr import default_registry
-
-    registry = default_registry()
-    cls = legalize_tvm.LegalizeTVM
-    added = cls.name not in registry.names()
-    if added:
-        registry.register(cls)
-    yield
-    if added:
-        registry._entries.pop(cls.name, None)
-
-
 def _corpus_model(name: str):
     return corpus.MODELS[name](**HOST_MODELS.get(name, {}))  # built once, then cached on disk
 
