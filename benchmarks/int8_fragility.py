@@ -39,7 +39,7 @@ from onnx import numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edgec.quantization.observe import run  # noqa: E402
-from edgec.quantization.qdq import quantize_weight  # noqa: E402
+from edgec.quantization.qdq import with_weights_rounded  # noqa: E402
 from edgec.testing.corpus import MODELS  # noqa: E402
 from edgec.testing.corpus.graph import run_values  # noqa: E402
 
@@ -134,17 +134,7 @@ def main() -> int:
         return 0
 
     def weights_rounded(names) -> tuple[float, float]:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        for t in copy.graph.initializer:
-            if t.name in names:
-                w = numpy_helper.to_array(t)
-                axis = names[t.name]
-                q, scale = quantize_weight(w, axis, 8)
-                shape = [1] * w.ndim
-                shape[axis] = -1
-                t.CopyFrom(numpy_helper.from_array((q * scale.reshape(shape)).astype(np.float32), t.name))
-        out, v = run(copy, inputs)
+        out, v = run(with_weights_rounded(proto, names), inputs)
         return sqnr(value, v), metric(reference, out)
 
     db, m = weights_rounded({w: axis for w, (_, axis) in layers.items()})

@@ -46,7 +46,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edgec.quantization.qdq import quantize_weight  # noqa: E402
+from edgec.quantization.qdq import with_weights_rounded  # noqa: E402
 from edgec.testing.corpus.graph import run_values  # noqa: E402
 
 REFERENCES = ("resnet18", "mobilenet_v2")
@@ -135,15 +135,7 @@ def main() -> int:
             print(f"  white noise at {db} dB on '{tap}': decision agreement {np.mean(decide(noisy) == decision):.4f}")
 
         def rounded_run(names):
-            rounded = onnx.ModelProto()
-            rounded.CopyFrom(model)
-            for tensor in rounded.graph.initializer:
-                if tensor.name in names:
-                    q, scale = quantize_weight(init[tensor.name], weights[tensor.name])
-                    shape = [1] * q.ndim
-                    shape[weights[tensor.name]] = -1
-                    tensor.CopyFrom(numpy_helper.from_array(
-                        (q.astype(np.float32) * scale.reshape(shape)).astype(np.float32), tensor.name))
+            rounded = with_weights_rounded(model, {n: weights[n] for n in names})
             value8, logits8, *out8 = run_values(rounded, feed, [tap, logits_name, *outputs], batch=batch)
             worst = min(sqnr(r, q) for r, q in zip(reference, out8))
             figures = ", ".join(f"{o} {sqnr(r, q):.1f} dB" for o, r, q in zip(outputs, reference, out8))

@@ -474,6 +474,26 @@ def quantize_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.
     return q, scale
 
 
+def with_weights_rounded(model, axes: dict[str, int], bits: int = 8):
+    """A copy of ``model`` (an onnx.ModelProto) whose initializers named in ``axes``
+    hold their `quantize_weight` round trip (per slice along ``axes[name]``) in float32:
+    the weights' rounding error alone, with every activation left in float."""
+    import onnx
+    from onnx import numpy_helper
+
+    rounded = onnx.ModelProto()
+    rounded.CopyFrom(model)
+    for tensor in rounded.graph.initializer:
+        if tensor.name in axes:
+            w = numpy_helper.to_array(tensor)
+            q, scale = quantize_weight(w, axes[tensor.name], bits)
+            shape = [1] * w.ndim
+            shape[axes[tensor.name]] = -1
+            tensor.CopyFrom(numpy_helper.from_array(
+                (q.astype(np.float32) * scale.reshape(shape)).astype(np.float32), tensor.name))
+    return rounded
+
+
 # --------------------------------------------------------------------------- rewrite
 
 

@@ -9,11 +9,10 @@ LSTM input max |w| of 1.3e5 (logits 3.1 dB with 8-bit weights) and a Dense head 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgec.quantization.qdq import quantize_weight
+from edgec.quantization.qdq import with_weights_rounded
 from edgec.testing import corpus
 from edgec.testing.corpus import vad
 from edgec.testing.corpus.graph import run_values
@@ -63,13 +62,6 @@ def test_fitted_weights_are_those_of_a_trained_network(name):
     noisy = features + np.random.default_rng(0).normal(0, rms * 10 ** (-40 / 20), features.shape)
     assert np.mean(decide(noisy @ init[matmul.input[1]] + init[add.input[1]]) == decide(logits)) >= 0.99
 
-    rounded = onnx.ModelProto()
-    rounded.CopyFrom(model)
-    for tensor in rounded.graph.initializer:
-        if tensor.name in weights:
-            q, scale = quantize_weight(init[tensor.name], weights[tensor.name])
-            shape = [1] * q.ndim
-            shape[weights[tensor.name]] = -1
-            tensor.CopyFrom(numpy_helper.from_array((q * scale.reshape(shape)).astype(np.float32), tensor.name))
+    rounded = with_weights_rounded(model, weights)
     (logits8,) = run_values(rounded, feed, [add.output[0]], batch=None)
     assert _sqnr(logits, logits8) >= 30
