@@ -36,6 +36,7 @@ from edgec.backends.base import BuildOptions  # noqa: E402
 from edgec.planner import plan  # noqa: E402
 from edgec.planner.evaluate import Attempt  # noqa: E402
 from edgec.planner.search import Configuration, Evaluation  # noqa: E402
+from edgec.testing.models import conv_stack  # noqa: E402
 
 # The former confirmation: both sessions alive, run in turn call by call.
 FORMER_RUNS = plan.CONFIRM_ROUNDS * plan.CONFIRM_RUNS
@@ -53,23 +54,6 @@ def both_alive(ctx, a: Attempt, b: Attempt) -> tuple[float, float]:
             runner.run(feed)
             times[i].append(time.perf_counter() - start)
     return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
-
-
-def conv_stack(channels: int = 32, size: int = 56, layers: int = 6) -> onnx.ModelProto:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
-    for i in range(layers):
-        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    shape = [1, channels, size, size]
-    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, shape)], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def artifact(name: str, folder: str, threads: int):

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgec.planner import plan
 from edgec.planner.evaluate import Attempt
 from edgec.planner.search import Configuration, Evaluation
+from edgec.testing.models import conv_stack
 
 
 class _CountingBackend:
@@ -65,21 +65,6 @@ def test_side_by_side_timing_loads_one_candidate_at_a_time(monkeypatch):
             <= plan.CONFIRM_ROUNDS * (plan.CONFIRM_WARMUP + plan.CONFIRM_MAX_RUNS)
 
 
-def _conv_model(channels: int = 32, size: int = 56, layers: int = 6) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    nodes, inits, x = [], [], "x"
-    for i in range(layers):
-        w = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
-                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
-        x = f"r{i}"
-    graph = helper.make_graph(
-        nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, channels, size, size])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 @pytest.mark.slow
 def test_two_identical_onnxruntime_candidates_time_alike_and_as_alone(tmp_path):
     """The same artifact given as both candidates, with the ort backend's deployment
@@ -90,7 +75,7 @@ def test_two_identical_onnxruntime_candidates_time_alike_and_as_alone(tmp_path):
     from edgec.backends import get_backend
     from edgec.backends.base import BuildOptions
 
-    onnx.save(_conv_model(), tmp_path / "model.onnx")
+    onnx.save(conv_stack(), tmp_path / "model.onnx")
     options = BuildOptions(cache_dir=str(tmp_path), threads=2)
     details = {"model": "model.onnx", "settings": get_backend("ort").settings(options)}
     attempt = _attempt(str(tmp_path), details)
