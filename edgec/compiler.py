@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -128,7 +129,6 @@ def _plugin_versions() -> dict[str, str]:
 
 # Source files that make up the code (data files such as the spec grammar included).
 _SOURCE_SUFFIXES = (".py", ".lark", ".edge")
-_code_digest: str | None = None
 
 
 def _hash_tree(h, path: str, label: str) -> None:
@@ -162,15 +162,13 @@ def _source_location(module: str) -> str | None:
     return found.origin if found.origin and os.path.isfile(found.origin) else None
 
 
+@functools.cache
 def code_digest() -> str:
     """A hash of the code that produces an artifact: edgec's own sources (``edgec``, the
     built-in passes and targets wherever they are mapped from, ``edgec_runtime``) and the
     sources of the plugins installed through edgec's entry points. A change to a pass
     with the same version number is then a different compile, not "up to date". Computed
     once per process (a few ms): the code does not change under a running compile."""
-    global _code_digest
-    if _code_digest is not None:
-        return _code_digest
     import importlib.util
 
     h = hashlib.sha256()
@@ -191,8 +189,7 @@ def code_digest() -> str:
                     roots[top] = location
     for label, path in sorted(roots.items()):
         _hash_tree(h, path, label)
-    _code_digest = h.hexdigest()
-    return _code_digest
+    return h.hexdigest()
 
 
 def _input_digest(path: str, what: str) -> str:

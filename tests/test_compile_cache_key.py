@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from edgec import compiler
 from edgec.testing.plugins import fake_distribution
 
@@ -65,13 +67,20 @@ def test_editing_a_pass_under_the_same_version_is_not_up_to_date(tmp_path):
     assert (work / "out" / "manifest.json").read_text() != manifest
 
 
-def _fresh_digest(monkeypatch) -> str:
-    monkeypatch.setattr(compiler, "_code_digest", None)
+@pytest.fixture(autouse=True)
+def _digest_recomputed_after():
+    """A test that puts a plugin on the path leaves no digest of it to later tests."""
+    yield
+    compiler.code_digest.cache_clear()
+
+
+def _fresh_digest() -> str:
+    compiler.code_digest.cache_clear()
     return compiler.code_digest()
 
 
 def test_a_plugins_code_and_version_are_part_of_the_key(tmp_path, monkeypatch):
-    before = _fresh_digest(monkeypatch)
+    before = _fresh_digest()
     assert compiler.code_digest() == before  # cached per process
     package = tmp_path / "src" / "cachekey_plugin"
     package.mkdir(parents=True)
@@ -80,11 +89,11 @@ def test_a_plugins_code_and_version_are_part_of_the_key(tmp_path, monkeypatch):
     fake_distribution(site, "cachekey-plugin", "1.0", {"double": "cachekey_plugin:Double"},
                       package=package)
     monkeypatch.syspath_prepend(str(site))
-    with_plugin = _fresh_digest(monkeypatch)
+    with_plugin = _fresh_digest()
     assert with_plugin != before
     assert compiler._plugin_versions()["cachekey-plugin"] == "1.0"
     (site / "cachekey_plugin" / "__init__.py").write_text("VALUE = 2\n")
-    assert _fresh_digest(monkeypatch) != with_plugin       # its code, same version
+    assert _fresh_digest() != with_plugin       # its code, same version
     shutil.rmtree(site / "cachekey_plugin-1.0.dist-info")
     fake_distribution(site, "cachekey-plugin", "1.1", {"double": "cachekey_plugin:Double"})
     assert compiler._plugin_versions()["cachekey-plugin"] == "1.1"   # its version
