@@ -224,9 +224,7 @@ def _interleaved(ctx: Context, *attempts: Attempt, seconds: float | None = None,
                 if time.perf_counter() - start >= CONFIRM_SLOW_RUN_S:
                     break  # a slow model is warm after one run
             times: list[float] = []
-            while (len(times) < CONFIRM_RUNS
-                   and not (len(times) >= 2 and sum(times) >= CONFIRM_SLOW_BLOCK_S)) \
-                    or (sum(times) < CONFIRM_BLOCK_S and len(times) < CONFIRM_MAX_RUNS):
+            while not _block_done(times):
                 start = time.perf_counter()
                 runner.run(feed)
                 times.append(time.perf_counter() - start)
@@ -237,6 +235,16 @@ def _interleaved(ctx: Context, *attempts: Attempt, seconds: float | None = None,
     if record is not None:
         record.update(rounds=rounds, seconds=time.perf_counter() - began)
     return tuple(statistics.median(b) * 1e3 for b in blocks)
+
+
+def _block_done(times: list[float]) -> bool:
+    """Whether a block of timed runs is long enough: CONFIRM_RUNS runs (a slow model's
+    block ends after 2 once it has taken CONFIRM_SLOW_BLOCK_S) that together take at
+    least CONFIRM_BLOCK_S (a fast model's block runs on, up to CONFIRM_MAX_RUNS)."""
+    total = sum(times)
+    enough_runs = len(times) >= CONFIRM_RUNS or (len(times) >= 2 and total >= CONFIRM_SLOW_BLOCK_S)
+    long_enough = total >= CONFIRM_BLOCK_S or len(times) >= CONFIRM_MAX_RUNS
+    return enough_runs and long_enough
 
 
 def target_at_hand(target) -> bool:
