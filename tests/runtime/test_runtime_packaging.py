@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -21,10 +22,17 @@ def test_runtime_distribution_installs_alone(tmp_path, built):
     shutil.copytree(REPO / "edgec_runtime", source / "edgec_runtime",
                     ignore=shutil.ignore_patterns("__pycache__"))
     env_dir = tmp_path / "venv"
-    # numpy and onnxruntime come from the system site-packages (already installed);
-    # edgec-runtime itself is built and installed fresh, without its dependencies.
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    # numpy and onnxruntime come from the environment running this test (already
+    # installed: the system's, or the venv README's test command made), listed after the
+    # new venv's own site-packages; edgec-runtime itself is built and installed fresh,
+    # without its dependencies. (system_site_packages would give the base interpreter's
+    # packages, which in a fresh venv do not include numpy.)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(site_packages) / "outer-environment.pth").write_text("\n".join(sorted(outer)) + "\n")
     done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps",
                            str(source / "runtime")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
